@@ -1,0 +1,94 @@
+"""The Beam ``ModelHandler`` for E5/GTE encoders, used through ``RunInference``.
+
+``RunInference`` keeps the loaded :class:`~beam_e5.encoder.Encoder` in a ``shared.Shared``
+handle, so every thread and bundle of a worker process uses one copy of the model: one load
+per process. The handler's hooks stay small: ``load_model`` builds the encoder,
+``run_inference`` encodes a Beam batch and reports metrics.
+
+Elements are ``(key, text)`` pairs; results are :class:`Embedding` tuples carrying the key
+back, so callers can carry any record through inference without sending it to the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, NamedTuple, Optional, Sequence
+
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler
+
+from beam_e5.config import EncoderSpec
+from beam_e5.encoder import Encoder
+
+METRICS_NAMESPACE = "beam_e5"
+
+
+class Embedding(NamedTuple):
+    key: Any
+    vector: np.ndarray  # float32 (dim,), L2-normalised
+    tokens: int  # real tokens the model saw (prefix and special tokens included)
+    truncated: bool
+
+
+class _EncoderMetrics:
+    """Beam metrics visible in the Dataflow UI and in ``PipelineResult.metrics()``."""
+
+    def __init__(self) -> None:
+        counter = lambda name: Metrics.counter(METRICS_NAMESPACE, name)  # noqa: E731
+        self.texts = counter("texts_embedded")
+        self.real_tokens = counter("real_tokens")
+        self.padded_tokens = counter("padded_tokens")
+        self.micro_batches = counter("micro_batches")
+        self.truncated = counter("truncated_texts")
+        self.oom_splits = counter("oom_splits")
+        self.encode_ms = Metrics.distribution(METRICS_NAMESPACE, "encode_batch_ms")
+
+
+class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
+    """Loads the encoder once per worker process and embeds batches of ``(key, text)``."""
+
+    def __init__(self, spec: EncoderSpec) -> None:
+        size = spec.config.beam_batch_size
+        # A fixed batch size: adaptive batching starts at 1 element, which would defeat
+        # length sorting inside the batch. Bundle ends still flush partial batches.
+        super().__init__(min_batch_size=size, max_batch_size=size)
+        self._spec = spec
+        self._metrics: Optional[_EncoderMetrics] = None
+
+    @property
+    def spec(self) -> EncoderSpec:
+        return self._spec
+
+    def load_model(self) -> Encoder:
+        return Encoder.load(self._spec)
+
+    def run_inference(self, batch: Sequence[tuple[Any, str]], model: Encoder,
+                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[Embedding]:
+        del inference_args
+        vectors, stats = model.encode([text for _, text in batch])
+        metrics = self._get_metrics()
+        metrics.texts.inc(stats.texts)
+        metrics.real_tokens.inc(stats.real_tokens)
+        metrics.padded_tokens.inc(stats.padded_tokens)
+        metrics.micro_batches.inc(stats.micro_batches)
+        metrics.truncated.inc(stats.truncated)
+        metrics.oom_splits.inc(stats.oom_splits)
+        metrics.encode_ms.update(int(stats.seconds * 1000))
+        return [Embedding(key, vectors[i], stats.tokens_per_text[i], stats.truncated_per_text[i])
+                for i, (key, _) in enumerate(batch)]
+
+    def _get_metrics(self) -> _EncoderMetrics:
+        if self._metrics is None:
+            self._metrics = _EncoderMetrics()
+        return self._metrics
+
+    def get_num_bytes(self, batch: Sequence[tuple[Any, str]]) -> int:
+        return sum(len(text) for _, text in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_metrics"] = None  # Beam metric objects are rebuilt on the worker
+        return state

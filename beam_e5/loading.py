@@ -1,0 +1,186 @@
+"""Where model files come from: a Hugging Face Hub name, a local directory, or ``gs://``.
+
+A ``gs://`` directory is copied once per worker process into a local cache. The copy is
+guarded by a thread lock and an exclusive file lock, written to a temporary folder and
+renamed into place, so concurrent threads and processes copy it once and nobody ever sees a
+half-copied model.
+
+Security defaults: only ``*.safetensors`` weights are accepted (pickle-based ``.bin``/``.pt``
+files can run code when loaded) unless the user opts in with ``allow_pickle_weights``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from beam_e5.errors import ConfigError
+
+LOG = logging.getLogger(__name__)
+
+_COPY_LOCK = threading.Lock()
+DEFAULT_CACHE_DIR = os.path.join(
+    os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "beam_e5", "models")
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def is_gcs(path: str) -> bool:
+    return path.startswith("gs://")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A validated model reference.
+
+    ``kind`` is ``hub`` (a name for ``from_pretrained``), ``local`` (a directory) or ``gcs``.
+    """
+
+    ref: str
+    kind: str
+    revision: Optional[str] = None
+
+
+def classify_model_ref(ref: str, revision: Optional[str] = None) -> ModelSource:
+    """Decide what kind of reference ``ref`` is, failing early on impossible ones."""
+    if not ref or not ref.strip():
+        raise ConfigError("--model is empty; pass a Hugging Face name such as "
+                          "intfloat/e5-small-v2, a local directory or a gs:// directory")
+    if is_gcs(ref):
+        return ModelSource(ref.rstrip("/"), "gcs", revision)
+    if os.path.isdir(ref):
+        return ModelSource(os.path.abspath(ref), "local", revision)
+    if ref.startswith((".", "/", "~")) or os.sep in ref.strip("/").replace("/", "", 1):
+        raise ConfigError(f"model directory {ref!r} does not exist; check the path, or pass a "
+                          "Hugging Face name like intfloat/e5-small-v2")
+    return ModelSource(ref, "hub", revision)
+
+
+def list_gcs_files(prefix: str) -> list[tuple[str, int]]:
+    """(path, size) of every object under ``prefix/`` via Beam's filesystem."""
+    from apache_beam.io.filesystems import FileSystems
+
+    result = FileSystems.match([prefix.rstrip("/") + "/**"])[0]
+    return [(m.path, m.size_in_bytes) for m in result.metadata_list]
+
+
+def check_weight_files(names: list[str], where: str, allow_pickle_weights: bool) -> None:
+    """Refuse directories whose only weights are pickle files, unless the user opted in."""
+    has_safetensors = any(n.endswith(".safetensors") for n in names)
+    pickled = [n for n in names if n.endswith(PICKLE_WEIGHT_SUFFIXES)]
+    if has_safetensors or allow_pickle_weights:
+        return
+    if pickled:
+        raise ConfigError(
+            f"{where} holds only pickle weights ({', '.join(sorted(pickled)[:3])}), which can run "
+            "arbitrary code when loaded. Convert them to safetensors (e.g. "
+            "`model.save_pretrained(dir, safe_serialization=True)`) or, if you trust the "
+            "source, pass --allow-pickle-weights.")
+    raise ConfigError(f"{where} has no model weights (*.safetensors); is it a model directory?")
+
+
+def _cache_dir_for(ref: str, cache_root: str) -> Path:
+    digest = hashlib.sha256(ref.encode("utf-8")).hexdigest()[:16]
+    return Path(cache_root) / f"{ref.rstrip('/').split('/')[-1]}-{digest}"
+
+
+def stage_gcs_model(ref: str, cache_root: str = DEFAULT_CACHE_DIR) -> str:
+    """Copy a ``gs://`` model directory to local disk once per machine; return the path.
+
+    Safe under threads (``_COPY_LOCK``) and processes (``fcntl`` lock on a sibling file).
+    A complete copy is marked by ``.complete``; anything else is discarded and redone.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    target = _cache_dir_for(ref, cache_root)
+    marker = target / ".complete"
+    if marker.exists():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _COPY_LOCK, open(str(target) + ".lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            if marker.exists():
+                return str(target)
+            files = list_gcs_files(ref)
+            if not files:
+                raise ConfigError(f"no objects under {ref}/; check the path and that the "
+                                  "worker's service account can list the bucket")
+            tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=str(target.parent)))
+            base = ref.rstrip("/") + "/"
+            for path, _size in files:
+                rel = path[len(base):]
+                dest = tmp / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with FileSystems.open(path) as src, open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out, length=8 << 20)
+            (tmp / ".complete").write_text(ref)
+            if target.exists():
+                shutil.rmtree(target)
+            os.rename(tmp, target)
+            LOG.info("beam-e5: staged %s (%d files) to %s", ref, len(files), target)
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+    return str(target)
+
+
+def read_model_file_text(source: ModelSource, rel: str) -> Optional[str]:
+    """Text of a small file in the model directory, or None if absent.
+
+    For hub names only the local Hugging Face cache is consulted: resolving a profile never
+    touches the network.
+    """
+    if source.kind == "local":
+        path = os.path.join(source.ref, rel)
+        return Path(path).read_text(encoding="utf-8") if os.path.isfile(path) else None
+    if source.kind == "gcs":
+        from apache_beam.io.filesystems import FileSystems
+
+        path = f"{source.ref}/{rel}"
+        if not FileSystems.exists(path):
+            return None
+        with FileSystems.open(path) as f:
+            return f.read().decode("utf-8")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers always brings huggingface_hub
+        return None
+    cached = try_to_load_from_cache(source.ref, rel, revision=source.revision)
+    if isinstance(cached, str) and os.path.isfile(cached):
+        return Path(cached).read_text(encoding="utf-8")
+    return None
+
+
+def preflight_model_source(source: ModelSource, allow_pickle_weights: bool) -> None:
+    """Checks that can run before the pipeline: the directory exists and has safe weights."""
+    if source.kind == "local":
+        names = [str(p.relative_to(source.ref)) for p in Path(source.ref).rglob("*")]
+        if "config.json" not in names:
+            raise ConfigError(f"{source.ref} has no config.json; point --model at a directory "
+                              "written by save_pretrained() or downloaded from the Hub")
+        check_weight_files(names, source.ref, allow_pickle_weights)
+    elif source.kind == "gcs":
+        files = list_gcs_files(source.ref)
+        if not files:
+            raise ConfigError(f"no objects under {source.ref}/; check the path and that your "
+                              "Application Default Credentials can read the bucket")
+        base = source.ref + "/"
+        names = [p[len(base):] for p, _ in files]
+        if "config.json" not in names:
+            raise ConfigError(f"{source.ref}/ has no config.json; upload the whole directory "
+                              "written by save_pretrained()")
+        check_weight_files(names, source.ref, allow_pickle_weights)
+
+
+def local_model_path(source: ModelSource, cache_root: str = DEFAULT_CACHE_DIR) -> str:
+    """A path or hub name that ``from_pretrained`` can open on this worker."""
+    if source.kind == "gcs":
+        return stage_gcs_model(source.ref, cache_root)
+    return source.ref

@@ -1,0 +1,50 @@
+"""The shapes of the records that flow between pipeline stages.
+
+They are plain dicts (cheap to pickle and encode on every runner); these TypedDicts
+document and type-check them.
+
+* ``Document``: one corpus record after reading and validation.
+* ``ErrorRecord``: a rejected input record (dead letter), written to ``errors-*.jsonl``.
+* ``EmbeddedDocument``: a document with its vector (``text`` dropped).
+* ``DuplicateRecord``: a document removed by exact or semantic dedupe.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+import numpy as np
+
+
+class Document(TypedDict):
+    id: str
+    text: str
+    text_sha256: str  # see beam_e5.exact_dedupe.text_key
+    source: str  # "path:line" (JSONL, text, CSV) or "path:row" (Parquet)
+    fields: dict[str, Any]  # --keep-fields columns carried to the output
+
+
+class ErrorRecord(TypedDict):
+    source: str
+    id: str | None
+    reason: str
+    record: str  # the raw record (or its repr), cut to 10,000 characters
+
+
+class EmbeddedDocument(TypedDict):
+    id: str
+    text_sha256: str
+    source: str
+    fields: dict[str, Any]
+    embedding: np.ndarray  # float32, shape (dim,), L2-normalised
+    tokens: int  # real (non-padding) tokens fed to the model
+
+
+class DuplicateRecord(TypedDict):
+    id: str
+    duplicate_of: str
+    similarity: float  # 1.0 for exact duplicates
+    kind: str  # "exact" | "semantic"
+
+
+MAX_RAW_RECORD_CHARS = 10_000
