@@ -2,13 +2,16 @@
 
 Like text-embeddings-inference's ``max_batch_tokens``, the budget counts *padded* tokens
 (rows x longest row), which is what the model actually computes. Sorting by length first
-keeps padding small; callers restore input order with the returned indices.
+keeps padding small, and the cut points are chosen to minimise padded tokens plus a per-call
+overhead; callers restore input order with the returned indices.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
+
+import numpy as np
 
 from beam_e5.errors import ConfigError
 
@@ -26,32 +29,40 @@ class MicroBatch:
 
 
 def plan_micro_batches(
-    lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int
+    lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int,
+    batch_overhead_tokens: int = 0,
 ) -> list[MicroBatch]:
-    """Group items into batches whose padded size stays within ``max_batch_tokens``.
+    """Split items into batches of similar length, minimising the tokens computed.
 
-    Items are taken longest first, so the first batch of each run fixes the width and the
-    batch keeps growing while ``rows * width`` fits. An item longer than the budget gets a
-    batch of its own (it must still be embedded). Ties are broken by index, so the plan is
-    deterministic.
+    Items are sorted longest first (ties by index, so the plan is deterministic); a batch is
+    then a run of consecutive sorted items, whose width is its first item's length. Among all
+    such splits with ``rows * width <= max_batch_tokens`` and ``rows <= max_batch_size``, the
+    one with the fewest ``padded tokens + batch_overhead_tokens * batches`` is chosen by
+    dynamic programming. ``batch_overhead_tokens`` prices one forward call in tokens (small on
+    CPU, larger on GPU where small batches waste the device). An item longer than the budget
+    gets a batch of its own: it must still be embedded.
     """
     if max_batch_tokens < 1:
         raise ConfigError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}; "
                           "a good CPU value is 8192, a GPU one 32768 or more")
     if max_batch_size < 1:
         raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[MicroBatch] = []
-    current: list[int] = []
-    width = 0
-    for i in order:
-        if current and ((len(current) + 1) * width > max_batch_tokens
-                        or len(current) >= max_batch_size):
-            batches.append(MicroBatch(tuple(current), width))
-            current = []
-        if not current:
-            width = max(int(lengths[i]), 1)
-        current.append(i)
-    if current:
-        batches.append(MicroBatch(tuple(current), width))
+    if batch_overhead_tokens < 0:
+        raise ConfigError(f"batch_overhead_tokens must be >= 0, got {batch_overhead_tokens}")
+    n = len(lengths)
+    order = sorted(range(n), key=lambda i: (-lengths[i], i))
+    widths = np.maximum(np.asarray([lengths[i] for i in order], dtype=np.int64), 1)
+    best = np.zeros(n + 1, dtype=np.int64)  # best[i]: cost of items i.. to the end
+    cut = np.zeros(n, dtype=np.int64)  # cut[i]: end of the batch starting at i
+    for i in range(n - 1, -1, -1):
+        rows_max = max(1, min(max_batch_size, max_batch_tokens // int(widths[i]), n - i))
+        rows = np.arange(1, rows_max + 1)
+        costs = rows * widths[i] + batch_overhead_tokens + best[i + 1:i + rows_max + 1]
+        k = rows_max - 1 - int(np.argmin(costs[::-1]))  # among equal costs, the largest batch
+        best[i] = costs[k]
+        cut[i] = i + k + 1
+    batches, i = [], 0
+    while i < n:
+        batches.append(MicroBatch(tuple(order[i:cut[i]]), int(widths[i])))
+        i = int(cut[i])
     return batches

@@ -30,6 +30,10 @@ LOG = logging.getLogger(__name__)
 # by a clear margin, the full text is tokenised instead, so the result never changes.
 CHARS_PER_TOKEN_CUT = 16
 OVERFLOW_MARGIN_TOKENS = 64
+# What one forward call costs beyond its tokens, priced in tokens: it decides how far the
+# micro-batch planner trades padding for fewer, larger calls. Small on CPU; on a GPU a
+# small batch leaves the device idle, so calls are dearer.
+BATCH_OVERHEAD_TOKENS = {"cpu": 32, "cuda": 2048}
 
 
 @dataclass
@@ -181,7 +185,8 @@ class Encoder:
         stats.truncated_per_text = tok.truncated
         stats.truncated = sum(tok.truncated)
         plan = plan_micro_batches(lengths, self.spec.config.max_batch_tokens,
-                                  self.spec.config.max_batch_size)
+                                  self.spec.config.max_batch_size,
+                                  BATCH_OVERHEAD_TOKENS.get(self.device.type, 32))
         pending: list[tuple[list[int], torch.Tensor]] = []
         for batch in plan:
             rows = list(batch.indices)

@@ -11,6 +11,8 @@ back, so callers can carry any record through inference without sending it to th
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -21,6 +23,8 @@ from beam_e5.config import EncoderSpec
 from beam_e5.encoder import Encoder
 
 METRICS_NAMESPACE = "beam_e5"
+PROGRESS_EVERY_S = 10.0
+LOG = logging.getLogger("beam_e5.progress")
 
 
 class Embedding(NamedTuple):
@@ -44,6 +48,30 @@ class _EncoderMetrics:
         self.encode_ms = Metrics.distribution(METRICS_NAMESPACE, "encode_batch_ms")
 
 
+class _Progress:
+    """Logs documents and tokens done, and the rate, at most every ``PROGRESS_EVERY_S``.
+
+    Per handler copy (so per worker thread); on Dataflow these lines land in the worker logs,
+    locally on stderr. The Beam counters above carry the job-wide totals.
+    """
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.last = self.start
+        self.texts = 0
+        self.tokens = 0
+
+    def update(self, texts: int, tokens: int) -> None:
+        self.texts += texts
+        self.tokens += tokens
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            secs = now - self.start
+            LOG.info("beam-e5: embedded %d docs, %d tokens (%.1f docs/s, %.0f tokens/s)",
+                     self.texts, self.tokens, self.texts / secs, self.tokens / secs)
+
+
 class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
     """Loads the encoder once per worker process and embeds batches of ``(key, text)``."""
 
@@ -54,6 +82,7 @@ class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
         super().__init__(min_batch_size=size, max_batch_size=size)
         self._spec = spec
         self._metrics: Optional[_EncoderMetrics] = None
+        self._progress: Optional[_Progress] = None
 
     @property
     def spec(self) -> EncoderSpec:
@@ -74,6 +103,9 @@ class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
         metrics.truncated.inc(stats.truncated)
         metrics.oom_splits.inc(stats.oom_splits)
         metrics.encode_ms.update(int(stats.seconds * 1000))
+        if self._progress is None:
+            self._progress = _Progress()
+        self._progress.update(stats.texts, stats.real_tokens)
         return [Embedding(key, vectors[i], stats.tokens_per_text[i], stats.truncated_per_text[i])
                 for i, (key, _) in enumerate(batch)]
 
@@ -91,4 +123,5 @@ class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_metrics"] = None  # Beam metric objects are rebuilt on the worker
+        state["_progress"] = None
         return state

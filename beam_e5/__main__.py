@@ -1,0 +1,7 @@
+"""``python -m beam_e5`` is the ``beam-e5`` command."""
+
+import sys
+
+from beam_e5.cli import main
+
+sys.exit(main())

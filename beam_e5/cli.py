@@ -1,0 +1,183 @@
+"""The ``beam-e5`` command line.
+
+    beam-e5 embed --input corpus.jsonl --output out/ --model intfloat/e5-small-v2 [beam options]
+
+Options this tool does not know (``--runner``, ``--direct_num_workers``, ``--project``, ...)
+are passed to Beam unchanged. A misconfiguration prints one line saying what to do and exits
+with status 2 before any pipeline starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+from beam_e5.config import DEVICES, DTYPES, EncoderConfig
+from beam_e5.errors import ConfigError
+from beam_e5.outputs import OutputConfig
+from beam_e5.profiles import POOLINGS, ROLES, ProfileOverrides
+from beam_e5.sinks import VECTOR_DTYPES
+
+LOG = logging.getLogger("beam_e5")
+INPUT_FORMATS = ("auto", "jsonl", "parquet", "csv", "tsv", "text")
+
+
+def add_encoder_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", required=True,
+                   help="Hugging Face name (intfloat/e5-small-v2), local directory or gs:// dir")
+    g.add_argument("--revision", help="Hub revision (branch, tag or commit) to pin")
+    g.add_argument("--role", choices=ROLES, default="passage",
+                   help="'passage' for corpus documents, 'query' for queries and symmetric "
+                        "tasks (E5 prefixes differ)")
+    g.add_argument("--query-prefix", help="override the profile's query prefix")
+    g.add_argument("--passage-prefix", help="override the profile's passage prefix")
+    g.add_argument("--instruction", help="task description for E5 instruct query prefixes")
+    g.add_argument("--pooling", choices=POOLINGS, help="override the profile's pooling")
+    g.add_argument("--max-length", type=int, help="max tokens per text (longer are truncated)")
+    g.add_argument("--device", choices=DEVICES, default="auto")
+    g.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="auto: float32 on CPU, bfloat16/float16 on CUDA")
+    g.add_argument("--max-batch-tokens", type=int, default=8192,
+                   help="padded-token budget of one forward pass")
+    g.add_argument("--max-batch-size", type=int, default=256, help="max texts per forward pass")
+    g.add_argument("--beam-batch-size", type=int, default=512,
+                   help="texts per Beam batch (sorted by length inside)")
+    g.add_argument("--torch-threads", type=int, default=0, help="0: one per core")
+    g.add_argument("--model-cache-dir", default=None,
+                   help="where gs:// models are staged on workers")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="allow model code from the Hub (off by default)")
+    g.add_argument("--allow-pickle-weights", action="store_true",
+                   help="allow .bin/.pt weights (pickle; off by default: safetensors only)")
+
+
+def encoder_config(args: argparse.Namespace) -> EncoderConfig:
+    extra = {"model_cache_dir": args.model_cache_dir} if args.model_cache_dir else {}
+    return EncoderConfig(
+        model=args.model, role=args.role, revision=args.revision,
+        overrides=ProfileOverrides(query_prefix=args.query_prefix,
+                                   passage_prefix=args.passage_prefix, pooling=args.pooling,
+                                   max_length=args.max_length, instruction=args.instruction),
+        device=args.device, dtype=args.dtype, max_batch_tokens=args.max_batch_tokens,
+        max_batch_size=args.max_batch_size, beam_batch_size=args.beam_batch_size,
+        trust_remote_code=args.trust_remote_code,
+        allow_pickle_weights=args.allow_pickle_weights, torch_threads=args.torch_threads,
+        **extra)
+
+
+def add_reader_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("input")
+    g.add_argument("--input", required=True, help="file, glob or gs:// pattern (comma-separated)")
+    g.add_argument("--input-format", choices=INPUT_FORMATS, default="auto")
+    g.add_argument("--id-field", default="id")
+    g.add_argument("--text-field", default="text")
+    g.add_argument("--title-field", default=None,
+                   help="prepended to the text as 'title text' (BEIR corpora)")
+    g.add_argument("--keep-fields", default="",
+                   help="comma-separated input columns carried to the output")
+
+
+def reader_config(args: argparse.Namespace):
+    from beam_e5.readers import ReaderConfig
+
+    keep = tuple(f.strip() for f in args.keep_fields.split(",") if f.strip())
+    return ReaderConfig(input=args.input, input_format=args.input_format,
+                        id_field=args.id_field, text_field=args.text_field,
+                        title_field=args.title_field, keep_fields=keep)
+
+
+def add_output_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("output")
+    g.add_argument("--output", required=True, help="directory (local or gs://)")
+    g.add_argument("--vector-dtype", choices=tuple(VECTOR_DTYPES), default="float32")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a previous run in --output")
+
+
+def add_semantic_args(parser: argparse.ArgumentParser, required: bool) -> None:
+    g = parser.add_argument_group("semantic dedupe")
+    g.add_argument("--dedupe-threshold" if not required else "--threshold",
+                   dest="threshold", type=float, required=required, default=None,
+                   help="drop a document whose cosine to one with a smaller order key is >= T")
+    g.add_argument("--keep", choices=("id", "longest", "shortest"), default="id",
+                   help="which document of a near-duplicate pair survives")
+
+
+def semantic_config(args: argparse.Namespace):
+    if args.threshold is None:
+        return None
+    from beam_e5.semantic_dedupe import SemanticDedupeConfig
+
+    return SemanticDedupeConfig(threshold=args.threshold, keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="beam-e5", allow_abbrev=False, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    embed = sub.add_parser("embed", allow_abbrev=False,
+                           help="read a corpus, dedupe, embed, write Parquet vectors")
+    add_reader_args(embed)
+    add_encoder_args(embed)
+    add_output_args(embed)
+    embed.add_argument("--no-exact-dedupe", action="store_true",
+                       help="embed every document, even exact duplicates")
+    add_semantic_args(embed, required=False)
+    nn = sub.add_parser("neighbours", allow_abbrev=False,
+                        help="nearest neighbours of a query in a finished run")
+    nn.add_argument("--vectors", required=True, help="the --output directory of a run")
+    nn.add_argument("--query", required=True)
+    nn.add_argument("--k", type=int, default=5)
+    nn.add_argument("--corpus", help="the run's JSONL input, to print text snippets")
+    add_encoder_args(nn)
+    nn.set_defaults(role="query")
+    return parser
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.DEBUG if verbose else logging.INFO)
+    LOG.propagate = False
+
+
+def run_embed_command(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from beam_e5.pipeline import EmbedJob, run_embed
+
+    job = EmbedJob(reader=reader_config(args), encoder=encoder_config(args),
+                   output=OutputConfig(args.output, args.vector_dtype, args.overwrite),
+                   exact_dedupe=not args.no_exact_dedupe, semantic=semantic_config(args))
+    summary = run_embed(job, beam_args)
+    print(summary.render())
+    print(f"  output: {args.output}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    if args.command == "neighbours" and beam_args:
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    setup_logging(args.verbose)
+    try:
+        if args.command == "embed":
+            return run_embed_command(args, beam_args)
+        if args.command == "neighbours":
+            from beam_e5.neighbours import run_neighbours
+
+            run_neighbours(args.vectors, encoder_config(args), args.query, args.k, args.corpus)
+            return 0
+    except ConfigError as e:
+        print(f"beam-e5: error: {e}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The embed pipeline: read -> exact dedupe -> embed -> semantic dedupe -> write.
+
+One stage function per step builds the Beam graph; :func:`run_embed` validates everything
+before the pipeline starts, runs it, then writes ``manifest.json`` last (atomically), with
+counts that must balance::
+
+    read == written + exact_duplicates + semantic_duplicates + invalid
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_e5 import __version__
+from beam_e5.config import EncoderConfig, EncoderSpec
+from beam_e5.embed import EmbedTexts
+from beam_e5.errors import ConfigError
+from beam_e5.exact_dedupe import ExactDedupe
+from beam_e5.outputs import (OutputConfig, prepare_output, read_counts, write_manifest,
+                             COUNTS_DIR)
+from beam_e5.readers import ReadCorpus, ReaderConfig, validate_reader_config
+from beam_e5.semantic_dedupe import SemanticDedupe, SemanticDedupeConfig
+from beam_e5.sinks import WriteDuplicates, WriteErrors, WriteVectors, vectors_schema
+from beam_e5.summary import RunSummary, summarize
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """Everything one ``beam-e5 embed`` run needs; each part validates itself."""
+
+    reader: ReaderConfig
+    encoder: EncoderConfig
+    output: OutputConfig
+    exact_dedupe: bool = True
+    semantic: Optional[SemanticDedupeConfig] = None
+
+
+@dataclass(frozen=True)
+class Streams:
+    """The PCollections a run produces, by what happens to each record."""
+
+    written: Any
+    duplicates: Any
+    errors: Any
+    counts: dict[str, Any]
+
+
+def _for_embedding(doc: dict) -> dict:
+    return {"id": doc["id"], "text": doc["text"], "text_sha256": doc["text_sha256"],
+            "source": doc["source"], "fields": doc.get("fields") or {}}
+
+
+def build_embed_graph(p: beam.Pipeline, job: EmbedJob, spec: EncoderSpec) -> Streams:
+    """Wire the stages; return the output streams and the counts to record."""
+    read = p | "Read" >> ReadCorpus(job.reader)
+    counts = {"documents": read.documents, "reader_errors": read.errors}
+    errors = [read.errors]
+    duplicates = []
+    docs = read.documents
+    if job.exact_dedupe:
+        exact = docs | "ExactDedupe" >> ExactDedupe()
+        docs = exact.unique
+        duplicates.append(exact.duplicates)
+        errors.append(exact.errors)
+        counts.update(exact_duplicates=exact.duplicates, id_conflicts=exact.errors)
+    embedded, embed_errors = (docs
+                              | "PrepareForEmbedding" >> beam.Map(_for_embedding)
+                              | "Embed" >> EmbedTexts(spec, with_errors=True))
+    errors.append(embed_errors)
+    counts.update(embedded=embedded, embed_errors=embed_errors)
+    written = embedded
+    if job.semantic is not None:
+        semantic = embedded | "SemanticDedupe" >> SemanticDedupe(job.semantic)
+        written = semantic.kept
+        duplicates.append(semantic.duplicates)
+        counts["semantic_duplicates"] = semantic.duplicates
+    counts["written"] = written
+    return Streams(
+        written=written,
+        duplicates=tuple(duplicates) | "AllDuplicates" >> beam.Flatten(pipeline=p),
+        errors=tuple(errors) | "AllErrors" >> beam.Flatten(pipeline=p),
+        counts=counts)
+
+
+def write_streams(p: beam.Pipeline, streams: Streams, job: EmbedJob, spec: EncoderSpec) -> None:
+    out = job.output.output
+    schema = vectors_schema(spec.dim, job.output.vector_dtype, job.reader.keep_fields,
+                            file_metadata(job, spec))
+    _ = streams.written | "WriteVectors" >> WriteVectors(out, schema)
+    _ = streams.duplicates | "WriteDuplicates" >> WriteDuplicates(out)
+    _ = streams.errors | "WriteErrors" >> WriteErrors(out)
+    record_counts(p, streams.counts, out)
+
+
+def record_counts(p: beam.Pipeline, counts: dict[str, Any], output_dir: str) -> None:
+    """Count each stream inside the pipeline; exact on every runner, unlike metrics."""
+    per_stream = []
+    for name, pcoll in counts.items():
+        per_stream.append(pcoll
+                          | f"Count_{name}" >> beam.combiners.Count.Globally()
+                          | f"Name_{name}" >> beam.Map(lambda n, k=name: json.dumps({k: n})))
+    _ = (tuple(per_stream)
+         | "AllCounts" >> beam.Flatten(pipeline=p)
+         | "WriteCounts" >> beam.io.WriteToText(FileSystems.join(output_dir, COUNTS_DIR, "counts"),
+                                                file_name_suffix=".jsonl"))
+
+
+def file_metadata(job: EmbedJob, spec: EncoderSpec) -> dict[str, str]:
+    return {"beam_e5.version": __version__, "beam_e5.normalization": "l2",
+            "beam_e5.vector_dtype": job.output.vector_dtype,
+            **{f"beam_e5.{k}": v for k, v in spec.signature().items()}}
+
+
+def manifest_counts(raw: dict[str, int]) -> dict[str, int]:
+    """The manifest's counts from the per-stream counts; raises if they do not balance."""
+    counts = {
+        "read": raw["documents"] + raw["reader_errors"],
+        "invalid": raw["reader_errors"] + raw.get("id_conflicts", 0) + raw["embed_errors"],
+        "exact_duplicates": raw.get("exact_duplicates", 0),
+        "semantic_duplicates": raw.get("semantic_duplicates", 0),
+        "embedded": raw["embedded"],
+        "written": raw["written"],
+    }
+    balance = (counts["written"] + counts["exact_duplicates"] + counts["semantic_duplicates"]
+               + counts["invalid"])
+    if counts["read"] != balance:
+        raise RuntimeError(f"counts do not balance: read={counts['read']} but written + "
+                           f"duplicates + invalid = {balance} ({counts}); this is a bug, "
+                           "please report it")
+    return counts
+
+
+def validate_job(job: EmbedJob) -> EncoderSpec:
+    """Everything that can be checked before the pipeline starts."""
+    validate_reader_config(job.reader)
+    spec = job.encoder.resolve()
+    prepare_output(job.output)
+    return spec
+
+
+def run_embed(job: EmbedJob, beam_args: list[str]) -> RunSummary:
+    spec = validate_job(job)
+    options = PipelineOptions(beam_args)
+    start = time.time()
+    p = beam.Pipeline(options=options)
+    streams = build_embed_graph(p, job, spec)
+    write_streams(p, streams, job, spec)
+    result = p.run()
+    result.wait_until_finish()
+    seconds = time.time() - start
+    counts = manifest_counts(read_counts(job.output.output))
+    summary = summarize(result, counts, seconds)
+    write_manifest(job.output.output, {
+        "beam_e5_version": __version__,
+        "command": "embed",
+        "model": spec.signature(),
+        "profile": dataclasses.asdict(spec.profile),
+        "options": job_options(job),
+        "counts": counts,
+        "stats": summary.stats(),
+    })
+    return summary
+
+
+def job_options(job: EmbedJob) -> dict[str, Any]:
+    def plain(obj):
+        return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    return {"reader": plain(job.reader), "encoder": plain(job.encoder),
+            "output": plain(job.output), "exact_dedupe": job.exact_dedupe,
+            "semantic": plain(job.semantic)}
+
+
+__all__ = ["EmbedJob", "build_embed_graph", "run_embed", "validate_job", "ConfigError"]
