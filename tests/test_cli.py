@@ -1,0 +1,133 @@
+"""``beam-e5 embed`` end to end on small corpora: outputs, manifest, counts, misconfiguration."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from model_fixtures import minilm_dir  # noqa: F401
+from realtext import mixed_length_texts
+
+from beam_e5.cli import main
+from beam_e5.encoder import Encoder
+from beam_e5.config import EncoderConfig
+
+
+def _write_jsonl(path, rows, extra_lines=()):
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+        for line in extra_lines:
+            f.write(line + "\n")
+    return str(path)
+
+
+def _table(out, prefix):
+    files = sorted(out.glob(f"{prefix}-*.parquet"))
+    return pa.concat_tables([pq.read_table(f) for f in files]), files
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    texts = mixed_length_texts(80)
+    rows = [{"id": f"d{i:03d}", "text": t, "title": f"title {i}"} for i, t in enumerate(texts)]
+    rows.append({"id": "dup1", "text": "  " + texts[3].upper() + "\n"})  # exact duplicate of d003
+    rows.append({"id": "e1", "text": ""})  # empty: rejected
+    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
+    return _write_jsonl(path, rows, extra_lines=["{not json"]), texts
+
+
+def test_embed_writes_vectors_duplicates_errors_manifest(corpus, minilm_dir, tmp_path,  # noqa: F811
+                                                         capsys):
+    path, texts = corpus
+    out = tmp_path / "out"
+    rc = main(["embed", "--input", path, "--output", str(out), "--model", minilm_dir,
+               "--keep-fields", "title", "--beam-batch-size", "32"])
+    assert rc == 0
+    summary = capsys.readouterr().out
+    assert "read 83 = written 80 + exact duplicates 1 + semantic duplicates 0 + invalid 2" in summary
+    assert "docs/s" in summary and "padding ratio" in summary
+
+    vectors, files = _table(out, "vectors")
+    assert vectors.num_rows == 80
+    emb_type = vectors.schema.field("embedding").type
+    assert pa.types.is_fixed_size_list(emb_type) and emb_type.list_size == 384
+    assert emb_type.value_type == pa.float32()
+    meta = pq.read_schema(files[0]).metadata
+    assert meta[b"beam_e5.model"].decode() == minilm_dir
+    assert meta[b"beam_e5.dim"] == b"384" and meta[b"beam_e5.normalization"] == b"l2"
+    assert meta[b"beam_e5.profile.pooling"] == b"mean"
+    assert meta[b"beam_e5.profile.max_length"] == b"256"
+    assert b"beam_e5.prefix" in meta
+
+    matrix = np.stack(vectors.column("embedding").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
+    ids = vectors.column("id").to_pylist()
+    ref, _ = Encoder.load(EncoderConfig(minilm_dir).resolve()).encode(texts)
+    for row, i in enumerate(int(x[1:]) for x in ids):
+        assert float(matrix[row] @ ref[i]) > 0.99999
+    assert vectors.column("title").to_pylist()[ids.index("d005")] == "title 5"
+
+    dups, _ = _table(out, "duplicates")
+    assert dups.to_pylist() == [{"id": "dup1", "duplicate_of": "d003", "similarity": 1.0,
+                                 "kind": "exact"}]
+    errors = [json.loads(line) for f in out.glob("errors-*.jsonl")
+              for line in f.read_text().splitlines()]
+    assert len(errors) == 2 and all(e["reason"] for e in errors)
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    c = manifest["counts"]
+    assert c == {"read": 83, "invalid": 2, "exact_duplicates": 1, "semantic_duplicates": 0,
+                 "embedded": 80, "written": 80}
+    assert manifest["model"]["model"] == minilm_dir
+    assert manifest["stats"]["real_tokens"] > 0
+    assert not (out / "_counts").exists()
+
+
+def test_existing_manifest_needs_overwrite(corpus, minilm_dir, tmp_path, capsys):  # noqa: F811
+    path, _ = corpus
+    out = tmp_path / "out"
+    args = ["embed", "--input", path, "--output", str(out), "--model", minilm_dir,
+            "--no-exact-dedupe", "--vector-dtype", "float16"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    (out / "vectors-stale-from-crash.parquet").write_bytes(b"junk")
+    assert main(args + ["--overwrite"]) == 0
+    vectors, files = _table(out, "vectors")
+    assert vectors.num_rows == 81  # exact dedupe off: the duplicate is embedded too
+    assert vectors.schema.field("embedding").type.value_type == pa.float16()
+    assert not (out / "vectors-stale-from-crash.parquet").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "/no/such/model/dir"], "does not exist"),
+    (["--role", "document"], "invalid choice"),
+    (["--max-batch-tokens", "0"], "positive integer"),
+    (["--max-length", "1024", "--max-batch-tokens", "512"], "smaller than the max length"),
+])
+def test_misconfiguration_fails_before_the_pipeline(corpus, minilm_dir, tmp_path, capsys,  # noqa: F811
+                                                    args, message):
+    path, _ = corpus
+    base = ["embed", "--input", path, "--output", str(tmp_path / "o"), "--model", minilm_dir]
+    try:
+        rc = main(base + args)
+    except SystemExit as e:  # argparse choices
+        rc = e.code
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_neighbours_finds_the_document_itself(corpus, minilm_dir, tmp_path, capsys):  # noqa: F811
+    path, texts = corpus
+    out = tmp_path / "out"
+    assert main(["embed", "--input", path, "--output", str(out), "--model", minilm_dir,
+                 "--keep-fields", "title"]) == 0
+    capsys.readouterr()
+    assert main(["neighbours", "--vectors", str(out), "--model", minilm_dir, "--corpus", path,
+                 "--query", texts[7], "--k", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert " 1. 1.0000  d007  title 7" in printed
