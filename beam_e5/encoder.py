@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Optional, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -171,8 +171,13 @@ class Encoder:
         return [list(x) for x in enc["input_ids"]], over
 
     # -- inference ----------------------------------------------------------------------
-    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, EncodeStats]:
-        """Vectors (len(texts), dim) float32 in input order, and the stats of the call."""
+    def encode(self, texts: Sequence[str],
+               on_progress: Optional[Callable[[int, int], None]] = None,
+               ) -> tuple[np.ndarray, EncodeStats]:
+        """Vectors (len(texts), dim) float32 in input order, and the stats of the call.
+
+        ``on_progress(texts, real_tokens)`` is called after each micro-batch is launched.
+        """
         start = time.perf_counter()
         stats = EncodeStats(texts=len(texts))
         out = np.empty((len(texts), self.dim), dtype=np.float32)
@@ -193,6 +198,8 @@ class Encoder:
             vectors = run_splitting_on_oom(
                 lambda part: [self._forward([tok.ids[i] for i in part], stats)], rows, stats)
             pending.append((rows, torch.cat(vectors)))
+            if on_progress is not None:
+                on_progress(len(rows), sum(lengths[i] for i in rows))
         for rows, vecs in pending:  # one device->host copy per micro-batch, after all launches
             out[rows] = vecs.cpu().numpy()
         stats.micro_batches = len(plan) + stats.oom_splits

@@ -94,7 +94,9 @@ class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
     def run_inference(self, batch: Sequence[tuple[Any, str]], model: Encoder,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[Embedding]:
         del inference_args
-        vectors, stats = model.encode([text for _, text in batch])
+        if self._progress is None:
+            self._progress = _Progress()
+        vectors, stats = model.encode([text for _, text in batch], self._progress.update)
         metrics = self._get_metrics()
         metrics.texts.inc(stats.texts)
         metrics.real_tokens.inc(stats.real_tokens)
@@ -103,9 +105,6 @@ class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
         metrics.truncated.inc(stats.truncated)
         metrics.oom_splits.inc(stats.oom_splits)
         metrics.encode_ms.update(int(stats.seconds * 1000))
-        if self._progress is None:
-            self._progress = _Progress()
-        self._progress.update(stats.texts, stats.real_tokens)
         return [Embedding(key, vectors[i], stats.tokens_per_text[i], stats.truncated_per_text[i])
                 for i, (key, _) in enumerate(batch)]
 

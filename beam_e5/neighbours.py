@@ -27,10 +27,13 @@ from beam_e5.sinks import read_vectors
 class Neighbour:
     id: str
     score: float
-    title: Optional[str]
+    label: str  # the run's kept fields, "name=value" joined
 
 
-def load_vectors(output_dir: str) -> tuple[list[str], np.ndarray, list[Optional[str]]]:
+BUILT_IN_COLUMNS = ("id", "embedding", "text_sha256", "tokens")
+
+
+def load_vectors(output_dir: str) -> tuple[list[str], np.ndarray, list[str]]:
     read_manifest(output_dir)  # only complete runs
     tables = list(read_vectors(output_dir.rstrip("/") + "/vectors-*.parquet"))
     if not tables:
@@ -39,17 +42,19 @@ def load_vectors(output_dir: str) -> tuple[list[str], np.ndarray, list[Optional[
     emb = table.column("embedding").combine_chunks()
     dim = emb.type.list_size
     matrix = emb.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
-    titles = (table.column("title").to_pylist() if "title" in table.column_names
-              else [None] * table.num_rows)
-    return table.column("id").to_pylist(), matrix, titles
+    kept = [c for c in table.column_names if c not in BUILT_IN_COLUMNS]
+    values = [table.column(c).to_pylist() for c in kept]
+    labels = ["  ".join(f"{c}={v[i]}" for c, v in zip(kept, values) if v[i] is not None)
+              for i in range(table.num_rows)]
+    return table.column("id").to_pylist(), matrix, labels
 
 
 def nearest(query_vector: np.ndarray, ids: list[str], matrix: np.ndarray,
-            titles: list[Optional[str]], k: int) -> list[Neighbour]:
+            labels: list[str], k: int) -> list[Neighbour]:
     """Top ``k`` by cosine; ties broken by id so the answer is deterministic."""
     scores = matrix @ query_vector
     order = sorted(range(len(ids)), key=lambda i: (-float(scores[i]), ids[i]))[:k]
-    return [Neighbour(ids[i], float(scores[i]), titles[i]) for i in order]
+    return [Neighbour(ids[i], float(scores[i]), labels[i]) for i in order]
 
 
 def corpus_texts(path: str, wanted: set[str], id_field: str = "id",
@@ -69,17 +74,16 @@ def corpus_texts(path: str, wanted: set[str], id_field: str = "id",
 
 def run_neighbours(vectors_dir: str, encoder: EncoderConfig, query: str, k: int,
                    corpus: Optional[str] = None) -> list[Neighbour]:
-    ids, matrix, titles = load_vectors(vectors_dir)
+    ids, matrix, labels = load_vectors(vectors_dir)
     enc = Encoder.load(encoder.resolve())
     qvec, _ = enc.encode([query])
-    result = nearest(qvec[0], ids, matrix, titles, k)
+    result = nearest(qvec[0], ids, matrix, labels, k)
     texts = corpus_texts(corpus, {n.id for n in result}) if corpus else {}
     print(f"{len(ids):,} vectors; top {k} for query {query!r} "
           f"(prefix {enc.prefix!r}, model {encoder.model}):")
     for rank, n in enumerate(result, 1):
-        label = n.title or ""
         snippet = " ".join(texts.get(n.id, "").split())[:110]
-        print(f"{rank:>2}. {n.score:.4f}  {n.id}  {label}")
+        print(f"{rank:>2}. {n.score:.4f}  {n.id}  {n.label}".rstrip())
         if snippet:
             print(f"      {snippet}")
     return result

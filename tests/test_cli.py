@@ -130,4 +130,4 @@ def test_neighbours_finds_the_document_itself(corpus, minilm_dir, tmp_path, caps
     assert main(["neighbours", "--vectors", str(out), "--model", minilm_dir, "--corpus", path,
                  "--query", texts[7], "--k", "3"]) == 0
     printed = capsys.readouterr().out
-    assert " 1. 1.0000  d007  title 7" in printed
+    assert " 1. 1.0000  d007  title=title 7" in printed
