@@ -97,10 +97,9 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
                    help="replace a previous run in --output")
 
 
-def add_semantic_args(parser: argparse.ArgumentParser, required: bool) -> None:
+def add_semantic_args(parser: argparse.ArgumentParser, flag: str) -> None:
     g = parser.add_argument_group("semantic dedupe")
-    g.add_argument("--dedupe-threshold" if not required else "--threshold",
-                   dest="threshold", type=float, required=required, default=None,
+    g.add_argument(flag, dest="threshold", type=float, default=None,
                    help="drop a document whose cosine to one with a smaller order key is >= T")
     g.add_argument("--keep", choices=("id", "longest", "shortest"), default="id",
                    help="which document of a near-duplicate pair survives")
@@ -126,7 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_args(embed)
     embed.add_argument("--no-exact-dedupe", action="store_true",
                        help="embed every document, even exact duplicates")
-    add_semantic_args(embed, required=False)
+    add_semantic_args(embed, "--dedupe-threshold")
+    dedupe = sub.add_parser("dedupe", allow_abbrev=False,
+                            help="remove near-duplicates from vectors of an earlier run")
+    dedupe.add_argument("--input", required=True, help="vectors-*.parquet glob (local or gs://)")
+    dedupe.add_argument("--output", required=True, help="directory for the result")
+    dedupe.add_argument("--overwrite", action="store_true")
+    dedupe.add_argument("--explain", action="store_true",
+                        help="no dedupe: write a similarity histogram and table to --output")
+    dedupe.add_argument("--explain-sample", type=int, default=2000)
+    dedupe.add_argument("--explain-max-vectors", type=int, default=None)
+    add_semantic_args(dedupe, "--threshold")
     nn = sub.add_parser("neighbours", allow_abbrev=False,
                         help="nearest neighbours of a query in a finished run")
     nn.add_argument("--vectors", required=True, help="the --output directory of a run")
@@ -158,6 +167,26 @@ def run_embed_command(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
+def run_dedupe_command(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from beam_e5.dedupe_job import DedupeJob, run_dedupe, run_explain
+
+    if args.explain:
+        table = run_explain(args.input, args.output, args.explain_sample,
+                            args.explain_max_vectors)
+        print("threshold  sampled  duplicates  estimated  fraction")
+        for row in table:
+            print(f"{row['threshold']:>9.2f}  {row['sampled']:>7}  {row['sampled_duplicates']:>10}"
+                  f"  {row['estimated_duplicates']:>9}  {row['fraction']:>8.2%}")
+        print(f"histogram: {args.output}/nn_similarity.png")
+        return 0
+    semantic = semantic_config(args)
+    if semantic is None:
+        raise ConfigError("beam-e5 dedupe needs --threshold T (or --explain to choose one)")
+    job = DedupeJob(args.input, OutputConfig(args.output, overwrite=args.overwrite), semantic)
+    print(run_dedupe(job, beam_args).render())
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
@@ -167,6 +196,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "embed":
             return run_embed_command(args, beam_args)
+        if args.command == "dedupe":
+            return run_dedupe_command(args, beam_args)
         if args.command == "neighbours":
             from beam_e5.neighbours import run_neighbours
 

@@ -51,11 +51,16 @@ class RunSummary:
             f"  read {c['read']:,} = written {c['written']:,} + exact duplicates "
             f"{c['exact_duplicates']:,} + semantic duplicates {c['semantic_duplicates']:,} + "
             f"invalid {c['invalid']:,}",
-            f"  embedded {c['embedded']:,} docs, {s['real_tokens']:,} tokens "
-            f"({s['truncated_texts']:,} truncated) in {s['seconds']:.1f} s",
-            f"  {s['docs_per_s']:,.1f} docs/s, {s['tokens_per_s']:,.0f} tokens/s, "
-            f"padding ratio {s['padding_ratio']:.1%}, {s['micro_batches']:,} micro-batches",
         ]
+        if s["real_tokens"]:
+            lines += [
+                f"  embedded {c['embedded']:,} docs, {s['real_tokens']:,} tokens "
+                f"({s['truncated_texts']:,} truncated) in {s['seconds']:.1f} s",
+                f"  {s['docs_per_s']:,.1f} docs/s, {s['tokens_per_s']:,.0f} tokens/s, "
+                f"padding ratio {s['padding_ratio']:.1%}, {s['micro_batches']:,} micro-batches",
+            ]
+        else:
+            lines.append(f"  no inference; {s['seconds']:.1f} s")
         for extra in ("carried", "reembedded", "new", "deleted"):
             if extra in c:
                 lines.append(f"  {extra}: {c[extra]:,}")

