@@ -118,14 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    embed = sub.add_parser("embed", allow_abbrev=False,
-                           help="read a corpus, dedupe, embed, write Parquet vectors")
-    add_reader_args(embed)
-    add_encoder_args(embed)
-    add_output_args(embed)
-    embed.add_argument("--no-exact-dedupe", action="store_true",
-                       help="embed every document, even exact duplicates")
-    add_semantic_args(embed, "--dedupe-threshold")
+    for name, help_text in (
+            ("embed", "read a corpus, dedupe, embed, write Parquet vectors"),
+            ("reembed", "like embed, but carry unchanged vectors over from --previous")):
+        embed = sub.add_parser(name, allow_abbrev=False, help=help_text)
+        add_reader_args(embed)
+        add_encoder_args(embed)
+        add_output_args(embed)
+        embed.add_argument("--no-exact-dedupe", action="store_true",
+                           help="embed every document, even exact duplicates")
+        add_semantic_args(embed, "--dedupe-threshold")
+        if name == "reembed":
+            embed.add_argument("--previous", required=True,
+                               help="previous snapshot directory, or a --publish pointer file")
+        embed.add_argument("--publish", default=None,
+                           help="pointer file (local or gs://) set to --output after success")
     dedupe = sub.add_parser("dedupe", allow_abbrev=False,
                             help="remove near-duplicates from vectors of an earlier run")
     dedupe.add_argument("--input", required=True, help="vectors-*.parquet glob (local or gs://)")
@@ -160,7 +167,8 @@ def run_embed_command(args: argparse.Namespace, beam_args: list[str]) -> int:
 
     job = EmbedJob(reader=reader_config(args), encoder=encoder_config(args),
                    output=OutputConfig(args.output, args.vector_dtype, args.overwrite),
-                   exact_dedupe=not args.no_exact_dedupe, semantic=semantic_config(args))
+                   exact_dedupe=not args.no_exact_dedupe, semantic=semantic_config(args),
+                   previous=getattr(args, "previous", None), publish=args.publish)
     summary = run_embed(job, beam_args)
     print(summary.render())
     print(f"  output: {args.output}")
@@ -194,7 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     setup_logging(args.verbose)
     try:
-        if args.command == "embed":
+        if args.command in ("embed", "reembed"):
             return run_embed_command(args, beam_args)
         if args.command == "dedupe":
             return run_dedupe_command(args, beam_args)

@@ -8,7 +8,9 @@ a complete run. Beam's sinks write shards under temporary names and rename them 
 from __future__ import annotations
 
 import json
+import glob
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +23,10 @@ LOG = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 COUNTS_DIR = "_counts"
-OUTPUT_PATTERNS = ("vectors-*", "duplicates-*", "errors-*", "deleted-*", COUNTS_DIR + "/*",
-                   "beam-temp-*/*", ".temp-beam*/*")
+# What a run (or a crashed one) can leave; Beam's sinks stage shards in beam-temp-* folders.
+OUTPUT_PATTERNS = ("vectors-*", "duplicates-*", "errors-*", "deleted-*", COUNTS_DIR + "/**",
+                   "beam-temp-*/**", MANIFEST + ".tmp")
+STAGING_DIR_PREFIXES = ("beam-temp-", COUNTS_DIR)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,9 @@ def existing_outputs(output_dir: str) -> list[str]:
     found = []
     for result in FileSystems.match(patterns, limits=[10_000] * len(patterns)):
         found += [m.path for m in result.metadata_list]
+    if "://" not in output_dir:  # local: Beam's match lists files only, not (empty) folders
+        found += [p for prefix in STAGING_DIR_PREFIXES
+                  for p in glob.glob(os.path.join(output_dir, prefix + "*")) if os.path.isdir(p)]
     return found
 
 
@@ -68,11 +75,16 @@ def prepare_output(cfg: OutputConfig) -> None:
                           f"({len(found)} files); pass --overwrite to replace it, or choose "
                           "a new --output")
     manifest = [p for p in found if p.endswith(MANIFEST)]
-    FileSystems.delete(manifest)  # first, so the directory is never 'complete' but mixed
-    rest = [p for p in found if p not in manifest]
-    if rest:
-        FileSystems.delete(rest)
+    _delete_all(manifest)  # first, so the directory is never 'complete' but mixed
+    _delete_all([p for p in found if p not in manifest])
     LOG.info("beam-e5: --overwrite removed %d files from %s", len(found), cfg.output)
+
+
+def _delete_all(paths: list[str]) -> None:
+    """Delete files before the folders holding them; tolerate paths already gone."""
+    for path in sorted(set(paths), key=lambda p: (-p.count("/"), p)):
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
 
 
 def read_counts(output_dir: str) -> dict[str, int]:

@@ -28,6 +28,9 @@ from beam_e5.exact_dedupe import ExactDedupe
 from beam_e5.outputs import (OutputConfig, prepare_output, read_counts, write_manifest,
                              COUNTS_DIR)
 from beam_e5.readers import ReadCorpus, ReaderConfig, validate_reader_config
+from beam_e5.reembed import (CARRIED, DELETED, NEW, REEMBEDDED, TO_EMBED, PreviousSnapshot,
+                             deleted_to_json, load_previous, model_signature, publish,
+                             read_previous, split_by_previous)
 from beam_e5.semantic_dedupe import SemanticDedupe, SemanticDedupeConfig
 from beam_e5.sinks import WriteDuplicates, WriteErrors, WriteVectors, vectors_schema
 from beam_e5.summary import RunSummary, summarize
@@ -44,6 +47,17 @@ class EmbedJob:
     output: OutputConfig
     exact_dedupe: bool = True
     semantic: Optional[SemanticDedupeConfig] = None
+    previous: Optional[str] = None  # a snapshot dir or publish pointer: re-embed incrementally
+    publish: Optional[str] = None  # pointer file moved to this run's output after success
+
+
+@dataclass(frozen=True)
+class ResolvedJob:
+    """What validation found: the encoder spec, its signature, the previous snapshot."""
+
+    spec: EncoderSpec
+    signature: dict[str, str]
+    previous: Optional[PreviousSnapshot]
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,7 @@ class Streams:
     duplicates: Any
     errors: Any
     counts: dict[str, Any]
+    deleted: Any = None
 
 
 def _for_embedding(doc: dict) -> dict:
@@ -61,8 +76,9 @@ def _for_embedding(doc: dict) -> dict:
             "source": doc["source"], "fields": doc.get("fields") or {}}
 
 
-def build_embed_graph(p: beam.Pipeline, job: EmbedJob, spec: EncoderSpec) -> Streams:
+def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob) -> Streams:
     """Wire the stages; return the output streams and the counts to record."""
+    spec = resolved.spec
     read = p | "Read" >> ReadCorpus(job.reader)
     counts = {"documents": read.documents, "reader_errors": read.errors}
     errors = [read.errors]
@@ -74,11 +90,24 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, spec: EncoderSpec) -> Str
         duplicates.append(exact.duplicates)
         errors.append(exact.errors)
         counts.update(exact_duplicates=exact.duplicates, id_conflicts=exact.errors)
+    carried = deleted = None
+    if resolved.previous is not None:
+        split = split_by_previous(
+            docs, read.documents | "PresentIds" >> beam.Map(lambda d: d["id"]),
+            read_previous(p, resolved.previous), resolved.previous.same_model)
+        carried, deleted = split[CARRIED], split[DELETED]
+        for category in (NEW, REEMBEDDED):
+            counts[category] = split[TO_EMBED] | f"Only_{category}" >> beam.Filter(
+                lambda cd, c=category: cd[0] == c)
+        counts.update(carried=carried, deleted=deleted)
+        docs = split[TO_EMBED] | "DocsToEmbed" >> beam.Map(lambda cd: cd[1])
     embedded, embed_errors = (docs
                               | "PrepareForEmbedding" >> beam.Map(_for_embedding)
                               | "Embed" >> EmbedTexts(spec, with_errors=True))
     errors.append(embed_errors)
     counts.update(embedded=embedded, embed_errors=embed_errors)
+    if carried is not None:
+        embedded = (embedded, carried) | "WithCarried" >> beam.Flatten()
     written = embedded
     if job.semantic is not None:
         semantic = embedded | "SemanticDedupe" >> SemanticDedupe(job.semantic)
@@ -90,16 +119,22 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, spec: EncoderSpec) -> Str
         written=written,
         duplicates=tuple(duplicates) | "AllDuplicates" >> beam.Flatten(pipeline=p),
         errors=tuple(errors) | "AllErrors" >> beam.Flatten(pipeline=p),
-        counts=counts)
+        counts=counts, deleted=deleted)
 
 
-def write_streams(p: beam.Pipeline, streams: Streams, job: EmbedJob, spec: EncoderSpec) -> None:
+def write_streams(p: beam.Pipeline, streams: Streams, job: EmbedJob,
+                  resolved: ResolvedJob) -> None:
     out = job.output.output
-    schema = vectors_schema(spec.dim, job.output.vector_dtype, job.reader.keep_fields,
-                            file_metadata(job, spec))
+    schema = vectors_schema(resolved.spec.dim, job.output.vector_dtype, job.reader.keep_fields,
+                            file_metadata(job, resolved))
     _ = streams.written | "WriteVectors" >> WriteVectors(out, schema)
     _ = streams.duplicates | "WriteDuplicates" >> WriteDuplicates(out)
     _ = streams.errors | "WriteErrors" >> WriteErrors(out)
+    if streams.deleted is not None:
+        _ = (streams.deleted
+             | "DeletedToJson" >> beam.Map(deleted_to_json)
+             | "WriteDeleted" >> beam.io.WriteToText(FileSystems.join(out, "deleted"),
+                                                     file_name_suffix=".jsonl"))
     record_counts(p, streams.counts, out)
 
 
@@ -116,10 +151,9 @@ def record_counts(p: beam.Pipeline, counts: dict[str, Any], output_dir: str) -> 
                                                 file_name_suffix=".jsonl"))
 
 
-def file_metadata(job: EmbedJob, spec: EncoderSpec) -> dict[str, str]:
+def file_metadata(job: EmbedJob, resolved: ResolvedJob) -> dict[str, str]:
     return {"beam_e5.version": __version__, "beam_e5.normalization": "l2",
-            "beam_e5.vector_dtype": job.output.vector_dtype,
-            **{f"beam_e5.{k}": v for k, v in spec.signature().items()}}
+            **{f"beam_e5.{k}": v for k, v in resolved.signature.items()}}
 
 
 def manifest_counts(raw: dict[str, int]) -> dict[str, int]:
@@ -132,6 +166,9 @@ def manifest_counts(raw: dict[str, int]) -> dict[str, int]:
         "embedded": raw["embedded"],
         "written": raw["written"],
     }
+    for name in ("carried", "new", "reembedded", "deleted"):
+        if name in raw:
+            counts[name] = raw[name]
     balance = (counts["written"] + counts["exact_duplicates"] + counts["semantic_duplicates"]
                + counts["invalid"])
     if counts["read"] != balance:
@@ -141,21 +178,30 @@ def manifest_counts(raw: dict[str, int]) -> dict[str, int]:
     return counts
 
 
-def validate_job(job: EmbedJob) -> EncoderSpec:
+def validate_job(job: EmbedJob) -> ResolvedJob:
     """Everything that can be checked before the pipeline starts."""
     validate_reader_config(job.reader)
     spec = job.encoder.resolve()
+    signature = {**model_signature(spec), "vector_dtype": job.output.vector_dtype}
+    previous = load_previous(job.previous, signature) if job.previous else None
+    if previous is not None and _same_dir(previous.path, job.output.output):
+        raise ConfigError("--output must differ from the --previous snapshot; write each run "
+                          "to a new directory and move a --publish pointer")
     prepare_output(job.output)
-    return spec
+    return ResolvedJob(spec, signature, previous)
+
+
+def _same_dir(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")
 
 
 def run_embed(job: EmbedJob, beam_args: list[str]) -> RunSummary:
-    spec = validate_job(job)
+    resolved = validate_job(job)
     options = PipelineOptions(beam_args)
     start = time.time()
     p = beam.Pipeline(options=options)
-    streams = build_embed_graph(p, job, spec)
-    write_streams(p, streams, job, spec)
+    streams = build_embed_graph(p, job, resolved)
+    write_streams(p, streams, job, resolved)
     result = p.run()
     result.wait_until_finish()
     seconds = time.time() - start
@@ -163,13 +209,17 @@ def run_embed(job: EmbedJob, beam_args: list[str]) -> RunSummary:
     summary = summarize(result, counts, seconds)
     write_manifest(job.output.output, {
         "beam_e5_version": __version__,
-        "command": "embed",
-        "model": spec.signature(),
-        "profile": dataclasses.asdict(spec.profile),
+        "command": "reembed" if job.previous else "embed",
+        "model": resolved.signature,
+        "profile": dataclasses.asdict(resolved.spec.profile),
+        "previous": resolved.previous.path if resolved.previous else None,
+        "previous_model_matched": resolved.previous.same_model if resolved.previous else None,
         "options": job_options(job),
         "counts": counts,
         "stats": summary.stats(),
     })
+    if job.publish:
+        publish(job.publish, job.output.output)
     return summary
 
 
@@ -178,7 +228,7 @@ def job_options(job: EmbedJob) -> dict[str, Any]:
         return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
     return {"reader": plain(job.reader), "encoder": plain(job.encoder),
             "output": plain(job.output), "exact_dedupe": job.exact_dedupe,
-            "semantic": plain(job.semantic)}
+            "semantic": plain(job.semantic), "previous": job.previous, "publish": job.publish}
 
 
 __all__ = ["EmbedJob", "build_embed_graph", "run_embed", "validate_job", "ConfigError"]

@@ -35,6 +35,7 @@ class RunSummary:
         secs = max(self.seconds, 1e-9)
         return {
             "seconds": round(self.seconds, 3),
+            "texts_embedded": self.metrics.get("texts_embedded", 0),
             "docs_per_s": round(self.counts.get("embedded", 0) / secs, 2),
             "tokens_per_s": round(real / secs, 1),
             "real_tokens": real,
