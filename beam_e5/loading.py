@@ -65,9 +65,14 @@ def classify_model_ref(ref: str, revision: Optional[str] = None) -> ModelSource:
 
 def list_gcs_files(prefix: str) -> list[tuple[str, int]]:
     """(path, size) of every object under ``prefix/`` via Beam's filesystem."""
-    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.io.filesystems import BeamIOError, FileSystems
 
-    result = FileSystems.match([prefix.rstrip("/") + "/**"])[0]
+    try:
+        result = FileSystems.match([prefix.rstrip("/") + "/**"])[0]
+    except BeamIOError as e:
+        raise ConfigError(f"cannot list {prefix}/ ({e}); check the bucket name and that your "
+                          "Application Default Credentials (gcloud auth application-default "
+                          "login, or the worker service account) may read it") from e
     return [(m.path, m.size_in_bytes) for m in result.metadata_list]
 
 
@@ -158,14 +163,34 @@ def read_model_file_text(source: ModelSource, rel: str) -> Optional[str]:
     return None
 
 
+def check_safetensors_headers(paths: list[Path]) -> None:
+    """Open each safetensors file's header (cheap: no tensor data is read)."""
+    from safetensors import safe_open
+
+    for path in paths:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except Exception as e:  # safetensors raises its own error types
+            raise ConfigError(f"{path} is not a valid safetensors file ({e}); the model "
+                              "directory is corrupt or half-copied: download it again") from e
+
+
 def preflight_model_source(source: ModelSource, allow_pickle_weights: bool) -> None:
-    """Checks that can run before the pipeline: the directory exists and has safe weights."""
+    """Checks that can run before the pipeline: the directory exists, is readable and has
+    safe, well-formed weights."""
     if source.kind == "local":
-        names = [str(p.relative_to(source.ref)) for p in Path(source.ref).rglob("*")]
+        paths = list(Path(source.ref).rglob("*"))
+        unreadable = [p for p in paths if p.is_file() and not os.access(p, os.R_OK)]
+        if unreadable:
+            raise ConfigError(f"cannot read {unreadable[0]} (permission denied); fix the file "
+                              "permissions or run as a user that can read the model")
+        names = [str(p.relative_to(source.ref)) for p in paths]
         if "config.json" not in names:
             raise ConfigError(f"{source.ref} has no config.json; point --model at a directory "
                               "written by save_pretrained() or downloaded from the Hub")
         check_weight_files(names, source.ref, allow_pickle_weights)
+        check_safetensors_headers([p for p in paths if p.suffix == ".safetensors"])
     elif source.kind == "gcs":
         files = list_gcs_files(source.ref)
         if not files:

@@ -84,3 +84,35 @@ def test_gcs_staging_copies_once_across_processes(gcs_emulator, minilm_dir, tmp_
 def test_gcs_missing_model_is_a_config_error(gcs_emulator):
     with pytest.raises(ConfigError, match="no objects under"):
         EncoderConfig(gcs_emulator.url("models/nothing-here")).resolve()
+
+
+def test_corrupt_safetensors_is_refused_at_start(minilm_dir, tmp_path):  # noqa: F811
+    import shutil
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(minilm_dir, broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[:1000])  # a half-copied file
+    with pytest.raises(ConfigError, match="not a valid safetensors file"):
+        EncoderConfig(str(broken)).resolve()
+
+
+def test_corrupt_config_json_is_refused_at_start(minilm_dir, tmp_path):  # noqa: F811
+    import shutil
+
+    broken = tmp_path / "broken-config"
+    shutil.copytree(minilm_dir, broken)
+    (broken / "sentence_bert_config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        EncoderConfig(str(broken)).resolve()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
+def test_unreadable_model_file_is_refused(minilm_dir, tmp_path):  # noqa: F811
+    import shutil
+
+    locked = tmp_path / "locked"
+    shutil.copytree(minilm_dir, locked)
+    (locked / "config.json").chmod(0)
+    with pytest.raises(ConfigError, match="permission denied"):
+        EncoderConfig(str(locked)).resolve()
