@@ -24,6 +24,19 @@ LOG = logging.getLogger("beam_e5")
 INPUT_FORMATS = ("auto", "jsonl", "parquet", "csv", "tsv", "text")
 
 
+def _bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def add_flag(group, name: str, help_text: str) -> None:
+    """A boolean flag that also takes ``--name=true|false`` (as Flex Templates pass it)."""
+    group.add_argument(name, nargs="?", const=True, default=False, type=_bool, help=help_text)
+
+
 def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--model", required=True,
@@ -48,10 +61,9 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--torch-threads", type=int, default=0, help="0: one per core")
     g.add_argument("--model-cache-dir", default=None,
                    help="where gs:// models are staged on workers")
-    g.add_argument("--trust-remote-code", action="store_true",
-                   help="allow model code from the Hub (off by default)")
-    g.add_argument("--allow-pickle-weights", action="store_true",
-                   help="allow .bin/.pt weights (pickle; off by default: safetensors only)")
+    add_flag(g, "--trust-remote-code", "allow model code from the Hub (off by default)")
+    add_flag(g, "--allow-pickle-weights",
+             "allow .bin/.pt weights (pickle; off by default: safetensors only)")
 
 
 def encoder_config(args: argparse.Namespace) -> EncoderConfig:
@@ -93,8 +105,7 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("output")
     g.add_argument("--output", required=True, help="directory (local or gs://)")
     g.add_argument("--vector-dtype", choices=tuple(VECTOR_DTYPES), default="float32")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace a previous run in --output")
+    add_flag(g, "--overwrite", "replace a previous run in --output")
 
 
 def add_semantic_args(parser: argparse.ArgumentParser, flag: str) -> None:
@@ -125,8 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_reader_args(embed)
         add_encoder_args(embed)
         add_output_args(embed)
-        embed.add_argument("--no-exact-dedupe", action="store_true",
-                           help="embed every document, even exact duplicates")
+        add_flag(embed, "--no-exact-dedupe", "embed every document, even exact duplicates")
         add_semantic_args(embed, "--dedupe-threshold")
         if name == "reembed":
             embed.add_argument("--previous", required=True,
@@ -137,9 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="remove near-duplicates from vectors of an earlier run")
     dedupe.add_argument("--input", required=True, help="vectors-*.parquet glob (local or gs://)")
     dedupe.add_argument("--output", required=True, help="directory for the result")
-    dedupe.add_argument("--overwrite", action="store_true")
-    dedupe.add_argument("--explain", action="store_true",
-                        help="no dedupe: write a similarity histogram and table to --output")
+    add_flag(dedupe, "--overwrite", "replace a previous run in --output")
+    add_flag(dedupe, "--explain", "no dedupe: write a similarity histogram and table to --output")
     dedupe.add_argument("--explain-sample", type=int, default=2000)
     dedupe.add_argument("--explain-max-vectors", type=int, default=None)
     add_semantic_args(dedupe, "--threshold")
