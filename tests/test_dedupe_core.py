@@ -10,21 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beam_e5 import dedupe_core as core
+from synthetic import near, unit
 
 THRESHOLDS = (0.85, 0.90, 0.95)
 
 
-def unit(rows: np.ndarray) -> np.ndarray:
-    rows = np.asarray(rows, dtype=np.float64)
-    return (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def near(base: np.ndarray, sim: float, rng: np.random.Generator) -> np.ndarray:
-    """A unit vector at cosine ``sim`` (up to float32 rounding) from unit ``base``."""
-    noise = rng.normal(size=base.shape)
-    noise -= noise.dot(base) * base
-    noise /= np.linalg.norm(noise)
-    return unit(sim * base.astype(np.float64) + np.sqrt(1 - sim**2) * noise)
 
 
 def planted_corpus(n_base: int, seed: int, clustered: bool, dim: int = 64):

@@ -15,21 +15,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_e5 import dedupe_core as core
 from beam_e5.errors import ConfigError
 from beam_e5.semantic_dedupe import SemanticDedupe, SemanticDedupeConfig, to_point
+from synthetic import near, unit
 
 THRESHOLDS = (0.85, 0.90, 0.95)
 MULTI_THREADED = ("--direct_num_workers=2", "--direct_running_mode=multi_threading")
 
 
-def unit(rows) -> np.ndarray:
-    rows = np.asarray(rows, dtype=np.float64)
-    return (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def near(base: np.ndarray, sim: float, rng: np.random.Generator) -> np.ndarray:
-    noise = rng.normal(size=base.shape)
-    noise -= noise.dot(base) * base
-    noise /= np.linalg.norm(noise)
-    return unit(sim * base.astype(np.float64) + np.sqrt(1 - sim**2) * noise)
 
 
 def planted_records(n_base: int, seed: int, clustered: bool, dim: int = 96) -> list[dict]:
