@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, TypeVar
 
@@ -114,6 +115,12 @@ class Encoder:
         self.eos_id = tokenizer.eos_token_id
         self.left_padding = getattr(tokenizer, "padding_side", "right") == "left"
         self.dim = int(model.config.hidden_size)
+        # Every forward pass runs on this one thread, one at a time: the model already uses
+        # every core (or the GPU), and passes from many Beam worker threads would each grow
+        # their own malloc arena by a batch's activations, so peak memory would rise with the
+        # thread count. Tokenisation stays on the caller's thread.
+        self._inference_thread = ThreadPoolExecutor(max_workers=1,
+                                                    thread_name_prefix="beam-e5-inference")
 
     @classmethod
     def load(cls, spec: EncoderSpec) -> "Encoder":
@@ -192,19 +199,25 @@ class Encoder:
         plan = plan_micro_batches(lengths, self.spec.config.max_batch_tokens,
                                   self.spec.config.max_batch_size,
                                   BATCH_OVERHEAD_TOKENS.get(self.device.type, 32))
+        self._inference_thread.submit(self._run_plan, plan, tok.ids, lengths, out, stats,
+                                      on_progress).result()
+        stats.micro_batches = len(plan) + stats.oom_splits
+        stats.seconds = time.perf_counter() - start
+        return out, stats
+
+    def _run_plan(self, plan: list, ids: list[list[int]], lengths: list[int], out: np.ndarray,
+                  stats: EncodeStats, on_progress: Optional[Callable[[int, int], None]]) -> None:
+        """Launch every micro-batch, then copy the vectors to ``out`` (one sync at the end)."""
         pending: list[tuple[list[int], torch.Tensor]] = []
         for batch in plan:
             rows = list(batch.indices)
             vectors = run_splitting_on_oom(
-                lambda part: [self._forward([tok.ids[i] for i in part], stats)], rows, stats)
+                lambda part: [self._forward([ids[i] for i in part], stats)], rows, stats)
             pending.append((rows, torch.cat(vectors)))
             if on_progress is not None:
                 on_progress(len(rows), sum(lengths[i] for i in rows))
-        for rows, vecs in pending:  # one device->host copy per micro-batch, after all launches
+        for rows, vecs in pending:
             out[rows] = vecs.cpu().numpy()
-        stats.micro_batches = len(plan) + stats.oom_splits
-        stats.seconds = time.perf_counter() - start
-        return out, stats
 
     def _forward(self, ids: list[list[int]], stats: EncodeStats) -> torch.Tensor:
         width = max(len(x) for x in ids)

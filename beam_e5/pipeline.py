@@ -50,6 +50,13 @@ class EmbedJob:
     previous: Optional[str] = None  # a snapshot dir or publish pointer: re-embed incrementally
     publish: Optional[str] = None  # pointer file moved to this run's output after success
 
+    def __post_init__(self) -> None:
+        if not self.exact_dedupe and (self.semantic is not None or self.previous is not None):
+            raise ConfigError(
+                "semantic dedupe and re-embedding match documents by id, and exact dedupe is "
+                "what makes ids unique (it rejects an id used for two texts): drop "
+                "--no-exact-dedupe, or drop --dedupe-threshold / use embed instead of reembed")
+
 
 @dataclass(frozen=True)
 class ResolvedJob:

@@ -43,6 +43,7 @@ class RunSummary:
             "padding_ratio": round((padded - real) / padded, 4) if padded else 0.0,
             "micro_batches": self.metrics.get("micro_batches", 0),
             "truncated_texts": self.metrics.get("truncated_texts", 0),
+            "model_loads": self.metrics.get("model_loads", 0),
         }
 
     def render(self) -> str:
@@ -68,6 +69,16 @@ class RunSummary:
         return "\n".join(lines)
 
 
+def model_loads(result: Any, namespace: str = METRICS_NAMESPACE) -> int:
+    """How many times a worker loaded the model (RunInference's load-latency distribution)."""
+    query = result.metrics().query(
+        MetricsFilter().with_namespace(namespace).with_name("load_model_latency_milli_secs"))
+    return sum((d.committed or d.attempted).count for d in query["distributions"]
+               if (d.committed or d.attempted) is not None)
+
+
 def summarize(result: Any, counts: dict[str, int], seconds: float) -> RunSummary:
     metrics = counter_values(result)
-    return RunSummary(counts, seconds, {k: metrics.get(k, 0) for k in SUMMED_METRICS})
+    values = {k: metrics.get(k, 0) for k in SUMMED_METRICS}
+    values["model_loads"] = model_loads(result)
+    return RunSummary(counts, seconds, values)

@@ -82,6 +82,7 @@ def test_embed_writes_vectors_duplicates_errors_manifest(corpus, minilm_dir, tmp
                  "embedded": 80, "written": 80}
     assert manifest["model"]["model"] == minilm_dir
     assert manifest["stats"]["real_tokens"] > 0
+    assert manifest["stats"]["model_loads"] == 1
     assert not (out / "_counts").exists()
 
 
@@ -176,3 +177,10 @@ def test_dedupe_command_needs_threshold_or_explain(tmp_path, capsys):
     assert main(["dedupe", "--input", str(tmp_path / "none-*.parquet"),
                  "--output", str(tmp_path / "o"), "--threshold", "0.9"]) == 2
     assert "no file matches" in capsys.readouterr().err
+
+
+def test_semantic_dedupe_requires_exact_dedupe(corpus, minilm_dir, tmp_path, capsys):  # noqa: F811
+    path, _ = corpus
+    assert main(["embed", "--input", path, "--output", str(tmp_path / "o"), "--model",
+                 minilm_dir, "--no-exact-dedupe", "--dedupe-threshold", "0.9"]) == 2
+    assert "drop --no-exact-dedupe" in capsys.readouterr().err
