@@ -27,7 +27,7 @@ from beam_e5.errors import ConfigError
 from beam_e5.exact_dedupe import ExactDedupe
 from beam_e5.outputs import (OutputConfig, prepare_output, read_counts, write_manifest,
                              COUNTS_DIR)
-from beam_e5.readers import ReadCorpus, ReaderConfig, validate_reader_config
+from beam_e5.readers import ReadCorpus, ReaderConfig, ResolvedInput, validate_reader_config
 from beam_e5.reembed import (CARRIED, DELETED, NEW, REEMBEDDED, TO_EMBED, PreviousSnapshot,
                              deleted_to_json, load_previous, model_signature, publish,
                              read_previous, split_by_previous)
@@ -65,6 +65,7 @@ class ResolvedJob:
     spec: EncoderSpec
     signature: dict[str, str]
     previous: Optional[PreviousSnapshot]
+    reader_input: ResolvedInput  # the matched files and resolved field names
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def _for_embedding(doc: dict) -> dict:
 def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob) -> Streams:
     """Wire the stages; return the output streams and the counts to record."""
     spec = resolved.spec
-    read = p | "Read" >> ReadCorpus(job.reader)
+    read = p | "Read" >> ReadCorpus(resolved.reader_input)
     counts = {"documents": read.documents, "reader_errors": read.errors}
     errors = [read.errors]
     duplicates = []
@@ -187,7 +188,7 @@ def manifest_counts(raw: dict[str, int]) -> dict[str, int]:
 
 def validate_job(job: EmbedJob) -> ResolvedJob:
     """Everything that can be checked before the pipeline starts."""
-    validate_reader_config(job.reader)
+    reader_input = validate_reader_config(job.reader)
     spec = job.encoder.resolve()
     signature = {**model_signature(spec), "vector_dtype": job.output.vector_dtype}
     previous = load_previous(job.previous, signature) if job.previous else None
@@ -195,7 +196,7 @@ def validate_job(job: EmbedJob) -> ResolvedJob:
         raise ConfigError("--output must differ from the --previous snapshot; write each run "
                           "to a new directory and move a --publish pointer")
     prepare_output(job.output)
-    return ResolvedJob(spec, signature, previous)
+    return ResolvedJob(spec, signature, previous, reader_input)
 
 
 def _same_dir(a: str, b: str) -> bool:
