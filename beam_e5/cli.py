@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 from beam_e5.config import DEVICES, DTYPES, EncoderConfig
 from beam_e5.errors import ConfigError
+from beam_e5.onnx_backend import BACKENDS
 from beam_e5.outputs import OutputConfig
 from beam_e5.profiles import POOLINGS, ROLES, ProfileOverrides
 from beam_e5.sinks import VECTOR_DTYPES
@@ -58,7 +59,12 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-batch-size", type=int, default=256, help="max texts per forward pass")
     g.add_argument("--beam-batch-size", type=int, default=512,
                    help="texts per Beam batch (sorted by length inside)")
-    g.add_argument("--torch-threads", type=int, default=0, help="0: one per core")
+    g.add_argument("--torch-threads", type=int, default=0,
+                   help="CPU threads for inference (torch or ONNX Runtime); 0: one per core")
+    g.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="torch (CPU or CUDA); onnx: ONNX Runtime fp32 on CPU, same vectors, "
+                        "faster; onnx-int8: int8 weights, fastest, approximate (see "
+                        "docs/benchmarks.md)")
     g.add_argument("--model-cache-dir", default=None,
                    help="where gs:// models are staged on workers")
     add_flag(g, "--trust-remote-code", "allow model code from the Hub (off by default)")
@@ -77,6 +83,7 @@ def encoder_config(args: argparse.Namespace) -> EncoderConfig:
         max_batch_size=args.max_batch_size, beam_batch_size=args.beam_batch_size,
         trust_remote_code=args.trust_remote_code,
         allow_pickle_weights=args.allow_pickle_weights, torch_threads=args.torch_threads,
+        backend=args.backend,
         **extra)
 
 

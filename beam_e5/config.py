@@ -15,6 +15,7 @@ from typing import Optional
 from beam_e5.errors import ConfigError
 from beam_e5.loading import (DEFAULT_CACHE_DIR, ModelSource, classify_model_ref,
                              preflight_model_source, read_model_file_text)
+from beam_e5.onnx_backend import BACKENDS, check_backend_supported
 from beam_e5.profiles import (POOLINGS, ROLES, ModelProfile, ProfileOverrides,
                               json_reader_for_dir, read_st_config, resolve_profile)
 
@@ -39,6 +40,7 @@ class EncoderConfig:
     allow_pickle_weights: bool = False
     model_cache_dir: str = DEFAULT_CACHE_DIR
     torch_threads: int = 0  # 0: let torch decide (one per core)
+    backend: str = "torch"  # torch | onnx | onnx-int8 (ONNX Runtime, CPU)
 
     def __post_init__(self) -> None:
         if isinstance(self.model, os.PathLike):
@@ -63,6 +65,12 @@ class EncoderConfig:
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, "
                                   f"got {value!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, "
+                              f"got {self.backend!r}")
+        if self.backend != "torch" and self.dtype not in ("auto", "float32"):
+            raise ConfigError(f"--backend {self.backend} computes in float32 (int8 weights "
+                              f"for onnx-int8); drop --dtype {self.dtype} or use --backend torch")
         if self.torch_threads < 0:
             raise ConfigError(f"--torch-threads must be >= 0, got {self.torch_threads}")
 
@@ -76,6 +84,7 @@ class EncoderConfig:
         read_json = json_reader_for_dir(lambda rel: read_model_file_text(source, rel))
         profile = resolve_profile(self.model, read_st_config(read_json), self.overrides)
         dim = model_dim(source, read_json)
+        check_backend_supported(self.backend, model_type(read_json), self.device)
         if profile.max_length > self.max_batch_tokens:
             raise ConfigError(
                 f"--max-batch-tokens {self.max_batch_tokens} is smaller than the max length "
@@ -101,6 +110,12 @@ def model_dim(source: ModelSource, read_json) -> int:
     raise ConfigError(f"{source.ref}: config.json has no hidden_size; is this a text encoder?")
 
 
+def model_type(read_json) -> Optional[str]:
+    """``model_type`` from config.json (``bert``, ``xlm-roberta``, ``mistral``...), if known."""
+    cfg = read_json("config.json")
+    return cfg.get("model_type") if cfg else None
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
     """A resolved, immutable description of the encoder a worker must build."""
@@ -123,4 +138,6 @@ class EncoderSpec:
             "prefix": self.prefix,
             "dim": str(self.dim),
             **{f"profile.{k}": v for k, v in self.profile.as_metadata().items()},
+            # only when not torch, so snapshots made before backends existed still match
+            **({"backend": self.config.backend} if self.config.backend != "torch" else {}),
         }

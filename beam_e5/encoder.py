@@ -124,7 +124,11 @@ class Encoder:
 
     @classmethod
     def load(cls, spec: EncoderSpec) -> "Encoder":
-        """Load tokenizer and weights (safetensors only unless opted in), move to device."""
+        """Load tokenizer and weights (safetensors only unless opted in), move to device.
+
+        With ``backend`` ``onnx`` / ``onnx-int8`` the forward pass is an ONNX Runtime session
+        over a graph exported from the same weights (:mod:`beam_e5.onnx_backend`).
+        """
         from transformers import AutoModel, AutoTokenizer
 
         cfg = spec.config
@@ -137,14 +141,25 @@ class Encoder:
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
         model_kwargs = dict(common, dtype=dtype,
                             use_safetensors=None if cfg.allow_pickle_weights else True)
-        try:
-            model = AutoModel.from_pretrained(path, attn_implementation="sdpa", **model_kwargs)
-        except (ValueError, ImportError) as e:
-            if "sdpa" not in str(e).lower() and "attn" not in str(e).lower():
-                raise
-            LOG.info("beam-e5: %s has no SDPA attention; using the default", cfg.model)
-            model = AutoModel.from_pretrained(path, **model_kwargs)
-        model.eval().to(device)
+
+        def load_torch_model():
+            try:
+                return AutoModel.from_pretrained(path, attn_implementation="sdpa", **model_kwargs)
+            except (ValueError, ImportError) as e:
+                if "sdpa" not in str(e).lower() and "attn" not in str(e).lower():
+                    raise
+                LOG.info("beam-e5: %s has no SDPA attention; using the default", cfg.model)
+                return AutoModel.from_pretrained(path, **model_kwargs)
+
+        if cfg.backend != "torch":
+            from transformers import AutoConfig
+
+            from beam_e5.onnx_backend import load_onnx_model
+
+            model = load_onnx_model(path, AutoConfig.from_pretrained(path, **common), cfg.backend,
+                                    cfg.model_cache_dir, cfg.torch_threads, load_torch_model)
+        else:
+            model = load_torch_model().eval().to(device)
         return cls(spec, tokenizer, model, device, dtype)
 
     # -- tokenisation -------------------------------------------------------------------
@@ -234,7 +249,9 @@ class Encoder:
         input_ids = input_ids.to(self.device, non_blocking=True)
         mask = mask.to(self.device, non_blocking=True)
         with torch.inference_mode():
-            hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            hidden = self.model(input_ids=input_ids, attention_mask=mask)
+            if not isinstance(hidden, torch.Tensor):  # a transformers model output
+                hidden = hidden.last_hidden_state
             return l2_normalize(pool(self.profile.pooling, hidden, mask))
 
 

@@ -1,0 +1,228 @@
+"""The ONNX Runtime CPU backend (``--backend onnx`` or ``onnx-int8``).
+
+The Hugging Face encoder is exported once per machine with PyTorch's ONNX exporter
+(``torch.onnx.export(dynamo=True)``: dynamic batch and sequence axes, output
+``last_hidden_state``), its graph fused with ONNX Runtime's transformer optimiser (LayerNorm,
+GELU and bias fusions for BERT-family encoders) and, for ``onnx-int8``, its MatMul weights
+quantised per output channel to int8 with dynamic activation quantisation. The result is
+cached under ``<model cache dir>/onnx/`` keyed by the weights, the variant and the library
+versions; the build is guarded by a thread lock and an ``fcntl`` file lock and written to a
+temporary folder that is renamed into place, so concurrent workers build it once and a crash
+never leaves a half-written graph under the final name.
+
+Only the forward pass changes: tokenisation, token-budget micro-batching, pooling (fp32, over
+the attention mask) and normalisation are the same code as the torch backend. Decoder models
+(e5-mistral) and CUDA stay on the torch backend; :func:`check_backend_supported` says so
+before the pipeline starts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from beam_e5.errors import ConfigError
+
+LOG = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+# Encoder families the exporter and ORT's BERT optimiser handle (graph: embeddings, then
+# post-LN self-attention blocks). Others are refused up front rather than failing on workers.
+ONNX_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "distilbert", "mpnet", "electra")
+_OPTIMIZER_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "electra")
+GRAPH_FILE = "model.onnx"
+_BUILD_LOCK = threading.Lock()
+
+
+def check_backend_supported(backend: str, model_type: Optional[str], device: str) -> None:
+    """Fail before the pipeline when ``backend`` cannot run this model or device."""
+    if backend == "torch":
+        return
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if device == "cuda":
+        raise ConfigError(f"--backend {backend} runs on CPU only; use --backend torch for "
+                          "--device cuda")
+    if model_type not in ONNX_MODEL_TYPES:
+        raise ConfigError(f"--backend {backend} supports encoder models "
+                          f"({', '.join(ONNX_MODEL_TYPES)}), not model_type {model_type!r}; "
+                          "use --backend torch for this model")
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401  (the exporter needs it)
+    except ImportError as e:
+        raise ConfigError(f"--backend {backend} needs ONNX Runtime ({e}); install it with "
+                          "pip install 'beam-e5[onnx]' (also in the worker container)") from e
+
+
+def weights_key(model_path: str, commit_hash: Optional[str]) -> str:
+    """A cheap identity of the weights this worker loads: file names, sizes, mtimes.
+
+    A hub model (no local directory) is identified by its resolved commit instead.
+    """
+    digest = hashlib.sha256()
+    path = Path(model_path)
+    if path.is_dir():
+        for f in sorted(path.rglob("*")):
+            if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt", ".model"):
+                st = f.stat()
+                digest.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        digest.update(str(path.resolve()).encode())
+    else:
+        digest.update(f"hub:{model_path}@{commit_hash or 'unknown'}".encode())
+    return digest.hexdigest()[:24]
+
+
+def graph_dir(cache_root: str, model_path: str, commit_hash: Optional[str], variant: str) -> Path:
+    """Where the graph for these weights, this variant and these library versions lives."""
+    import onnxruntime
+
+    key = hashlib.sha256(json.dumps([weights_key(model_path, commit_hash), variant,
+                                     torch.__version__, onnxruntime.__version__]).encode())
+    name = model_path.rstrip("/").split("/")[-1] or "model"
+    return Path(cache_root) / "onnx" / f"{name}-{variant}-{key.hexdigest()[:16]}"
+
+
+class _LastHidden(torch.nn.Module):
+    """The encoder as a function of (input_ids, attention_mask) -> last_hidden_state."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def export_graph(model: torch.nn.Module, out_file: Path) -> None:
+    """Export with dynamic batch and sequence axes (PyTorch's dynamo-based exporter)."""
+    ids = torch.full((2, 8), 5, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # a padded row, so the mask path is traced, not constant-folded
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", max=8192)
+    with warnings.catch_warnings():  # axis-renaming chatter from the exporter
+        warnings.simplefilter("ignore", UserWarning)
+        program = torch.onnx.export(
+            _LastHidden(model.float().eval()), (ids, mask),
+            input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+            dynamo=True, verbose=False,
+            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
+    program.save(str(out_file))
+
+
+def optimize_graph(src: Path, dst: Path, model_type: str, num_heads: int, hidden: int) -> None:
+    """Fuse LayerNorm/GELU/bias with ORT's transformer optimiser where it knows the family."""
+    if model_type not in _OPTIMIZER_MODEL_TYPES:
+        shutil.copyfile(src, dst)
+        return
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(str(src), model_type="bert", num_heads=num_heads,
+                               hidden_size=hidden, opt_level=0)
+    optimized.save_model_to_file(str(dst))
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Per-channel int8 weights for every MatMul, activations quantised at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul"])
+
+
+def build_graph(model: torch.nn.Module, target: Path, variant: str) -> None:
+    """Export, optimise and (``onnx-int8``) quantise into ``target`` atomically."""
+    cfg = model.config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=str(target.parent)))
+    try:
+        export_graph(model, tmp / "exported.onnx")
+        optimize_graph(tmp / "exported.onnx", tmp / "optimized.onnx", cfg.model_type,
+                       int(cfg.num_attention_heads), int(cfg.hidden_size))
+        if variant == "onnx-int8":
+            quantize_int8(tmp / "optimized.onnx", tmp / GRAPH_FILE)
+        else:
+            os.replace(tmp / "optimized.onnx", tmp / GRAPH_FILE)
+        for name in os.listdir(tmp):
+            if name != GRAPH_FILE and not name.startswith(GRAPH_FILE):
+                os.remove(tmp / name)
+        (tmp / "config.json").write_text(cfg.to_json_string())
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def ensure_graph(model_path: str, config: Any, variant: str, cache_root: str,
+                 load_torch_model) -> Path:
+    """The cached graph for ``model_path``; built (once per machine) on a miss.
+
+    ``config`` is the model's ``AutoConfig``; ``load_torch_model()`` is only called on a miss.
+    """
+    commit = getattr(config, "_commit_hash", None)
+    target = graph_dir(cache_root, model_path, commit, variant)
+    if (target / GRAPH_FILE).exists():
+        return target / GRAPH_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _BUILD_LOCK, open(str(target) + ".lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            if not (target / GRAPH_FILE).exists():
+                LOG.info("beam-e5: building the %s graph of %s in %s", variant, model_path,
+                         target)
+                build_graph(load_torch_model(), target, variant)
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+    return target / GRAPH_FILE
+
+
+class OnnxEncoderModel:
+    """An ONNX Runtime session with the encoder's forward signature.
+
+    ``model(input_ids=..., attention_mask=...)`` returns the float32 last hidden state as a
+    torch tensor (zero-copy from ONNX Runtime's numpy output), so pooling is shared code.
+    """
+
+    def __init__(self, graph_file: Path, config: Any, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(graph_file), options,
+                                            providers=["CPUExecutionProvider"])
+        self.config = config
+        self.graph_file = graph_file
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        feeds = {"input_ids": input_ids.cpu().numpy().astype(np.int64, copy=False),
+                 "attention_mask": attention_mask.cpu().numpy().astype(np.int64, copy=False)}
+        (hidden,) = self.session.run(["last_hidden_state"], feeds)
+        return torch.from_numpy(hidden)
+
+
+def load_onnx_model(model_path: str, config: Any, variant: str, cache_root: str, threads: int,
+                    load_torch_model) -> OnnxEncoderModel:
+    """Build or reuse the cached graph, then open it (the torch model is then released)."""
+    graph = ensure_graph(model_path, config, variant, cache_root, load_torch_model)
+    return OnnxEncoderModel(graph, config, threads)
+
+
+__all__ = ["BACKENDS", "ONNX_MODEL_TYPES", "OnnxEncoderModel", "check_backend_supported",
+           "ensure_graph", "graph_dir", "load_onnx_model", "weights_key"]
