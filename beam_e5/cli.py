@@ -211,11 +211,46 @@ def run_dedupe_command(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
+def _beam_options_parser() -> argparse.ArgumentParser:
+    """A parser that knows every option of every Beam ``PipelineOptions`` class."""
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    return parser
+
+
+def unknown_beam_args(beam_args: Sequence[str]) -> list[str]:
+    """The leftover arguments that no Beam ``PipelineOptions`` class defines either.
+
+    Beam itself only logs a warning for those and runs on, so a typo such as
+    ``--dedupe-treshold 0.9`` would silently run without dedupe.
+    """
+    _, unknown = _beam_options_parser().parse_known_args(list(beam_args))
+    return [a for a in unknown if a.startswith("-")]
+
+
+def _suggest(arg: str, ours: argparse.ArgumentParser) -> str:
+    import difflib
+
+    known = [opt for p in (ours, _beam_options_parser()) for action in p._actions
+             for opt in action.option_strings if opt.startswith("--")]
+    match = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     if args.command == "neighbours" and beam_args:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    unknown = unknown_beam_args(beam_args) if beam_args else []
+    if unknown:
+        sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
+        parser.error(f"unrecognized option {unknown[0]}{_suggest(unknown[0], sub)}: it is "
+                     f"neither a beam-e5 {args.command} option nor a Beam pipeline option "
+                     f"(beam-e5 {args.command} --help lists ours)")
     setup_logging(args.verbose)
     try:
         if args.command in ("embed", "reembed"):

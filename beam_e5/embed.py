@@ -8,7 +8,8 @@ dict's fields, minus the text), ``embedding`` (float32 numpy vector, L2-normalis
 ``tokens`` (real tokens fed to the model) and ``truncated``.
 
 With ``with_errors=True`` the transform returns ``(embedded, errors)``: records that cannot
-be embedded (a non-string text, a batch whose inference raised) become
+be embedded (a non-string text, a text whose inference raised or gave a non-finite
+vector: the handler retries a failing batch text by text, so only the culprit fails) become
 :class:`~beam_e5.records.ErrorRecord` dicts instead of failing the job.
 """
 
@@ -63,6 +64,24 @@ def _to_record(emb: Embedding) -> dict:
     return base
 
 
+class _SplitResults(beam.DoFn):
+    """Embeddings -> records; texts the handler could not embed -> ``errors`` (or raise)."""
+
+    def __init__(self, with_errors: bool) -> None:
+        self._with_errors = with_errors
+
+    def process(self, emb: Embedding):
+        if not emb.error:
+            yield _to_record(emb)
+            return
+        record = dict(emb.key) if isinstance(emb.key, dict) else {"id": emb.key}
+        if not self._with_errors:
+            raise ValueError(f"EmbedTexts could not embed {record.get('id')!r} ({emb.error}); "
+                             "use with_errors=True to route such records to a dead-letter "
+                             "output instead")
+        yield beam.pvalue.TaggedOutput(ERRORS_TAG, _error(record, emb.error))
+
+
 def _failed_batch_to_errors(failure: tuple) -> list[ErrorRecord]:
     batch, (exc_type, exc_repr, _tb) = failure
     reason = f"inference failed: {getattr(exc_type, '__name__', exc_type)}: {exc_repr}"
@@ -94,11 +113,15 @@ class EmbedTexts(beam.PTransform):
         inference = RunInference(E5ModelHandler(self._spec))
         if not self._with_errors:
             _ = bad_input | "FailOnBadInput" >> beam.Map(_raise_bad_input)
-            return requests | "RunInference" >> inference | "ToRecord" >> beam.Map(_to_record)
+            return (requests | "RunInference" >> inference
+                    | "ToRecord" >> beam.ParDo(_SplitResults(False)))
+        # The handler isolates a failing text itself; a batch can still fail as a whole
+        # (model load, worker-level faults), and then its records go to errors, not the floor.
         results, dlq = requests | "RunInference" >> inference.with_exception_handling()
-        embedded = results | "ToRecord" >> beam.Map(_to_record)
+        embedded, failed_texts = results | "ToRecord" >> beam.ParDo(
+            _SplitResults(True)).with_outputs(ERRORS_TAG, main="embedded")
         failed = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_to_errors)
-        errors = (bad_input, failed) | "AllErrors" >> beam.Flatten()
+        errors = (bad_input, failed_texts, failed) | "AllErrors" >> beam.Flatten()
         return embedded, errors
 
 

@@ -29,9 +29,10 @@ LOG = logging.getLogger("beam_e5.progress")
 
 class Embedding(NamedTuple):
     key: Any
-    vector: np.ndarray  # float32 (dim,), L2-normalised
+    vector: Optional[np.ndarray]  # float32 (dim,), L2-normalised; None when ``error``
     tokens: int  # real tokens the model saw (prefix and special tokens included)
     truncated: bool
+    error: str = ""  # why this one text has no vector (the rest of its batch is unaffected)
 
 
 class _EncoderMetrics:
@@ -45,6 +46,7 @@ class _EncoderMetrics:
         self.micro_batches = counter("micro_batches")
         self.truncated = counter("truncated_texts")
         self.oom_splits = counter("oom_splits")
+        self.failed = counter("failed_texts")
         self.encode_ms = Metrics.distribution(METRICS_NAMESPACE, "encode_batch_ms")
 
 
@@ -93,7 +95,23 @@ class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
 
     def run_inference(self, batch: Sequence[tuple[Any, str]], model: Encoder,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[Embedding]:
+        """Embed a batch; a text that breaks inference or yields a non-finite vector gets an
+        ``error`` instead of a vector, and the rest of the batch is embedded as usual."""
         del inference_args
+        try:
+            return self._embed(batch, model)
+        except Exception as e:  # noqa: BLE001  (isolated below, text by text)
+            if len(batch) == 1:
+                return [self._failed(batch[0][0], f"inference failed: {type(e).__name__}: {e}")]
+            LOG.warning("beam-e5: inference failed on a batch of %d (%s: %s); retrying text by "
+                        "text to isolate the cause", len(batch), type(e).__name__, e)
+            return [out for item in batch for out in self.run_inference([item], model)]
+
+    def _failed(self, key: Any, reason: str) -> Embedding:
+        self._get_metrics().failed.inc()
+        return Embedding(key, None, 0, False, reason[:2000])
+
+    def _embed(self, batch: Sequence[tuple[Any, str]], model: Encoder) -> list[Embedding]:
         if self._progress is None:
             self._progress = _Progress()
         vectors, stats = model.encode([text for _, text in batch], self._progress.update)
@@ -105,7 +123,10 @@ class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
         metrics.truncated.inc(stats.truncated)
         metrics.oom_splits.inc(stats.oom_splits)
         metrics.encode_ms.update(int(stats.seconds * 1000))
+        finite = np.isfinite(vectors).all(axis=1)
         return [Embedding(key, vectors[i], stats.tokens_per_text[i], stats.truncated_per_text[i])
+                if finite[i] else self._failed(key, "the model produced a non-finite (NaN or "
+                                                    "inf) vector; try --dtype float32")
                 for i, (key, _) in enumerate(batch)]
 
     def _get_metrics(self) -> _EncoderMetrics:

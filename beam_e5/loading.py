@@ -63,8 +63,11 @@ def classify_model_ref(ref: str, revision: Optional[str] = None) -> ModelSource:
     return ModelSource(ref, "hub", revision)
 
 
-def list_gcs_files(prefix: str) -> list[tuple[str, int]]:
-    """(path, size) of every object under ``prefix/`` via Beam's filesystem."""
+def list_gcs_files(prefix: str, with_times: bool = False) -> list[tuple]:
+    """(path, size) of every object under ``prefix/`` via Beam's filesystem.
+
+    With ``with_times``: (path, size, last update time in seconds).
+    """
     from apache_beam.io.filesystems import BeamIOError, FileSystems
 
     try:
@@ -73,6 +76,9 @@ def list_gcs_files(prefix: str) -> list[tuple[str, int]]:
         raise ConfigError(f"cannot list {prefix}/ ({e}); check the bucket name and that your "
                           "Application Default Credentials (gcloud auth application-default "
                           "login, or the worker service account) may read it") from e
+    if with_times:
+        return [(m.path, m.size_in_bytes, m.last_updated_in_seconds)
+                for m in result.metadata_list]
     return [(m.path, m.size_in_bytes) for m in result.metadata_list]
 
 

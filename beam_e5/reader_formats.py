@@ -190,8 +190,8 @@ def parse_jsonl(lines: Iterator[tuple[str, bytes]], fields: FieldSpec) -> Iterat
             continue
         try:
             rec = json.loads(text)
-        except ValueError as e:
-            yield error(source, f"invalid JSON: {e}", text)
+        except (ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
+            yield error(source, f"invalid JSON: {type(e).__name__}: {e}", text)
             continue
         if not isinstance(rec, dict):
             yield error(source, f"JSON value is a {type(rec).__name__}, not an object", text)

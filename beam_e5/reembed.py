@@ -39,16 +39,17 @@ def weights_fingerprint(spec: EncoderSpec) -> str:
     """A cheap identity of the weights: a hub revision, or a hash of the weight files.
 
     Local files are hashed in full (SHA-256); for ``gs://`` the object names, sizes and
-    modification times are hashed (reading many GB on the launcher would be wasteful).
+    update times are hashed (reading many GB on the launcher would be wasteful), so weights
+    replaced by a file of the same size still count as a change.
     """
     source = spec.source
     if source.kind == "hub":
         return f"revision:{source.revision or 'unpinned'}"
     digest = hashlib.sha256()
     if source.kind == "gcs":
-        for path, size in sorted(list_gcs_files(source.ref)):
+        for path, size, updated in sorted(list_gcs_files(source.ref, with_times=True)):
             if path.endswith(".safetensors") or path.endswith(".bin"):
-                digest.update(f"{path}:{size}".encode())
+                digest.update(f"{path}:{size}:{updated}".encode())
         return "gcs-listing:" + digest.hexdigest()[:32]
     from pathlib import Path
 
@@ -92,12 +93,15 @@ def load_previous(path: str, signature: dict[str, str]) -> PreviousSnapshot:
 
 
 def publish(pointer: str, snapshot: str) -> None:
-    """Point ``pointer`` at ``snapshot``: write a temporary file, then rename over it."""
+    """Point ``pointer`` at ``snapshot``: write a temporary file, then rename over it.
+
+    The rename replaces the old pointer in one step (``os.rename`` locally; on GCS a copy
+    onto the existing object, which readers see whole), so there is never a moment without
+    a pointer.
+    """
     tmp = pointer + ".tmp"
     with FileSystems.create(tmp) as f:
         f.write((snapshot.rstrip("/") + "\n").encode("utf-8"))
-    if FileSystems.exists(pointer):
-        FileSystems.delete([pointer])
     FileSystems.rename([tmp], [pointer])
 
 

@@ -184,3 +184,49 @@ def test_semantic_dedupe_requires_exact_dedupe(corpus, minilm_dir, tmp_path, cap
     assert main(["embed", "--input", path, "--output", str(tmp_path / "o"), "--model",
                  minilm_dir, "--no-exact-dedupe", "--dedupe-threshold", "0.9"]) == 2
     assert "drop --no-exact-dedupe" in capsys.readouterr().err
+
+
+def test_misspelt_option_fails_before_the_pipeline(corpus, minilm_dir, tmp_path, capsys):  # noqa: F811
+    with pytest.raises(SystemExit) as exc:
+        main(["embed", "--input", str(corpus), "--output", str(tmp_path / "out"),
+              "--model", minilm_dir, "--dedupe-treshold", "0.9"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--dedupe-treshold" in err and "did you mean --dedupe-threshold?" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag", [
+    "--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing",
+    "--job_endpoint=embed", "--environment_type=LOOPBACK", "--flink_master=host:8081",
+    "--project=p", "--region=r", "--temp_location=gs://b/tmp", "--experiments=use_runner_v2",
+    "--sdk_container_image=img", "--machine_type=n2-highmem-8",
+    "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1"])
+def test_beam_pipeline_options_pass_through(flag):
+    from beam_e5.cli import unknown_beam_args
+
+    assert unknown_beam_args([flag]) == []
+    assert unknown_beam_args([flag, "--no-such-option"]) == ["--no-such-option"]
+
+
+def test_flex_template_parameters_are_reembed_options():
+    """Every template parameter (and every one the Airflow DAG passes) is a reembed option."""
+    import ast
+    from pathlib import Path
+
+    from beam_e5.cli import build_parser
+
+    root = Path(__file__).resolve().parent.parent
+    meta = json.loads((root / "deploy" / "flex-template-metadata.json").read_text())
+    names = {p["name"] for p in meta["parameters"]}
+    reembed = build_parser()._subparsers._group_actions[0].choices["reembed"]
+    options = {o[2:] for a in reembed._actions for o in a.option_strings if o.startswith("--")}
+    assert names <= options, names - options
+    dag = ast.parse((root / "deploy" / "airflow_reembed_dag.py").read_text())
+    passed = set()
+    for node in ast.walk(dag):
+        if isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values):
+                if isinstance(key, ast.Constant) and key.value == "parameters":
+                    passed |= {k.value for k in value.keys}
+    assert passed and passed <= names, passed - names

@@ -98,3 +98,57 @@ def test_at_most_one_load_per_worker_process(minilm_spec, tmp_path):
     assert len(records) == 400
     loads = metric_distribution_count(result, "load_model_latency_milli_secs")
     assert 1 <= loads <= 2
+
+
+class _PoisonedEncoder:
+    """Fault injection around a real encoder: one text raises, another comes back NaN."""
+
+    def __init__(self, encoder, raises_on: str, nan_on: str) -> None:
+        self.encoder, self.raises_on, self.nan_on = encoder, raises_on, nan_on
+        self.calls = 0
+
+    def encode(self, texts, on_progress=None):
+        self.calls += 1
+        if self.raises_on in texts:
+            raise RuntimeError("tokenizer blew up")
+        vectors, stats = self.encoder.encode(texts, on_progress)
+        for i, t in enumerate(texts):
+            if t == self.nan_on:
+                vectors[i] = np.nan
+        return vectors, stats
+
+
+def test_one_bad_text_fails_alone_not_its_batch(minilm_dir):  # noqa: F811
+    from beam_e5.handler import E5ModelHandler
+
+    spec = EncoderConfig(minilm_dir).resolve()
+    encoder = _PoisonedEncoder(Encoder.load(spec), raises_on="boom", nan_on="nan please")
+    texts = ["alpha", "boom", "beta", "nan please", "gamma"]
+    out = E5ModelHandler(spec).run_inference(list(enumerate(texts)), encoder)
+    assert [e.key for e in out] == [0, 1, 2, 3, 4]  # every record comes back, in order
+    good = [e for e in out if not e.error]
+    assert [e.key for e in good] == [0, 2, 4]
+    assert all(e.vector is not None and np.isfinite(e.vector).all() for e in good)
+    assert "RuntimeError: tokenizer blew up" in out[1].error and out[1].vector is None
+    assert "non-finite" in out[3].error
+    assert encoder.calls == 1 + len(texts)  # the batch, then text by text
+
+
+def test_failed_texts_reach_the_dead_letter_output():
+    from beam_e5.embed import ERRORS_TAG, _SplitResults
+    from beam_e5.handler import Embedding
+
+    results = [Embedding("ok", np.ones(3, np.float32), 3, False),
+               Embedding({"id": "bad", "lang": "en"}, None, 0, False, "inference failed: X")]
+    with beam.Pipeline() as p:
+        outs = (p | beam.Create(results)
+                | beam.ParDo(_SplitResults(True)).with_outputs(ERRORS_TAG, main="embedded"))
+        ids = outs.embedded | "Ids" >> beam.Map(lambda r: r["id"])
+        reasons = outs[ERRORS_TAG] | "Reasons" >> beam.Map(lambda e: (e["id"], e["reason"]))
+        from apache_beam.testing.util import assert_that, equal_to
+
+        assert_that(ids, equal_to(["ok"]), label="embedded")
+        assert_that(reasons, equal_to([("bad", "inference failed: X")]), label="errors")
+    with pytest.raises(Exception, match="could not embed 'bad'"):
+        with beam.Pipeline() as p:
+            _ = p | beam.Create(results[1:]) | beam.ParDo(_SplitResults(False))

@@ -359,3 +359,12 @@ def test_utf8_bom_is_ignored(tmp_path: Path, run_beam) -> None:
     jpath.write_bytes(b'\xef\xbb\xbf{"id": 2, "text": "bom"}\n')
     docs, errors = read_corpus(run_beam, ReaderConfig(f"{path},{jpath}"))
     assert errors == [] and [d["id"] for d in docs] == ["1", "2"]
+
+
+def test_absurdly_nested_json_is_an_error_not_a_crash(tmp_path: Path, run_beam) -> None:
+    deep = '{"id": "deep", "text": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    path = write_lines(tmp_path / "c.jsonl", ['{"id": "ok", "text": "fine"}', deep])
+    docs, errors = read_corpus(run_beam, ReaderConfig(str(path)))
+    assert [d["id"] for d in docs] == ["ok"]
+    assert len(errors) == 1 and "RecursionError" in errors[0]["reason"]
+    assert errors[0]["source"] == f"{path}:2"

@@ -6,7 +6,9 @@ duplicates and counts must agree record by record.
 """
 
 import json
+from pathlib import Path
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +18,7 @@ from model_fixtures import minilm_dir  # noqa: F401
 from beam_e5.cli import main
 
 pytestmark = pytest.mark.slow
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample" / "corpus.jsonl"
 
 RUNNERS = {
     "in_process": [],
@@ -27,7 +30,7 @@ RUNNERS = {
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    rows = [json.loads(line) for line in open("data/sample/corpus.jsonl", encoding="utf-8")][:150]
+    rows = [json.loads(line) for line in open(SAMPLE, encoding="utf-8")][:150]
     rows += [{"id": "zz-copy", "text": rows[3]["text"].upper()},  # exact duplicate
              {"id": "zz-near", "text": rows[5]["text"] + " (see also)"},  # near duplicate
              {"id": "zz-empty", "text": "   "}]  # rejected
@@ -74,3 +77,21 @@ def test_the_reference_run_found_what_was_planted(runs):
     assert any(d[0] == "zz-copy" and d[2] == "exact" for d in dups)
     assert any(d[0] == "zz-near" and d[2] == "semantic" for d in dups)
     assert counts["invalid"] == 1 and counts["read"] == 153
+
+
+def test_local_runner_fails_the_job_rather_than_retry(tmp_path):
+    """A DoFn that raises once fails a DirectRunner job, although a retry would succeed:
+    local runners do not retry bundles (Dataflow and Flink do, which is why every DoFn here
+    must be deterministic and write only through Beam sinks)."""
+    marker = tmp_path / "raised-once"
+
+    def fail_once(x):
+        if not marker.exists():
+            marker.write_text("1")
+            raise RuntimeError("transient fault")
+        return x
+
+    with pytest.raises(Exception, match="transient fault"):
+        with beam.Pipeline(runner="DirectRunner") as p:
+            _ = p | beam.Create([1, 2, 3]) | beam.Map(fail_once)
+    assert marker.exists()

