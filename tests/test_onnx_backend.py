@@ -45,8 +45,8 @@ def test_onnx_int8_is_close_but_not_identical(minilm_dir, cache, texts, torch_ve
                                      model_cache_dir=cache).resolve())
     vecs, _ = enc.encode(texts)
     cos = np.sum(vecs * torch_vectors, axis=1)
-    # measured 0.993 mean on these texts; quantisation really happened if it is not ~1.0
-    assert 0.98 <= cos.mean() < 0.99999
+    # measured about 0.997 mean; quantisation really happened if it is not ~1.0
+    assert 0.99 <= cos.mean() < 0.99999 and cos.min() >= 0.95
 
 
 def test_graph_is_cached_and_reused_without_loading_torch(minilm_dir, cache):  # noqa: F811
