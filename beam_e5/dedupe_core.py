@@ -294,14 +294,17 @@ def _nearest(sample: np.ndarray, centroids: np.ndarray, block: int = 4096) -> np
 
 
 def assign_cells(
-    vector: np.ndarray, centroids: np.ndarray, probes: int, margin: float
+    vector: np.ndarray, centroids: np.ndarray, probes: int, margin: float,
+    max_probes: int | None = None,
 ) -> tuple[int, list[int]]:
     """``(home cell, other probed cells)`` of one vector (multi-probe assignment).
 
     The home is the most similar centroid; the probed cells are the next
     ``probes - 1`` centroids plus every centroid whose similarity is within
-    ``margin`` of the home's.  Computed per vector in float64, ties to the lower
-    index, so the result never depends on batching.
+    ``margin`` of the home's, at most ``max_probes`` cells in all (home included; the
+    most similar are kept), so that on embeddings crowded into a narrow cone, where many
+    centroids fall within the margin, a vector's work stays bounded.  Computed per
+    vector in float64, ties to the lower index, so the result never depends on batching.
     """
     if vector.shape != (centroids.shape[1],):
         raise ValueError(
@@ -311,10 +314,11 @@ def assign_cells(
     sims = np.asarray(centroids, dtype=np.float64) @ vector.astype(np.float64)
     ranked = np.argsort(-sims, kind="stable")
     home = int(ranked[0])
-    near = sims >= sims[home] - margin
-    others = {int(c) for c in ranked[1:probes]} | {int(c) for c in np.nonzero(near)[0]}
-    others.discard(home)
-    return home, sorted(others)
+    near = int(np.count_nonzero(sims >= sims[home] - margin))  # a prefix of ``ranked``
+    count = max(probes, near)
+    if max_probes is not None:
+        count = min(count, max(max_probes, probes))
+    return home, sorted(int(c) for c in ranked[1:count])
 
 
 # ------------------------------------------------------------ cell splitting --

@@ -11,11 +11,12 @@ table, to choose the threshold.
 
 from __future__ import annotations
 
-import itertools
+import hashlib
+import heapq
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -107,17 +108,40 @@ def run_dedupe(job: DedupeJob, beam_args: list[str]) -> RunSummary:
     return summary
 
 
+def sample_by_id(records: Iterable[dict], k: Optional[int], seed: int = 0) -> list[dict]:
+    """A uniform, order-independent sample of ``k`` records (all if ``k`` is None), by id.
+
+    Keeps the ``k`` records whose seeded hash of ``id`` is smallest (bottom-k sampling), in
+    one pass with ``k`` records in memory; returned sorted by id.
+    """
+    if k is None:
+        return sorted(records, key=lambda r: r["id"])
+    if k < 1:
+        raise ConfigError(f"--explain-max-vectors must be >= 1, got {k}")
+    heap: list[tuple[int, str, dict]] = []  # max-heap on the hash, via negation
+    for rec in records:
+        digest = hashlib.blake2b(f"{seed}:{rec['id']}".encode("utf-8"), digest_size=8).digest()
+        item = (-int.from_bytes(digest, "big"), rec["id"], rec)
+        if len(heap) < k:
+            heapq.heappush(heap, item)
+        elif item[0] > heap[0][0]:
+            heapq.heapreplace(heap, item)
+    return sorted((rec for _, _, rec in heap), key=lambda r: r["id"])
+
+
 def run_explain(pattern: str, out_dir: str, sample_size: int, max_vectors: Optional[int],
                 seed: int = 0) -> list[dict]:
     """Histogram + table of nearest-neighbour similarities, written to the local ``out_dir``.
 
     Loads up to ``max_vectors`` vectors (all if None) into memory: sample a huge run with it.
+    The sample is uniform over the whole input and independent of file order (the
+    ``max_vectors`` smallest seeded hashes of the ids), not the first files read.
     """
     from beam_e5.dedupe_explain import explain
 
     vectors_input_schema(pattern)
     records = (rec for table in read_vectors(pattern) for rec in table_to_records(table))
-    chosen = list(itertools.islice(records, max_vectors))
+    chosen = sample_by_id(records, max_vectors, seed)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return explain(np.stack([r["embedding"] for r in chosen]), [r["id"] for r in chosen],
                    out_dir, sample_size=sample_size, seed=seed)

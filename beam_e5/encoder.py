@@ -102,8 +102,9 @@ class Encoder:
     """A loaded tokenizer + model + profile. Build with :meth:`load`."""
 
     def __init__(self, spec: EncoderSpec, tokenizer, model, device: torch.device,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, backend: str = "torch") -> None:
         self.spec = spec
+        self.backend = backend  # what runs the forward pass: torch | onnx | onnx-int8
         self.profile = spec.profile
         self.prefix = spec.prefix
         self.tokenizer = tokenizer
@@ -127,7 +128,9 @@ class Encoder:
         """Load tokenizer and weights (safetensors only unless opted in), move to device.
 
         With ``backend`` ``onnx`` / ``onnx-int8`` the forward pass is an ONNX Runtime session
-        over a graph exported from the same weights (:mod:`beam_e5.onnx_backend`).
+        over a graph exported from the same weights (:mod:`beam_e5.onnx_backend`); ``auto``
+        takes ``onnx`` on CPU where it can run and falls back to torch (with a warning) if
+        building the graph fails.
         """
         from transformers import AutoModel, AutoTokenizer
 
@@ -151,16 +154,31 @@ class Encoder:
                 LOG.info("beam-e5: %s has no SDPA attention; using the default", cfg.model)
                 return AutoModel.from_pretrained(path, **model_kwargs)
 
-        if cfg.backend != "torch":
+        backend = cfg.backend
+        if backend != "torch":
             from transformers import AutoConfig
 
-            from beam_e5.onnx_backend import load_onnx_model
+            from beam_e5.onnx_backend import load_onnx_model, pick_backend
 
-            model = load_onnx_model(path, AutoConfig.from_pretrained(path, **common), cfg.backend,
-                                    cfg.model_cache_dir, cfg.torch_threads, load_torch_model)
-        else:
+            model_config = AutoConfig.from_pretrained(path, **common)
+            backend = pick_backend(cfg.backend, device.type, model_config.model_type)
+            if cfg.backend == "auto" and dtype != torch.float32:
+                backend = "torch"  # an explicit --dtype bfloat16 on CPU is a torch choice
+        model = None
+        if backend != "torch":
+            try:
+                model = load_onnx_model(path, model_config, backend, cfg.model_cache_dir,
+                                        cfg.torch_threads, load_torch_model)
+            except Exception as e:  # noqa: BLE001
+                if cfg.backend != "auto":
+                    raise
+                LOG.warning("beam-e5: the ONNX backend failed for %s (%s: %s); using torch",
+                            cfg.model, type(e).__name__, e)
+                backend = "torch"
+        if model is None:
             model = load_torch_model().eval().to(device)
-        return cls(spec, tokenizer, model, device, dtype)
+        LOG.info("beam-e5: %s on %s with the %s backend", cfg.model, device, backend)
+        return cls(spec, tokenizer, model, device, dtype, backend)
 
     # -- tokenisation -------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> Tokenized:

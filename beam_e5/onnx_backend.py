@@ -1,4 +1,5 @@
-"""The ONNX Runtime CPU backend (``--backend onnx`` or ``onnx-int8``).
+"""The ONNX Runtime CPU backend (``--backend onnx`` or ``onnx-int8``; ``auto``, the default,
+picks ``onnx`` on CPU workers for encoder models when ONNX Runtime is installed).
 
 The Hugging Face encoder is exported once per machine with PyTorch's ONNX exporter
 (``torch.onnx.export(dynamo=True)``: dynamic batch and sequence axes, output
@@ -38,7 +39,7 @@ from beam_e5.errors import ConfigError
 
 LOG = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 # Encoder families the exporter and ORT's BERT optimiser handle (graph: embeddings, then
 # post-LN self-attention blocks). Others are refused up front rather than failing on workers.
 ONNX_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "distilbert", "mpnet", "electra")
@@ -48,9 +49,28 @@ EXPORT_RECIPE = "eager-attention-v1+int8-keep-ffn-down"  # part of the cache key
 _BUILD_LOCK = threading.Lock()
 
 
+def onnx_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401  (the exporter needs it)
+    except ImportError:
+        return False
+    return True
+
+
+def pick_backend(requested: str, device_type: str, model_type: Optional[str]) -> str:
+    """The backend a worker runs: ``auto`` is ``onnx`` on CPU for encoder models when ONNX
+    Runtime is installed (same vectors, faster), else ``torch`` (GPUs, decoder models)."""
+    if requested != "auto":
+        return requested
+    if device_type == "cpu" and model_type in ONNX_MODEL_TYPES and onnx_available():
+        return "onnx"
+    return "torch"
+
+
 def check_backend_supported(backend: str, model_type: Optional[str], device: str) -> None:
     """Fail before the pipeline when ``backend`` cannot run this model or device."""
-    if backend == "torch":
+    if backend in ("torch", "auto"):  # auto falls back to torch wherever onnx cannot run
         return
     if backend not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -61,12 +81,9 @@ def check_backend_supported(backend: str, model_type: Optional[str], device: str
         raise ConfigError(f"--backend {backend} supports encoder models "
                           f"({', '.join(ONNX_MODEL_TYPES)}), not model_type {model_type!r}; "
                           "use --backend torch for this model")
-    try:
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401  (the exporter needs it)
-    except ImportError as e:
-        raise ConfigError(f"--backend {backend} needs ONNX Runtime ({e}); install it with "
-                          "pip install 'beam-e5[onnx]' (also in the worker container)") from e
+    if not onnx_available():
+        raise ConfigError(f"--backend {backend} needs ONNX Runtime and onnxscript; install "
+                          "them with pip install 'beam-e5[onnx]' (also in the worker container)")
 
 
 def weights_key(model_path: str, commit_hash: Optional[str]) -> str:
@@ -255,4 +272,5 @@ def load_onnx_model(model_path: str, config: Any, variant: str, cache_root: str,
 
 
 __all__ = ["BACKENDS", "ONNX_MODEL_TYPES", "OnnxEncoderModel", "check_backend_supported",
+           "onnx_available", "pick_backend",
            "ensure_graph", "graph_dir", "load_onnx_model", "weights_key"]

@@ -52,6 +52,8 @@ class SemanticDedupeConfig:
     target_cell_size: average home-cell size 'auto' aims for; work grows linearly
         with corpus size at a fixed cell size.
     probes: cells each vector is compared in (its home and the next probes - 1).
+    max_probes: at most this many cells per vector (home included) however many fall
+        within ``probe_margin``: bounds the work on crowded embeddings.
     probe_margin: also probe every cell whose centroid similarity is within this
         margin of the best one (protects recall near cell borders).
     max_cell_size: cells with more members are split into chunks and every chunk
@@ -68,6 +70,7 @@ class SemanticDedupeConfig:
     target_cell_size: int = 1_000
     probes: int = 3
     probe_margin: float = 0.05
+    max_probes: int = 12
     max_cell_size: int = 5_000
     block_size: int = 1_024
     kmeans_iterations: int = 10
@@ -76,8 +79,8 @@ class SemanticDedupeConfig:
     def __post_init__(self) -> None:
         try:
             core.check_threshold(self.threshold)
-            for name in ("sample_size", "target_cell_size", "probes", "max_cell_size",
-                         "block_size"):
+            for name in ("sample_size", "target_cell_size", "probes", "max_probes",
+                         "max_cell_size", "block_size"):
                 core.check_positive_int(name, getattr(self, name))
             if self.num_cells != "auto":
                 core.check_positive_int("num_cells (or 'auto')", self.num_cells)
@@ -204,7 +207,8 @@ class AssignCellsFn(beam.DoFn):
 
     def process(self, point: Point, model: CellModel):
         home, others = core.assign_cells(
-            point[2], model.centroids, self._config.probes, self._config.probe_margin
+            point[2], model.centroids, self._config.probes, self._config.probe_margin,
+            self._config.max_probes,
         )
         yield home, (True, point)
         for cell in others:

@@ -216,6 +216,10 @@ def test_fit_centroids_deterministic_and_assign():
     assert home == int(np.argmax(sims)) and len(others) == 2 and home not in others
     _, wide = core.assign_cells(vecs[0], c1, probes=1, margin=2.0)
     assert len(wide) == 7  # every other centroid is within a margin of 2
+    _, capped = core.assign_cells(vecs[0], c1, probes=1, margin=2.0, max_probes=4)
+    assert capped == sorted(int(c) for c in np.argsort(-sims, kind="stable")[1:4])
+    _, floor = core.assign_cells(vecs[0], c1, probes=3, margin=0.0, max_probes=1)
+    assert floor == others  # the cap never cuts below ``probes``
     with pytest.raises(ValueError, match="same dimension"):
         core.assign_cells(vecs[0][:5], c1, probes=1, margin=0.0)
 

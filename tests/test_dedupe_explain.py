@@ -97,3 +97,19 @@ def test_argument_validation(tmp_path, kwargs, message):
         explain(vecs.astype(np.float64), ids, tmp_path)
     with pytest.raises(ValueError, match="at least 2"):
         explain(vecs[:1], ids[:1], tmp_path)
+
+
+def test_explain_sample_is_uniform_and_order_independent():
+    from beam_e5.dedupe_job import sample_by_id
+
+    records = [{"id": f"doc-{i:05d}"} for i in range(10_000)]
+    forward = sample_by_id(iter(records), 500)
+    backward = sample_by_id(iter(records[::-1]), 500)
+    assert forward == backward and len(forward) == 500
+    # spread over the whole input, not the first files: each tenth holds about 50
+    tenths = [int(r["id"][4:]) // 1000 for r in forward]
+    assert all(25 <= tenths.count(t) <= 80 for t in range(10)), tenths
+    assert sample_by_id(iter(records), 500, seed=1) != forward  # the seed picks another sample
+    assert len(sample_by_id(iter(records[:20]), 500)) == 20
+    assert [r["id"] for r in sample_by_id(iter(records[:3]), None)] == ["doc-00000", "doc-00001",
+                                                                        "doc-00002"]

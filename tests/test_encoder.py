@@ -97,7 +97,9 @@ def _fed_texts(encoder, texts):
      "represent this sentence for searching relevant passages : hello world"),
 ])
 def test_prefix_fed_to_model(tiny_models, family, name, role, expected):  # noqa: F811
-    enc = Encoder.load(EncoderConfig(tiny_models(family, name), role=role).resolve())
+    # torch backend: the hook reads the ids the torch model receives
+    enc = Encoder.load(EncoderConfig(tiny_models(family, name), role=role,
+                                     backend="torch").resolve())
     assert _fed_texts(enc, ["hello world"]) == [expected]
 
 

@@ -25,7 +25,8 @@ def texts():
 
 @pytest.fixture(scope="module")
 def torch_vectors(minilm_dir, texts):  # noqa: F811
-    enc = Encoder.load(EncoderConfig(minilm_dir).resolve())
+    enc = Encoder.load(EncoderConfig(minilm_dir, backend="torch").resolve())
+    assert enc.backend == "torch" and not isinstance(enc.model, onnx_backend.OnnxEncoderModel)
     return enc.encode(texts)[0]
 
 
@@ -110,7 +111,7 @@ def test_failed_build_leaves_nothing_under_the_final_name(tiny_models, tmp_path)
 def test_tiny_xlm_roberta_with_prefix_matches_torch(tiny_models, tmp_path):  # noqa: F811
     path = tiny_models("xlm-roberta", "multilingual-e5-base")
     texts = ["hello world", "query passage " * 40, "", "the quick brown fox"]
-    ref, _ = Encoder.load(EncoderConfig(path, role="query").resolve()).encode(texts)
+    ref, _ = Encoder.load(EncoderConfig(path, role="query", backend="torch").resolve()).encode(texts)
     enc = Encoder.load(EncoderConfig(path, role="query", backend="onnx",
                                      model_cache_dir=str(tmp_path)).resolve())
     vecs, _ = enc.encode(texts)
@@ -138,7 +139,33 @@ def test_onnx_on_cuda_is_refused(minilm_dir):  # noqa: F811
         EncoderConfig(minilm_dir, backend="onnx", device="cuda").resolve()
 
 
-def test_backend_enters_the_signature_only_when_not_torch(minilm_dir):  # noqa: F811
-    assert "backend" not in EncoderConfig(minilm_dir).resolve().signature()
+def test_only_the_approximate_backend_enters_the_signature(minilm_dir):  # noqa: F811
+    for same in ("auto", "torch", "onnx"):  # one function: snapshots carry over between them
+        assert "backend" not in EncoderConfig(minilm_dir, backend=same).resolve().signature()
     assert EncoderConfig(minilm_dir, backend="onnx-int8").resolve().signature()["backend"] == \
         "onnx-int8"
+
+
+def test_auto_picks_onnx_on_cpu_and_torch_where_onnx_cannot_run(minilm_dir, tiny_models,  # noqa: F811
+                                                                 cache):
+    enc = Encoder.load(EncoderConfig(minilm_dir, model_cache_dir=cache).resolve())
+    assert enc.backend == "onnx" and isinstance(enc.model, onnx_backend.OnnxEncoderModel)
+    mistral = tiny_models("mistral", "e5-mistral-7b-instruct")
+    assert Encoder.load(EncoderConfig(mistral, model_cache_dir=cache).resolve()).backend == "torch"
+    bf16 = EncoderConfig(minilm_dir, dtype="bfloat16", device="cpu", model_cache_dir=cache)
+    assert Encoder.load(bf16.resolve()).backend == "torch"
+    assert onnx_backend.pick_backend("auto", "cuda", "bert") == "torch"
+    assert onnx_backend.pick_backend("auto", "cpu", "bert") == "onnx"
+
+
+def test_auto_falls_back_to_torch_when_the_graph_cannot_be_built(minilm_dir, tmp_path,  # noqa: F811
+                                                                  monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(onnx_backend, "load_onnx_model", broken)
+    enc = Encoder.load(EncoderConfig(minilm_dir, model_cache_dir=str(tmp_path)).resolve())
+    assert enc.backend == "torch" and enc.encode(["still embeds"])[0].shape == (1, 384)
+    with pytest.raises(RuntimeError, match="exporter crashed"):  # explicit onnx: no fallback
+        Encoder.load(EncoderConfig(minilm_dir, backend="onnx",
+                                   model_cache_dir=str(tmp_path)).resolve())
