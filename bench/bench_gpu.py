@@ -64,8 +64,7 @@ def build_model(root: Path, shape: str) -> str:
     tok.model_max_length = 512
     model = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden,
                                  num_hidden_layers=layers, intermediate_size=ff,
-                                 num_attention_heads=heads, max_position_embeddings=512),
-                      add_pooling_layer=False)
+                                 num_attention_heads=heads, max_position_embeddings=512))
     tok.save_pretrained(out)
     model.save_pretrained(out, safe_serialization=True)
     return str(out)

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None)
     ap.add_argument("--modes", default="in_memory:1,in_memory:4,multi_threading:1,multi_threading:4")
     ap.add_argument("--beam-batch-size", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=0, help="--torch-threads for A (0: default)")
+    ap.add_argument("--threads", type=int, default=0, help="--torch-threads (0: default)")
+    ap.add_argument("--backend", default="auto", help="--backend of beam-e5 embed")
     ap.add_argument("--workdir")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
     docs = sum(1 for line in open(args.corpus, encoding="utf-8") if line.strip())
     print(f"work dir {work}; corpus {args.corpus} ({docs:,} docs); beam batch size "
-          f"{args.beam_batch_size}")
+          f"{args.beam_batch_size}; backend {args.backend}")
     print(f"{'mode':<20}{'peak RSS MiB':>13}{'job s':>8}{'wall s':>8}{'micro-batches':>14}"
           f"{'model loads':>12}")
     results = []
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "beam_e5", "embed", "--input", args.corpus, "--output",
                str(out), "--model", args.model, "--no-exact-dedupe", "--overwrite",
                "--beam-batch-size", str(args.beam_batch_size),
-               "--torch-threads", str(args.threads),
+               "--torch-threads", str(args.threads), "--backend", args.backend,
                f"--direct_running_mode={running_mode}", f"--direct_num_workers={workers or 1}"]
         log = work / f"log-{running_mode}-{workers or 1}.txt"
         wall, usage = run_child(cmd, env, log, ROOT)
