@@ -18,7 +18,7 @@ from beam_e5.config import DEVICES, DTYPES, EncoderConfig
 from beam_e5.errors import ConfigError
 from beam_e5.onnx_backend import BACKENDS
 from beam_e5.outputs import OutputConfig
-from beam_e5.profiles import POOLINGS, ROLES, ProfileOverrides
+from beam_e5.profiles import FAMILIES, POOLINGS, ROLES, ProfileOverrides
 from beam_e5.sinks import VECTOR_DTYPES
 
 LOG = logging.getLogger("beam_e5")
@@ -46,6 +46,9 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--role", choices=ROLES, default="passage",
                    help="'passage' for corpus documents, 'query' for queries and symmetric "
                         "tasks (E5 prefixes differ)")
+    g.add_argument("--profile", choices=list(FAMILIES),
+                   help="the model's recipe (prefixes, pooling) when its name does not say it, "
+                        "e.g. a fine-tuned e5 in /models/my-model; default: by model name")
     g.add_argument("--query-prefix", help="override the profile's query prefix")
     g.add_argument("--passage-prefix", help="override the profile's passage prefix")
     g.add_argument("--instruction", help="task description for E5 instruct query prefixes")
@@ -77,7 +80,7 @@ def encoder_config(args: argparse.Namespace) -> EncoderConfig:
     extra = {"model_cache_dir": args.model_cache_dir} if args.model_cache_dir else {}
     return EncoderConfig(
         model=args.model, role=args.role, revision=args.revision,
-        overrides=ProfileOverrides(query_prefix=args.query_prefix,
+        overrides=ProfileOverrides(family=args.profile, query_prefix=args.query_prefix,
                                    passage_prefix=args.passage_prefix, pooling=args.pooling,
                                    max_length=args.max_length, instruction=args.instruction),
         device=args.device, dtype=args.dtype, max_batch_tokens=args.max_batch_tokens,

@@ -83,6 +83,12 @@ class ProfileOverrides:
     pooling: Optional[str] = None
     max_length: Optional[int] = None
     instruction: Optional[str] = None  # the task for E5 instruct models
+    family: Optional[str] = None  # a FAMILIES name: the recipe, whatever the model is called
+
+    def __post_init__(self) -> None:
+        if self.family is not None and self.family not in FAMILIES:
+            raise ConfigError(f"unknown model profile {self.family!r}; --profile takes one of "
+                              f"{', '.join(FAMILIES)} (or leave it out to pick by model name)")
 
     def is_empty(self) -> bool:
         return all(v is None for v in dataclasses.astuple(self))
@@ -94,6 +100,11 @@ def _instruct_query_prefix(task: str) -> str:
 
 def _model_basename(model: str) -> str:
     return model.rstrip("/").split("/")[-1].lower()
+
+
+# --profile NAME -> a model name that the name rules below map to that family
+FAMILIES = {"e5": "e5", "e5-instruct": "e5-instruct", "e5-mistral": "e5-mistral",
+            "gte": "gte-base", "bge": "bge-", "bge-zh": "bge-zh", "generic": ""}
 
 
 def profile_from_name(model: str, instruction: Optional[str] = None) -> Optional[ModelProfile]:
@@ -189,19 +200,27 @@ def resolve_profile(
     st: SentenceTransformersConfig = SentenceTransformersConfig(),
     overrides: ProfileOverrides = ProfileOverrides(),
 ) -> ModelProfile:
-    """Combine the name rule, the directory's sentence-transformers config and overrides."""
-    by_name = profile_from_name(model, overrides.instruction)
+    """Combine the name rule, the directory's sentence-transformers config and overrides.
+
+    ``overrides.family`` (``--profile``) picks the family instead of the model's name, for
+    a fine-tuned or renamed copy (``/models/my-ft-model`` trained from e5-base-v2).
+    """
+    name = model if overrides.family is None else FAMILIES[overrides.family]
+    by_name = profile_from_name(name, overrides.instruction) if name else None
+    if overrides.family == "generic":
+        by_name = None
     if by_name is None:
         base = ModelProfile("generic", "", "", st.pooling or "mean", default_max_length(st),
                             source="sentence-transformers" if st.found_anything() else "default")
-        if not st.found_anything():
+        if not st.found_anything() and overrides.family is None:
             LOG.warning(
                 "beam-e5: model %r matches no known family (e5, gte, bge) and has no "
                 "sentence-transformers config: using mean pooling, no prefix, max length %d. "
                 "Pass --pooling/--query-prefix/--passage-prefix to change this.",
                 model, base.max_length)
     else:
-        base = by_name
+        base = by_name if overrides.family is None else dataclasses.replace(by_name,
+                                                                            source="user")
         if st.found_anything():
             base = dataclasses.replace(
                 base,

@@ -179,3 +179,25 @@ def test_oom_on_single_item_propagates():
 
     with pytest.raises(torch.cuda.OutOfMemoryError):
         run_splitting_on_oom(fn, [1], EncodeStats())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cuda_half_precision_matches_cpu(minilm_dir, minilm_encoder, dtype):  # noqa: F811
+    texts = mixed_length_texts(200)
+    ref, _ = minilm_encoder.encode(texts)
+    gpu = Encoder.load(EncoderConfig(minilm_dir, device="cuda", dtype=dtype).resolve())
+    assert gpu.backend == "torch" and gpu.device.type == "cuda"
+    vecs, stats = gpu.encode(texts)
+    assert vecs.dtype == np.float32 and stats.oom_splits == 0
+    assert np.min(np.sum(vecs * ref, axis=1)) >= 0.999
+
+
+def test_profile_flag_prefixes_a_renamed_model(tiny_models):  # noqa: F811
+    path = tiny_models("bert", "my-finetuned-model")
+    plain = EncoderConfig(path, backend="torch").resolve()
+    assert plain.prefix == "" and plain.profile.family == "generic"
+    forced = EncoderConfig(path, backend="torch",
+                           overrides=ProfileOverrides(family="e5")).resolve()
+    assert forced.signature()["profile.family"] == "e5"
+    assert _fed_texts(Encoder.load(forced), ["hello world"]) == ["passage : hello world"]

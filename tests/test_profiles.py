@@ -125,3 +125,26 @@ def test_bad_override_pooling_is_config_error():
 def test_bad_role():
     with pytest.raises(ConfigError, match="role"):
         profile_from_name("intfloat/e5-small-v2").prefix("document")
+
+
+@pytest.mark.parametrize("family,query,passage,pooling", [
+    ("e5", "query: ", "passage: ", "mean"),
+    ("gte", "", "", "mean"),
+    ("bge", BGE_EN_QUERY_INSTRUCTION, "", "cls"),
+    ("e5-mistral", "Instruct: ", "", "last"),
+    ("generic", "", "", "mean"),
+])
+def test_profile_flag_picks_the_recipe_of_a_renamed_model(family, query, passage, pooling, caplog):
+    with caplog.at_level(logging.WARNING):
+        p = resolve_profile("/models/my-finetuned-model", overrides=ProfileOverrides(family=family))
+    assert p.query_prefix.startswith(query) and (query or p.query_prefix == "")
+    assert (p.passage_prefix, p.pooling) == (passage, pooling)
+    assert "matches no known family" not in caplog.text  # the user said what it is
+    # and the flag beats the name: an e5-named directory forced to gte gets no prefix
+    forced = resolve_profile("intfloat/e5-base-v2", overrides=ProfileOverrides(family="gte"))
+    assert forced.family == "gte" and forced.passage_prefix == "" and forced.source == "user"
+
+
+def test_unknown_profile_is_a_config_error_that_lists_the_choices():
+    with pytest.raises(ConfigError, match="unknown model profile 'e6'.*e5, e5-instruct"):
+        ProfileOverrides(family="e6")
