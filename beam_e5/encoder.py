@@ -158,10 +158,11 @@ class Encoder:
         if backend != "torch":
             from transformers import AutoConfig
 
-            from beam_e5.onnx_backend import load_onnx_model, pick_backend
+            from beam_e5.onnx_backend import fp32_weight_bytes, load_onnx_model, pick_backend
 
             model_config = AutoConfig.from_pretrained(path, **common)
-            backend = pick_backend(cfg.backend, device.type, model_config.model_type)
+            backend = pick_backend(cfg.backend, device.type, model_config.model_type,
+                                   fp32_weight_bytes(path, model_config))
             if cfg.backend == "auto" and dtype != torch.float32:
                 backend = "torch"  # an explicit --dtype bfloat16 on CPU is a torch choice
         model = None

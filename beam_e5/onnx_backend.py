@@ -45,6 +45,9 @@ BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 ONNX_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "distilbert", "mpnet", "electra")
 _OPTIMIZER_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "electra")
 GRAPH_FILE = "model.onnx"
+# One ONNX file holds at most 2 GiB (protobuf); larger fp32 encoders (multilingual-e5-large,
+# 2.2 GB) stay on torch under ``auto`` rather than failing an export on every worker.
+MAX_GRAPH_BYTES = 2_000_000_000
 EXPORT_RECIPE = "eager-attention-v1+int8-keep-ffn-down"  # part of the cache key: a new recipe builds a new graph
 _BUILD_LOCK = threading.Lock()
 
@@ -58,17 +61,36 @@ def onnx_available() -> bool:
     return True
 
 
-def pick_backend(requested: str, device_type: str, model_type: Optional[str]) -> str:
+def fp32_weight_bytes(model_path: str, config: Any = None) -> Optional[int]:
+    """Size of the weights once in fp32 (what the graph holds), for a local directory.
+
+    ``None`` when unknown (a hub name): the export is then simply tried.
+    """
+    path = Path(model_path)
+    if not path.is_dir():
+        return None
+    stored = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    half = str(getattr(config, "torch_dtype", None) or getattr(config, "dtype", "")) in (
+        "float16", "bfloat16", "torch.float16", "torch.bfloat16")
+    return stored * 2 if half else stored
+
+
+def pick_backend(requested: str, device_type: str, model_type: Optional[str],
+                 weight_bytes: Optional[int] = None) -> str:
     """The backend a worker runs: ``auto`` is ``onnx`` on CPU for encoder models when ONNX
-    Runtime is installed (same vectors, faster), else ``torch`` (GPUs, decoder models)."""
+    Runtime is installed (same vectors, faster), else ``torch`` (GPUs, decoder models, and
+    encoders whose fp32 weights exceed one ONNX file's 2 GiB)."""
     if requested != "auto":
         return requested
-    if device_type == "cpu" and model_type in ONNX_MODEL_TYPES and onnx_available():
+    too_big = weight_bytes is not None and weight_bytes > MAX_GRAPH_BYTES
+    if device_type == "cpu" and model_type in ONNX_MODEL_TYPES and not too_big \
+            and onnx_available():
         return "onnx"
     return "torch"
 
 
-def check_backend_supported(backend: str, model_type: Optional[str], device: str) -> None:
+def check_backend_supported(backend: str, model_type: Optional[str], device: str,
+                            weight_bytes: Optional[int] = None) -> None:
     """Fail before the pipeline when ``backend`` cannot run this model or device."""
     if backend in ("torch", "auto"):  # auto falls back to torch wherever onnx cannot run
         return
@@ -81,6 +103,10 @@ def check_backend_supported(backend: str, model_type: Optional[str], device: str
         raise ConfigError(f"--backend {backend} supports encoder models "
                           f"({', '.join(ONNX_MODEL_TYPES)}), not model_type {model_type!r}; "
                           "use --backend torch for this model")
+    if weight_bytes is not None and weight_bytes > MAX_GRAPH_BYTES:
+        raise ConfigError(f"--backend {backend}: this model's fp32 weights "
+                          f"({weight_bytes / 1e9:.1f} GB) exceed what one ONNX file holds "
+                          "(2 GiB); use --backend torch (or auto, which does so)")
     if not onnx_available():
         raise ConfigError(f"--backend {backend} needs ONNX Runtime and onnxscript; install "
                           "them with pip install 'beam-e5[onnx]' (also in the worker container)")
@@ -272,5 +298,5 @@ def load_onnx_model(model_path: str, config: Any, variant: str, cache_root: str,
 
 
 __all__ = ["BACKENDS", "ONNX_MODEL_TYPES", "OnnxEncoderModel", "check_backend_supported",
-           "onnx_available", "pick_backend",
+           "fp32_weight_bytes", "onnx_available", "pick_backend",
            "ensure_graph", "graph_dir", "load_onnx_model", "weights_key"]

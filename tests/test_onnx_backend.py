@@ -169,3 +169,21 @@ def test_auto_falls_back_to_torch_when_the_graph_cannot_be_built(minilm_dir, tmp
     with pytest.raises(RuntimeError, match="exporter crashed"):  # explicit onnx: no fallback
         Encoder.load(EncoderConfig(minilm_dir, backend="onnx",
                                    model_cache_dir=str(tmp_path)).resolve())
+
+
+def test_encoders_over_two_gib_stay_on_torch(tmp_path):
+    from types import SimpleNamespace
+
+    big = tmp_path / "multilingual-e5-large"
+    big.mkdir()
+    with open(big / "model.safetensors", "wb") as f:  # sparse: no disk used
+        f.truncate(1_200_000_000)
+    assert onnx_backend.fp32_weight_bytes(str(big), SimpleNamespace(torch_dtype="float32")) \
+        == 1_200_000_000
+    fp16 = onnx_backend.fp32_weight_bytes(str(big), SimpleNamespace(torch_dtype="float16"))
+    assert fp16 == 2_400_000_000  # stored in half precision, exported in fp32
+    assert onnx_backend.pick_backend("auto", "cpu", "xlm-roberta", fp16) == "torch"
+    assert onnx_backend.pick_backend("auto", "cpu", "xlm-roberta", 1_200_000_000) == "onnx"
+    with pytest.raises(ConfigError, match="exceed what one ONNX file holds"):
+        onnx_backend.check_backend_supported("onnx", "xlm-roberta", "cpu", fp16)
+    assert onnx_backend.fp32_weight_bytes("intfloat/e5-large-v2") is None  # hub: unknown
