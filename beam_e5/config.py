@@ -8,6 +8,7 @@ is what ships to the workers.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -81,7 +82,10 @@ class EncoderConfig:
         """Validate the model source and resolve its profile; fails before the pipeline."""
         source = self.source()
         preflight_model_source(source, self.allow_pickle_weights)
-        read_json = json_reader_for_dir(lambda rel: read_model_file_text(source, rel))
+        # memoised: config.json serves the profile, the dim, the model type and the weight
+        # size, and on gs:// every read is a request
+        read_json = functools.lru_cache(maxsize=None)(
+            json_reader_for_dir(lambda rel: read_model_file_text(source, rel)))
         profile = resolve_profile(self.model, read_st_config(read_json), self.overrides)
         dim = model_dim(source, read_json)
         check_backend_supported(self.backend, model_type(read_json), self.device,
@@ -115,13 +119,10 @@ def local_weight_bytes(source: ModelSource, read_json) -> Optional[int]:
     """fp32 weight size of a local model directory (None elsewhere), for the ONNX limit."""
     if source.kind != "local":
         return None
-    from types import SimpleNamespace
-
     from beam_e5.onnx_backend import fp32_weight_bytes
 
     cfg = read_json("config.json") or {}
-    return fp32_weight_bytes(source.ref, SimpleNamespace(torch_dtype=cfg.get("torch_dtype"),
-                                                         dtype=cfg.get("dtype")))
+    return fp32_weight_bytes(source.ref, cfg.get("torch_dtype") or cfg.get("dtype"))
 
 
 def model_type(read_json) -> Optional[str]:

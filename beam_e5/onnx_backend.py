@@ -48,7 +48,8 @@ GRAPH_FILE = "model.onnx"
 # One ONNX file holds at most 2 GiB (protobuf); larger fp32 encoders (multilingual-e5-large,
 # 2.2 GB) stay on torch under ``auto`` rather than failing an export on every worker.
 MAX_GRAPH_BYTES = 2_000_000_000
-EXPORT_RECIPE = "eager-attention-v1+int8-keep-ffn-down"  # part of the cache key: a new recipe builds a new graph
+# Part of the cache key: a new export recipe builds a new graph.
+EXPORT_RECIPE = "eager-attention-v1+int8-keep-ffn-down"
 _BUILD_LOCK = threading.Lock()
 
 
@@ -61,29 +62,30 @@ def onnx_available() -> bool:
     return True
 
 
-def fp32_weight_bytes(model_path: str, config: Any = None) -> Optional[int]:
+def fp32_weight_bytes(model_path: str, stored_dtype: Optional[str] = None) -> Optional[int]:
     """Size of the weights once in fp32 (what the graph holds), for a local directory.
 
+    ``stored_dtype`` is config.json's ``torch_dtype``: half-precision files double in fp32.
     ``None`` when unknown (a hub name): the export is then simply tried.
     """
     path = Path(model_path)
     if not path.is_dir():
         return None
     stored = sum(f.stat().st_size for f in path.glob("*.safetensors"))
-    half = str(getattr(config, "torch_dtype", None) or getattr(config, "dtype", "")) in (
-        "float16", "bfloat16", "torch.float16", "torch.bfloat16")
+    half = str(stored_dtype or "").removeprefix("torch.") in ("float16", "bfloat16")
     return stored * 2 if half else stored
 
 
 def pick_backend(requested: str, device_type: str, model_type: Optional[str],
-                 weight_bytes: Optional[int] = None) -> str:
+                 weight_bytes: Optional[int] = None, fp32: bool = True) -> str:
     """The backend a worker runs: ``auto`` is ``onnx`` on CPU for encoder models when ONNX
-    Runtime is installed (same vectors, faster), else ``torch`` (GPUs, decoder models, and
-    encoders whose fp32 weights exceed one ONNX file's 2 GiB)."""
+    Runtime is installed (same vectors, faster), else ``torch`` (GPUs, decoder models,
+    encoders whose fp32 weights exceed one ONNX file's 2 GiB, and an explicit non-fp32
+    ``--dtype``, which only torch computes in)."""
     if requested != "auto":
         return requested
     too_big = weight_bytes is not None and weight_bytes > MAX_GRAPH_BYTES
-    if device_type == "cpu" and model_type in ONNX_MODEL_TYPES and not too_big \
+    if device_type == "cpu" and fp32 and model_type in ONNX_MODEL_TYPES and not too_big \
             and onnx_available():
         return "onnx"
     return "torch"
@@ -94,8 +96,6 @@ def check_backend_supported(backend: str, model_type: Optional[str], device: str
     """Fail before the pipeline when ``backend`` cannot run this model or device."""
     if backend in ("torch", "auto"):  # auto falls back to torch wherever onnx cannot run
         return
-    if backend not in BACKENDS:
-        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if device == "cuda":
         raise ConfigError(f"--backend {backend} runs on CPU only; use --backend torch for "
                           "--device cuda")

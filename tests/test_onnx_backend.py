@@ -172,15 +172,13 @@ def test_auto_falls_back_to_torch_when_the_graph_cannot_be_built(minilm_dir, tmp
 
 
 def test_encoders_over_two_gib_stay_on_torch(tmp_path):
-    from types import SimpleNamespace
-
     big = tmp_path / "multilingual-e5-large"
     big.mkdir()
     with open(big / "model.safetensors", "wb") as f:  # sparse: no disk used
         f.truncate(1_200_000_000)
-    assert onnx_backend.fp32_weight_bytes(str(big), SimpleNamespace(torch_dtype="float32")) \
-        == 1_200_000_000
-    fp16 = onnx_backend.fp32_weight_bytes(str(big), SimpleNamespace(torch_dtype="float16"))
+    assert onnx_backend.fp32_weight_bytes(str(big), "float32") == 1_200_000_000
+    assert onnx_backend.fp32_weight_bytes(str(big), "torch.bfloat16") == 2_400_000_000
+    fp16 = onnx_backend.fp32_weight_bytes(str(big), "float16")
     assert fp16 == 2_400_000_000  # stored in half precision, exported in fp32
     assert onnx_backend.pick_backend("auto", "cpu", "xlm-roberta", fp16) == "torch"
     assert onnx_backend.pick_backend("auto", "cpu", "xlm-roberta", 1_200_000_000) == "onnx"
