@@ -3,10 +3,14 @@ picks ``onnx`` on CPU workers for encoder models when ONNX Runtime is installed)
 
 The Hugging Face encoder is exported once per machine with PyTorch's ONNX exporter
 (``torch.onnx.export(dynamo=True)``: dynamic batch and sequence axes, output
-``last_hidden_state``), its graph fused with ONNX Runtime's transformer optimiser (LayerNorm,
-GELU and bias fusions for BERT-family encoders) and, for ``onnx-int8``, its MatMul weights
-quantised per output channel to int8 with dynamic activation quantisation (feed-forward
-down-projections kept in fp32, see :func:`quantize_int8`). The result is
+``last_hidden_state``). For ``onnx`` (fp32) the graph is rewritten with onnxscript's ONNX
+Runtime fusions (:func:`fuse_for_ort`: each self-attention block becomes one ``Attention``
+operator with a packed QKV projection, plus skip-LayerNorm and bias-GELU fusions). For
+``onnx-int8`` it goes through ONNX Runtime's transformer optimiser (LayerNorm, GELU and bias
+fusions for BERT-family encoders, attention left as MatMuls so that the Q, K and V
+projections can be quantised) and its MatMul weights are quantised per output channel to int8
+with dynamic activation quantisation (feed-forward down-projections kept in fp32, see
+:func:`quantize_int8`). The result is
 cached under ``<model cache dir>/onnx/`` keyed by the weights, the variant and the library
 versions; the build is guarded by a thread lock and an ``fcntl`` file lock and written to a
 temporary folder that is renamed into place, so concurrent workers build it once and a crash
@@ -45,11 +49,12 @@ BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 ONNX_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "distilbert", "mpnet", "electra")
 _OPTIMIZER_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "electra")
 GRAPH_FILE = "model.onnx"
+BUILD_FILE = "build.json"  # what the build did (fusions applied), next to the graph
 # One ONNX file holds at most 2 GiB (protobuf); larger fp32 encoders (multilingual-e5-large,
 # 2.2 GB) stay on torch under ``auto`` rather than failing an export on every worker.
 MAX_GRAPH_BYTES = 2_000_000_000
 # Part of the cache key: a new export recipe builds a new graph.
-EXPORT_RECIPE = "eager-attention-v1+int8-keep-ffn-down"
+EXPORT_RECIPE = "eager-attention-v1+ort-fusions-v1+int8-keep-ffn-down"
 _BUILD_LOCK = threading.Lock()
 
 
@@ -173,7 +178,7 @@ def export_graph(model: torch.nn.Module, out_file: Path) -> None:
         with warnings.catch_warnings():  # axis-renaming chatter from the exporter
             warnings.simplefilter("ignore", UserWarning)
             program = torch.onnx.export(
-                _LastHidden(model.float().eval()), (ids, mask),
+                _LastHidden(model.float().eval()).eval(), (ids, mask),
                 input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
                 dynamo=True, verbose=False, dynamic_shapes={
                     "input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
@@ -182,16 +187,49 @@ def export_graph(model: torch.nn.Module, out_file: Path) -> None:
     program.save(str(out_file))
 
 
-def optimize_graph(src: Path, dst: Path, model_type: str, num_heads: int, hidden: int) -> None:
-    """Fuse LayerNorm/GELU/bias with ORT's transformer optimiser where it knows the family."""
+def fuse_for_ort(src: Path, dst: Path) -> dict[str, int]:
+    """Rewrite the exported graph into ONNX Runtime's fused transformer operators.
+
+    onnxscript's ORT rewriter (the one built for the dynamo exporter's graphs; ONNX Runtime's
+    own optimiser does not recognise their attention) turns each eager attention block into
+    one ``com.microsoft`` ``Attention`` operator (Q, K and V projected by one packed GEMM,
+    the padding mask passed as an additive bias) and fuses skip-LayerNorm and bias-GELU. On
+    all-MiniLM-L6-v2 that took the fp32 forward pass from about 11,300 to 12,300 real
+    tokens/s here. Returns the number of each fusion applied.
+    """
+    import onnx_ir as ir
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    model, counts = optimize_for_ort(ir.load(str(src)))
+    ir.save(model, str(dst))
+    return {name: int(n) for name, n in counts.items() if n}
+
+
+def optimize_graph(src: Path, dst: Path, model_type: str, num_heads: int, hidden: int,
+                   fuse_attention: bool = False) -> dict[str, Any]:
+    """Fuse the graph for ONNX Runtime; returns what was done (kept in ``build.json``).
+
+    ``fuse_attention`` (the fp32 variant) uses :func:`fuse_for_ort`; if that rewriter fails
+    on an unusual graph, the build goes on with ORT's optimiser (same vectors, slower).
+    Otherwise ORT's transformer optimiser fuses LayerNorm/GELU/bias where it knows the family.
+    """
+    if fuse_attention:
+        try:
+            return {"fuser": "onnxscript.ort_fusions", "fusions": fuse_for_ort(src, dst)}
+        except Exception as e:  # noqa: BLE001  (a rewriter bug must not cost the backend)
+            LOG.warning("beam-e5: attention fusion failed (%s: %s); using ONNX Runtime's "
+                        "optimiser instead", type(e).__name__, e)
     if model_type not in _OPTIMIZER_MODEL_TYPES:
         shutil.copyfile(src, dst)
-        return
+        return {"fuser": None, "fusions": {}}
     from onnxruntime.transformers.optimizer import optimize_model
 
     optimized = optimize_model(str(src), model_type="bert", num_heads=num_heads,
                                hidden_size=hidden, opt_level=0)
     optimized.save_model_to_file(str(dst))
+    return {"fuser": "onnxruntime.transformers",
+            "fusions": {k: int(v) for k, v in optimized.get_fused_operator_statistics().items()
+                        if v}}
 
 
 def quantize_int8(src: Path, dst: Path, intermediate_size: int) -> None:
@@ -221,8 +259,10 @@ def build_graph(model: torch.nn.Module, target: Path, variant: str) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=str(target.parent)))
     try:
         export_graph(model, tmp / "exported.onnx")
-        optimize_graph(tmp / "exported.onnx", tmp / "optimized.onnx", cfg.model_type,
-                       int(cfg.num_attention_heads), int(cfg.hidden_size))
+        build = optimize_graph(tmp / "exported.onnx", tmp / "optimized.onnx", cfg.model_type,
+                               int(cfg.num_attention_heads), int(cfg.hidden_size),
+                               fuse_attention=variant == "onnx")
+        LOG.info("beam-e5: %s graph fusions: %s", variant, build["fusions"] or "none")
         if variant == "onnx-int8":
             quantize_int8(tmp / "optimized.onnx", tmp / GRAPH_FILE,
                           int(getattr(cfg, "intermediate_size", 0) or 0))
@@ -232,6 +272,8 @@ def build_graph(model: torch.nn.Module, target: Path, variant: str) -> None:
             if name != GRAPH_FILE and not name.startswith(GRAPH_FILE):
                 os.remove(tmp / name)
         (tmp / "config.json").write_text(cfg.to_json_string())
+        (tmp / BUILD_FILE).write_text(json.dumps(
+            {"variant": variant, "recipe": EXPORT_RECIPE, **build}, indent=2))
         if target.exists():
             shutil.rmtree(target)
         os.rename(tmp, target)
@@ -278,6 +320,10 @@ class OnnxEncoderModel:
         if threads:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Idle intra-op threads sleep instead of spinning: a spinning thread takes a core from
+        # tokenisation and Beam's own threads between passes. Measured here with 2 threads:
+        # 1-8% more real tokens/s on every one of 9 paired runs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(graph_file), options,
                                             providers=["CPUExecutionProvider"])
         self.config = config

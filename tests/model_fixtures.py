@@ -58,10 +58,13 @@ def _bpe_tokenizer(kind: str, padding_side: str):
 
 
 def build_tiny_model(root: Path, family: str, name: str, padding_side: str = "right") -> str:
-    """Save a random-weight model of ``family`` (bert | xlm-roberta | mistral) as ``root/name``."""
+    """Save a random-weight model of ``family`` as ``root/name``: bert | xlm-roberta | mistral,
+    or another encoder the ONNX backend takes (roberta | distilbert | mpnet | electra)."""
     import torch
-    from transformers import (BertConfig, BertModel, BertTokenizerFast, MistralConfig,
-                              MistralModel, XLMRobertaConfig, XLMRobertaModel)
+    from transformers import (BertConfig, BertModel, BertTokenizerFast, DistilBertConfig,
+                              DistilBertModel, ElectraConfig, ElectraModel, MistralConfig,
+                              MistralModel, MPNetConfig, MPNetModel, RobertaConfig, RobertaModel,
+                              XLMRobertaConfig, XLMRobertaModel)
 
     torch.manual_seed(0)
     out = root / name
@@ -81,6 +84,23 @@ def build_tiny_model(root: Path, family: str, name: str, padding_side: str = "ri
         model = MistralModel(MistralConfig(vocab_size=len(tokenizer), num_key_value_heads=2,
                                            pad_token_id=0, bos_token_id=1, eos_token_id=2,
                                            max_position_embeddings=1024, **small))
+    elif family == "roberta":
+        tokenizer = _bpe_tokenizer("xlm-roberta", padding_side)
+        model = RobertaModel(RobertaConfig(vocab_size=len(tokenizer), pad_token_id=0,
+                                           bos_token_id=1, eos_token_id=2,
+                                           max_position_embeddings=514, **small))
+    elif family in ("distilbert", "mpnet", "electra"):
+        tokenizer = BertTokenizerFast.from_pretrained(minilm_path())
+        vocab = tokenizer.vocab_size
+        if family == "distilbert":
+            model = DistilBertModel(DistilBertConfig(vocab_size=vocab, dim=32, n_layers=2,
+                                                     n_heads=4, hidden_dim=64))
+        elif family == "mpnet":
+            model = MPNetModel(MPNetConfig(vocab_size=vocab, max_position_embeddings=514,
+                                           **small))
+        else:
+            model = ElectraModel(ElectraConfig(vocab_size=vocab, embedding_size=16,
+                                               max_position_embeddings=512, **small))
     else:
         raise ValueError(family)
     tokenizer.padding_side = padding_side

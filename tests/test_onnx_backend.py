@@ -185,3 +185,64 @@ def test_encoders_over_two_gib_stay_on_torch(tmp_path):
     with pytest.raises(ConfigError, match="exceed what one ONNX file holds"):
         onnx_backend.check_backend_supported("onnx", "xlm-roberta", "cpu", fp16)
     assert onnx_backend.fp32_weight_bytes("intfloat/e5-large-v2") is None  # hub: unknown
+
+
+def _graph_ops(graph_file) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(graph_file), load_external_data=False).graph.node}
+
+
+def test_fp32_graph_has_one_fused_attention_per_layer(minilm_dir, cache):  # noqa: F811
+    import json
+
+    enc = Encoder.load(EncoderConfig(minilm_dir, backend="onnx", model_cache_dir=cache).resolve())
+    graph = enc.model.graph_file
+    build = json.loads((graph.parent / onnx_backend.BUILD_FILE).read_text())
+    layers = enc.model.config.num_hidden_layers
+    assert build["variant"] == "onnx" and build["fuser"] == "onnxscript.ort_fusions"
+    assert build["fusions"]["attention"] == layers
+    assert build["fusions"]["skip_layer_normalization"] == 2 * layers
+    assert {"Attention", "SkipLayerNormalization", "BiasGelu"} <= _graph_ops(graph)
+    assert "Softmax" not in _graph_ops(graph)  # no unfused attention left
+
+
+def test_int8_graph_quantises_the_qkv_projections(minilm_dir, cache):  # noqa: F811
+    enc = Encoder.load(EncoderConfig(minilm_dir, backend="onnx-int8",
+                                     model_cache_dir=cache).resolve())
+    ops = _graph_ops(enc.model.graph_file)
+    # Attention stays unfused so that its Q, K, V MatMuls are int8 too
+    assert "Attention" not in ops and "MatMulInteger" in ops
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "mpnet", "electra"])
+def test_every_onnx_encoder_family_matches_torch(tiny_models, tmp_path, family):  # noqa: F811
+    path = tiny_models(family, f"tiny-{family}")
+    texts = ["hello world", "query passage " * 60, "", "the quick brown fox", "licence " * 7]
+    ref, _ = Encoder.load(EncoderConfig(path, backend="torch").resolve()).encode(texts)
+    enc = Encoder.load(EncoderConfig(path, backend="onnx", model_cache_dir=str(tmp_path))
+                       .resolve())
+    assert isinstance(enc.model, onnx_backend.OnnxEncoderModel)
+    vecs, _ = enc.encode(texts)
+    assert np.min(np.sum(vecs * ref, axis=1)) >= 0.99999
+
+
+def test_a_failing_attention_rewrite_falls_back_to_ort_fusions(tiny_models, tmp_path,  # noqa: F811
+                                                               monkeypatch, caplog):
+    import json
+
+    path = tiny_models("bert", "e5-small-v2")
+
+    def broken(src, dst):
+        raise RuntimeError("pattern matcher bug")
+
+    monkeypatch.setattr(onnx_backend, "fuse_for_ort", broken)
+    texts = ["hello world", "query passage " * 60, "the quick brown fox"]
+    ref, _ = Encoder.load(EncoderConfig(path, backend="torch").resolve()).encode(texts)
+    enc = Encoder.load(EncoderConfig(path, backend="onnx", model_cache_dir=str(tmp_path))
+                       .resolve())
+    assert "attention fusion failed" in caplog.text
+    build = json.loads((enc.model.graph_file.parent / onnx_backend.BUILD_FILE).read_text())
+    assert build["fuser"] == "onnxruntime.transformers"
+    vecs, _ = enc.encode(texts)
+    assert np.min(np.sum(vecs * ref, axis=1)) >= 0.99999
