@@ -8,7 +8,8 @@ One session, one corpus, one model, one max length. Each round runs every varian
 in a fresh subprocess, rotating the order every round so that drift on a shared machine falls
 on every variant alike; the table shows medians over rounds.
 
-* A: ``python -m beam_e5 embed --no-exact-dedupe --overwrite`` on the DirectRunner: read the
+* A: ``python -m beam_e5 embed --backend torch --no-exact-dedupe --overwrite`` on the
+  DirectRunner (the CPU default, ``--backend auto``, is D's ONNX Runtime path): read the
   JSONL, embed, write Parquet and the manifest. Its job time is the manifest's ``seconds``
   (pipeline start to finish: model load, read, embed, write).
 * B: Beam's ``MLTransform`` + ``SentenceTransformerEmbeddings(max_seq_length=...)`` on the
@@ -68,10 +69,10 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from benchlib import run_child  # noqa: E402
 VARIANTS = {
-    "A": "beam-e5 embed (DirectRunner)",
+    "A": "beam-e5 embed --backend torch",
     "B": "MLTransform + SentenceTransformerEmbeddings",
     "C": "SentenceTransformer.encode(batch_size=32)",
-    "D": "beam-e5 embed --backend onnx",
+    "D": "beam-e5 embed --backend onnx (CPU default)",
     "E": "beam-e5 embed --backend onnx-int8",
 }
 BEAM_E5 = {"A": "torch", "D": "onnx", "E": "onnx-int8"}  # variant -> --backend
