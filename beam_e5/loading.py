@@ -20,7 +20,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from beam_e5.errors import ConfigError
 
@@ -63,11 +63,14 @@ def classify_model_ref(ref: str, revision: Optional[str] = None) -> ModelSource:
     return ModelSource(ref, "hub", revision)
 
 
-def list_gcs_files(prefix: str, with_times: bool = False) -> list[tuple]:
-    """(path, size) of every object under ``prefix/`` via Beam's filesystem.
+class GcsObject(NamedTuple):
+    path: str
+    size: int
+    updated: float  # last update time, seconds since the epoch
 
-    With ``with_times``: (path, size, last update time in seconds).
-    """
+
+def list_gcs_files(prefix: str) -> list[GcsObject]:
+    """Every object under ``prefix/`` (path, size, update time) via Beam's filesystem."""
     from apache_beam.io.filesystems import BeamIOError, FileSystems
 
     try:
@@ -76,10 +79,8 @@ def list_gcs_files(prefix: str, with_times: bool = False) -> list[tuple]:
         raise ConfigError(f"cannot list {prefix}/ ({e}); check the bucket name and that your "
                           "Application Default Credentials (gcloud auth application-default "
                           "login, or the worker service account) may read it") from e
-    if with_times:
-        return [(m.path, m.size_in_bytes, m.last_updated_in_seconds)
-                for m in result.metadata_list]
-    return [(m.path, m.size_in_bytes) for m in result.metadata_list]
+    return [GcsObject(m.path, m.size_in_bytes, m.last_updated_in_seconds)
+            for m in result.metadata_list]
 
 
 def check_weight_files(names: list[str], where: str, allow_pickle_weights: bool) -> None:
@@ -126,7 +127,7 @@ def stage_gcs_model(ref: str, cache_root: str = DEFAULT_CACHE_DIR) -> str:
                                   "worker's service account can list the bucket")
             tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=str(target.parent)))
             base = ref.rstrip("/") + "/"
-            for path, _size in files:
+            for path, _size, _updated in files:
                 rel = path[len(base):]
                 dest = tmp / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +204,7 @@ def preflight_model_source(source: ModelSource, allow_pickle_weights: bool) -> N
             raise ConfigError(f"no objects under {source.ref}/; check the path and that your "
                               "Application Default Credentials can read the bucket")
         base = source.ref + "/"
-        names = [p[len(base):] for p, _ in files]
+        names = [f.path[len(base):] for f in files]
         if "config.json" not in names:
             raise ConfigError(f"{source.ref}/ has no config.json; upload the whole directory "
                               "written by save_pretrained()")

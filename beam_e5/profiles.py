@@ -206,9 +206,7 @@ def resolve_profile(
     a fine-tuned or renamed copy (``/models/my-ft-model`` trained from e5-base-v2).
     """
     name = model if overrides.family is None else FAMILIES[overrides.family]
-    by_name = profile_from_name(name, overrides.instruction) if name else None
-    if overrides.family == "generic":
-        by_name = None
+    by_name = profile_from_name(name, overrides.instruction) if name else None  # "" = generic
     if by_name is None:
         base = ModelProfile("generic", "", "", st.pooling or "mean", default_max_length(st),
                             source="sentence-transformers" if st.found_anything() else "default")

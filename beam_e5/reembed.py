@@ -47,7 +47,7 @@ def weights_fingerprint(spec: EncoderSpec) -> str:
         return f"revision:{source.revision or 'unpinned'}"
     digest = hashlib.sha256()
     if source.kind == "gcs":
-        for path, size, updated in sorted(list_gcs_files(source.ref, with_times=True)):
+        for path, size, updated in sorted(list_gcs_files(source.ref)):
             if path.endswith(".safetensors") or path.endswith(".bin"):
                 digest.update(f"{path}:{size}:{updated}".encode())
         return "gcs-listing:" + digest.hexdigest()[:32]
