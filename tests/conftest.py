@@ -159,6 +159,13 @@ class GcsEmulator:
         self.client.bucket(self.bucket_name).blob(name).upload_from_string(data)
         return self.url(name)
 
+    def upload_dir(self, local: str, prefix: str) -> str:
+        """Store every file under ``local`` (README.md aside) under ``prefix/``; its gs:// URL."""
+        for path in Path(local).rglob("*"):
+            if path.is_file() and path.name != "README.md":
+                self.upload(f"{prefix}/{path.relative_to(local)}", path.read_bytes())
+        return self.url(prefix)
+
     def download(self, name: str) -> bytes:
         """The bytes of object ``name``."""
         return bytes(self.client.bucket(self.bucket_name).blob(name).download_as_bytes())

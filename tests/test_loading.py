@@ -16,13 +16,6 @@ from beam_e5.errors import ConfigError
 from beam_e5.loading import classify_model_ref, stage_gcs_model
 
 
-def _upload_dir(gcs, local: str, prefix: str) -> str:
-    for path in Path(local).rglob("*"):
-        if path.is_file() and path.name != "README.md":
-            gcs.upload(f"{prefix}/{path.relative_to(local)}", path.read_bytes())
-    return gcs.url(prefix)
-
-
 def test_classify_refs(tmp_path):
     assert classify_model_ref("intfloat/e5-small-v2").kind == "hub"
     assert classify_model_ref("gs://b/m/").ref == "gs://b/m"
@@ -40,7 +33,7 @@ def test_local_dir_without_config_is_refused(tmp_path):
 
 
 def test_gcs_model_loads_and_matches_local(gcs_emulator, minilm_dir, tmp_path):  # noqa: F811
-    url = _upload_dir(gcs_emulator, minilm_dir, "models/all-MiniLM-L6-v2")
+    url = gcs_emulator.upload_dir(minilm_dir, "models/all-MiniLM-L6-v2")
     spec = EncoderConfig(url, model_cache_dir=str(tmp_path / "cache")).resolve()
     assert spec.source.kind == "gcs" and spec.dim == 384
     assert spec.profile.max_length == 256  # read from gs:// sentence_bert_config.json
@@ -52,7 +45,7 @@ def test_gcs_model_loads_and_matches_local(gcs_emulator, minilm_dir, tmp_path): 
 
 def test_gcs_staging_copies_once_across_threads(gcs_emulator, minilm_dir, tmp_path,  # noqa: F811
                                                 caplog):
-    url = _upload_dir(gcs_emulator, minilm_dir, "models/m1")
+    url = gcs_emulator.upload_dir(minilm_dir, "models/m1")
     cache = str(tmp_path / "cache")
     results = []
     with caplog.at_level(logging.INFO, logger="beam_e5.loading"):
@@ -74,7 +67,7 @@ def _stage_in_child(url: str, cache: str) -> tuple[str, float]:
 
 
 def test_gcs_staging_copies_once_across_processes(gcs_emulator, minilm_dir, tmp_path):  # noqa: F811
-    url = _upload_dir(gcs_emulator, minilm_dir, "models/m2")
+    url = gcs_emulator.upload_dir(minilm_dir, "models/m2")
     cache = str(tmp_path / "cache")
     with ProcessPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(_stage_in_child, [url] * 3, [cache] * 3))

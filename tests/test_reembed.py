@@ -12,10 +12,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from model_fixtures import minilm_dir  # noqa: F401
+from model_fixtures import minilm_dir, tiny_models  # noqa: F401
 
 from beam_e5.cli import main
+from beam_e5.config import EncoderConfig
 from beam_e5.localtext import build_local_corpus, write_jsonl
+from beam_e5.reembed import weights_fingerprint
 
 pytestmark = pytest.mark.slow
 FAST = ["--max-length", "32"]
@@ -131,3 +133,22 @@ def test_killed_run_leaves_previous_published_and_rerun_is_complete(corpora, sna
                  if not p.name.startswith(("vectors-", "duplicates-", "errors-", "deleted-",
                                            "manifest.json"))]
     assert leftovers == []
+
+
+def test_gcs_weights_replaced_by_a_file_of_the_same_size_change_the_fingerprint(
+        gcs_emulator, tiny_models):  # noqa: F811
+    local = Path(tiny_models("bert", "e5-small-v2"))
+    url = gcs_emulator.upload_dir(str(local), "models/e5-small-v2")
+
+    def fingerprint() -> str:
+        return weights_fingerprint(EncoderConfig(url).resolve())
+
+    first = fingerprint()
+    assert first.startswith("gcs-listing:") and fingerprint() == first
+    gcs_emulator.upload("models/e5-small-v2/tokenizer.json", (local / "tokenizer.json")
+                        .read_bytes() + b" ")  # not a weight file: same fingerprint
+    assert fingerprint() == first
+    weights = (local / "model.safetensors").read_bytes()
+    time.sleep(1.1)  # a later update time, at any timestamp resolution
+    gcs_emulator.upload("models/e5-small-v2/model.safetensors", weights[:-1] + b"\x00")
+    assert fingerprint() != first
