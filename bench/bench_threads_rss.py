@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-threads-rss-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     if not args.corpus:
-        from beam_e5.localtext import build_local_corpus, write_jsonl
+        from tools.localtext import build_local_corpus, write_jsonl
 
         args.corpus = str(work / "corpus.jsonl")
         write_jsonl(build_local_corpus(args.n, seed=0, duplicate_fraction=0.0), args.corpus)

@@ -122,7 +122,9 @@ def run(input_path: str, output_dir: str, model: str, max_seq_length: int,
     # that import, and none includes torch's or Beam's.
     start = time.perf_counter()
     from apache_beam.ml.transforms.base import MLTransform
-    from apache_beam.ml.transforms.embeddings.huggingface import SentenceTransformerEmbeddings
+    from apache_beam.ml.transforms.embeddings.huggingface import (
+        SentenceTransformerEmbeddings,
+    )
 
     stats = instrument_sentence_transformers()
     artifacts = tempfile.mkdtemp(prefix="bench-mltransform-artifacts-")

@@ -35,7 +35,14 @@ def minilm_dir() -> str:
 
 def _bpe_tokenizer(kind: str, padding_side: str):
     """A small trained BPE tokenizer wrapped as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -61,10 +68,23 @@ def build_tiny_model(root: Path, family: str, name: str, padding_side: str = "ri
     """Save a random-weight model of ``family`` as ``root/name``: bert | xlm-roberta | mistral,
     or another encoder the ONNX backend takes (roberta | distilbert | mpnet | electra)."""
     import torch
-    from transformers import (BertConfig, BertModel, BertTokenizerFast, DistilBertConfig,
-                              DistilBertModel, ElectraConfig, ElectraModel, MistralConfig,
-                              MistralModel, MPNetConfig, MPNetModel, RobertaConfig, RobertaModel,
-                              XLMRobertaConfig, XLMRobertaModel)
+    from transformers import (
+        BertConfig,
+        BertModel,
+        BertTokenizerFast,
+        DistilBertConfig,
+        DistilBertModel,
+        ElectraConfig,
+        ElectraModel,
+        MistralConfig,
+        MistralModel,
+        MPNetConfig,
+        MPNetModel,
+        RobertaConfig,
+        RobertaModel,
+        XLMRobertaConfig,
+        XLMRobertaModel,
+    )
 
     torch.manual_seed(0)
     out = root / name

@@ -10,8 +10,8 @@ from model_fixtures import minilm_dir  # noqa: F401
 from realtext import mixed_length_texts
 
 from beam_e5.cli import main
-from beam_e5.encoder import Encoder
-from beam_e5.config import EncoderConfig
+from beam_e5.model.config import EncoderConfig
+from beam_e5.model.encoder import Encoder
 
 
 def _write_jsonl(path, rows, extra_lines=()):
@@ -81,6 +81,12 @@ def test_embed_writes_vectors_duplicates_errors_manifest(corpus, minilm_dir, tmp
     assert c == {"read": 83, "invalid": 2, "exact_duplicates": 1, "semantic_duplicates": 0,
                  "embedded": 80, "written": 80}
     assert manifest["model"]["model"] == minilm_dir
+    # values keep their JSON types: numbers as numbers, booleans as booleans
+    assert manifest["model"]["dim"] == 384
+    assert manifest["model"]["profile.max_length"] == 256
+    assert manifest["model"]["profile.append_eos"] is False
+    assert manifest["options"]["encoder"]["max_batch_tokens"] == 8192
+    assert manifest["options"]["exact_dedupe"] is True
     assert manifest["stats"]["real_tokens"] > 0
     assert manifest["stats"]["model_loads"] == 1
     assert not (out / "_counts").exists()

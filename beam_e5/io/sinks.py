@@ -1,0 +1,164 @@
+"""Writing vectors, duplicates and dead letters with Beam's file sinks (local or ``gs://``).
+
+Beam's ``FileBasedSink`` writes every shard to a temporary directory and renames shards into
+place only at finalize, so a failed run leaves no half-written file under a final name.
+
+Vectors are written from Arrow tables built per batch straight from numpy (one
+``FixedSizeListArray`` over a contiguous float buffer): no per-element Python lists of floats.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import WriteToParquetBatched
+
+from beam_e5.errors import ConfigError
+
+VECTOR_DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
+ARROW_BATCH_ROWS = 2048
+CORE_COLUMNS = ("id", "embedding", "text_sha256", "tokens")
+
+
+def vectors_schema(dim: int, vector_dtype: str, keep_fields: Sequence[str],
+                   metadata: Mapping[str, str]) -> pa.Schema:
+    """``id``, ``embedding`` fixed_size_list<dtype>[dim], ``text_sha256``, kept fields (string)."""
+    if vector_dtype not in VECTOR_DTYPES:
+        raise ConfigError(f"--vector-dtype must be one of {', '.join(VECTOR_DTYPES)}, "
+                          f"got {vector_dtype!r}")
+    fields = [pa.field("id", pa.string(), nullable=False),
+              pa.field("embedding", pa.list_(VECTOR_DTYPES[vector_dtype][1], dim), nullable=False),
+              pa.field("text_sha256", pa.string()),
+              pa.field("tokens", pa.int32())]
+    fields += [pa.field(name, pa.string()) for name in keep_fields]
+    return pa.schema(fields, metadata={k: str(v) for k, v in metadata.items()})
+
+
+DUPLICATES_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("duplicate_of", pa.string(), nullable=False),
+    pa.field("similarity", pa.float32()),
+    pa.field("kind", pa.string()),
+])
+
+
+def _field_as_string(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def vectors_to_table(records: Sequence[dict], schema: pa.Schema) -> pa.Table:
+    """One Arrow table from a batch of embedded records (numpy vectors, stacked once)."""
+    emb_type = schema.field("embedding").type
+    np_dtype = VECTOR_DTYPES["float16" if emb_type.value_type == pa.float16() else "float32"][0]
+    dim = emb_type.list_size
+    matrix = np.stack([r["embedding"] for r in records]).astype(np_dtype, copy=False)
+    if matrix.shape[1] != dim:
+        raise ValueError(f"vector dim {matrix.shape[1]} != schema dim {dim}")
+    flat = pa.array(matrix.reshape(-1), type=emb_type.value_type)
+    columns = {
+        "id": pa.array([r["id"] for r in records], pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+        "text_sha256": pa.array([r.get("text_sha256") for r in records], pa.string()),
+        "tokens": pa.array([r.get("tokens") for r in records], pa.int32()),
+    }
+    for name in schema.names[4:]:
+        columns[name] = pa.array(
+            [_field_as_string((r.get("fields") or {}).get(name)) for r in records], pa.string())
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def duplicates_to_table(records: Sequence[dict]) -> pa.Table:
+    return pa.Table.from_pylist(
+        [{k: r[k] for k in ("id", "duplicate_of", "similarity", "kind")} for r in records],
+        schema=DUPLICATES_SCHEMA)
+
+
+def _join(output_dir: str, name: str) -> str:
+    return FileSystems.join(output_dir, name)
+
+
+class WriteVectors(beam.PTransform):
+    """Embedded records -> ``OUTPUT/vectors-SSSSS-of-NNNNN.parquet``."""
+
+    def __init__(self, output_dir: str, schema: pa.Schema) -> None:
+        super().__init__()
+        self._output_dir = output_dir
+        self._schema = schema
+
+    def expand(self, pcoll):
+        schema = self._schema
+        return (pcoll
+                | "Batch" >> beam.BatchElements(min_batch_size=ARROW_BATCH_ROWS,
+                                                max_batch_size=ARROW_BATCH_ROWS)
+                | "ToArrow" >> beam.Map(vectors_to_table, schema)
+                | "Write" >> WriteToParquetBatched(_join(self._output_dir, "vectors"),
+                                                   schema=schema, codec="zstd",
+                                                   file_name_suffix=".parquet"))
+
+
+class WriteDuplicates(beam.PTransform):
+    """Duplicate records -> ``OUTPUT/duplicates-*.parquet``."""
+
+    def __init__(self, output_dir: str) -> None:
+        super().__init__()
+        self._output_dir = output_dir
+
+    def expand(self, pcoll):
+        return (pcoll
+                | "Batch" >> beam.BatchElements(min_batch_size=ARROW_BATCH_ROWS,
+                                                max_batch_size=ARROW_BATCH_ROWS)
+                | "ToArrow" >> beam.Map(duplicates_to_table)
+                | "Write" >> WriteToParquetBatched(_join(self._output_dir, "duplicates"),
+                                                   schema=DUPLICATES_SCHEMA, codec="zstd",
+                                                   file_name_suffix=".parquet"))
+
+
+def error_to_json(record: Mapping[str, Any]) -> str:
+    return json.dumps(dict(record), ensure_ascii=False, sort_keys=True, default=str)
+
+
+class WriteErrors(beam.PTransform):
+    """Dead-letter records -> ``OUTPUT/errors-*.jsonl`` (one JSON object a line)."""
+
+    def __init__(self, output_dir: str) -> None:
+        super().__init__()
+        self._output_dir = output_dir
+
+    def expand(self, pcoll):
+        return (pcoll
+                | "ToJson" >> beam.Map(error_to_json)
+                | "Write" >> beam.io.WriteToText(_join(self._output_dir, "errors"),
+                                                 file_name_suffix=".jsonl"))
+
+
+def table_to_records(table: pa.Table) -> Iterator[dict]:
+    """Rows of a vectors table as embedded-document dicts (numpy float32 vectors)."""
+    emb = table.column("embedding").combine_chunks()
+    matrix = emb.values.to_numpy(zero_copy_only=False).reshape(-1, emb.type.list_size)
+    matrix = matrix.astype(np.float32, copy=False)
+    ids = table.column("id").to_pylist()
+    sha = (table.column("text_sha256").to_pylist() if "text_sha256" in table.column_names
+           else [None] * table.num_rows)
+    tokens = (table.column("tokens").to_pylist() if "tokens" in table.column_names
+              else [0] * table.num_rows)
+    kept = [c for c in table.column_names if c not in CORE_COLUMNS]
+    kept_values = {c: table.column(c).to_pylist() for c in kept}
+    for i, doc_id in enumerate(ids):
+        yield {"id": doc_id, "embedding": matrix[i], "text_sha256": sha[i],
+               "tokens": tokens[i] or 0, "fields": {c: kept_values[c][i] for c in kept}}
+
+
+def read_vectors(pattern: str) -> Iterable[pa.Table]:
+    """Tables of every ``vectors-*.parquet`` matching ``pattern`` (for tools and tests)."""
+    import pyarrow.parquet as pq
+
+    for match in FileSystems.match([pattern])[0].metadata_list:
+        with FileSystems.open(match.path) as f:
+            yield pq.read_table(f)

@@ -1,0 +1,84 @@
+"""The end-of-run summary: counts, throughput and padding, from the run's Beam metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from apache_beam.metrics.metric import MetricsFilter
+
+from beam_e5.transforms.handler import METRICS_NAMESPACE
+
+SUMMED_METRICS = ("texts_embedded", "real_tokens", "padded_tokens", "micro_batches",
+                  "truncated_texts", "oom_splits")
+
+
+def counter_values(result: Any, namespace: str = METRICS_NAMESPACE) -> dict[str, int]:
+    """Committed counter values (attempted where a runner does not commit)."""
+    values: dict[str, int] = {}
+    query = result.metrics().query(MetricsFilter().with_namespace(namespace))
+    for c in query["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        values[c.key.metric.name] = values.get(c.key.metric.name, 0) + int(value or 0)
+    return values
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    counts: dict[str, int]
+    seconds: float
+    metrics: dict[str, int] = field(default_factory=dict)
+
+    def stats(self) -> dict[str, float]:
+        real = self.metrics.get("real_tokens", 0)
+        padded = self.metrics.get("padded_tokens", 0)
+        secs = max(self.seconds, 1e-9)
+        return {
+            "seconds": round(self.seconds, 3),
+            "texts_embedded": self.metrics.get("texts_embedded", 0),
+            "docs_per_s": round(self.counts.get("embedded", 0) / secs, 2),
+            "tokens_per_s": round(real / secs, 1),
+            "real_tokens": real,
+            "padded_tokens": padded,
+            "padding_ratio": round((padded - real) / padded, 4) if padded else 0.0,
+            "micro_batches": self.metrics.get("micro_batches", 0),
+            "truncated_texts": self.metrics.get("truncated_texts", 0),
+            "model_loads": self.metrics.get("model_loads", 0),
+        }
+
+    def render(self) -> str:
+        c, s = self.counts, self.stats()
+        lines = [
+            "beam-e5 summary",
+            f"  read {c['read']:,} = written {c['written']:,} + exact duplicates "
+            f"{c['exact_duplicates']:,} + semantic duplicates {c['semantic_duplicates']:,} + "
+            f"invalid {c['invalid']:,}",
+        ]
+        if s["real_tokens"]:
+            lines += [
+                f"  embedded {c['embedded']:,} docs, {s['real_tokens']:,} tokens "
+                f"({s['truncated_texts']:,} truncated) in {s['seconds']:.1f} s",
+                f"  {s['docs_per_s']:,.1f} docs/s, {s['tokens_per_s']:,.0f} tokens/s, "
+                f"padding ratio {s['padding_ratio']:.1%}, {s['micro_batches']:,} micro-batches",
+            ]
+        else:
+            lines.append(f"  no inference; {s['seconds']:.1f} s")
+        for extra in ("carried", "reembedded", "new", "deleted"):
+            if extra in c:
+                lines.append(f"  {extra}: {c[extra]:,}")
+        return "\n".join(lines)
+
+
+def model_loads(result: Any, namespace: str = METRICS_NAMESPACE) -> int:
+    """How many times a worker loaded the model (RunInference's load-latency distribution)."""
+    query = result.metrics().query(
+        MetricsFilter().with_namespace(namespace).with_name("load_model_latency_milli_secs"))
+    return sum((d.committed or d.attempted).count for d in query["distributions"]
+               if (d.committed or d.attempted) is not None)
+
+
+def summarize(result: Any, counts: dict[str, int], seconds: float) -> RunSummary:
+    metrics = counter_values(result)
+    values = {k: metrics.get(k, 0) for k in SUMMED_METRICS}
+    values["model_loads"] = model_loads(result)
+    return RunSummary(counts, seconds, values)

@@ -1,0 +1,174 @@
+"""The encoder's configuration: one frozen, validated object, resolved before the pipeline runs.
+
+``EncoderConfig`` holds what the user asked for. ``EncoderConfig.resolve()`` checks the model
+source (exists, safe weights), reads the model's own configuration and returns an
+``EncoderSpec``: the config plus the frozen :class:`~beam_e5.model.profiles.ModelProfile`. The spec
+is what ships to the workers.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from beam_e5.errors import ConfigError
+from beam_e5.model.loading import (
+    DEFAULT_CACHE_DIR,
+    ModelSource,
+    classify_model_ref,
+    preflight_model_source,
+    read_model_file_text,
+)
+from beam_e5.model.onnx_backend import BACKENDS, check_backend_supported
+from beam_e5.model.profiles import (
+    POOLINGS,
+    ROLES,
+    ModelProfile,
+    ProfileOverrides,
+    json_reader_for_dir,
+    read_st_config,
+    resolve_profile,
+)
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """What to embed with and how. Every field maps to a CLI flag of the same name."""
+
+    model: str
+    role: str = "passage"
+    revision: Optional[str] = None
+    overrides: ProfileOverrides = field(default_factory=ProfileOverrides)
+    device: str = "auto"
+    dtype: str = "auto"
+    max_batch_tokens: int = 8192
+    max_batch_size: int = 256
+    beam_batch_size: int = 512
+    trust_remote_code: bool = False
+    allow_pickle_weights: bool = False
+    model_cache_dir: str = DEFAULT_CACHE_DIR
+    torch_threads: int = 0  # 0: let torch decide (one per core)
+    backend: str = "auto"  # auto | torch | onnx | onnx-int8 (ONNX Runtime, CPU)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, os.PathLike):
+            object.__setattr__(self, "model", os.fspath(self.model))
+        if self.role not in ROLES:
+            raise ConfigError(f"--role must be 'passage' (corpus documents) or 'query' "
+                              f"(queries, symmetric tasks), got {self.role!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.device == "cpu" and self.dtype == "float16":
+            raise ConfigError("--dtype float16 is not supported on CPU; use float32 or bfloat16")
+        pooling = self.overrides.pooling
+        if pooling is not None and pooling not in POOLINGS:
+            raise ConfigError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        max_len = self.overrides.max_length
+        if max_len is not None and max_len < 2:
+            raise ConfigError(f"--max-length must be >= 2, got {max_len}")
+        for name in ("max_batch_tokens", "max_batch_size", "beam_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, "
+                                  f"got {value!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, "
+                              f"got {self.backend!r}")
+        if self.backend in ("onnx", "onnx-int8") and self.dtype not in ("auto", "float32"):
+            raise ConfigError(f"--backend {self.backend} computes in float32 (int8 weights "
+                              f"for onnx-int8); drop --dtype {self.dtype} or use --backend torch")
+        if self.torch_threads < 0:
+            raise ConfigError(f"--torch-threads must be >= 0, got {self.torch_threads}")
+
+    def source(self) -> ModelSource:
+        return classify_model_ref(self.model, self.revision)
+
+    def resolve(self) -> "EncoderSpec":
+        """Validate the model source and resolve its profile; fails before the pipeline."""
+        source = self.source()
+        preflight_model_source(source, self.allow_pickle_weights)
+        # memoised: config.json serves the profile, the dim, the model type and the weight
+        # size, and on gs:// every read is a request
+        read_json = functools.lru_cache(maxsize=None)(
+            json_reader_for_dir(lambda rel: read_model_file_text(source, rel)))
+        profile = resolve_profile(self.model, read_st_config(read_json), self.overrides)
+        dim = model_dim(source, read_json)
+        check_backend_supported(self.backend, model_type(read_json), self.device,
+                                local_weight_bytes(source, read_json))
+        if profile.max_length > self.max_batch_tokens:
+            raise ConfigError(
+                f"--max-batch-tokens {self.max_batch_tokens} is smaller than the max length "
+                f"{profile.max_length}; raise --max-batch-tokens or lower --max-length")
+        return EncoderSpec(self, source, profile, dim)
+
+
+def model_dim(source: ModelSource, read_json) -> int:
+    """The embedding size, from the model's config.json (``hidden_size``, or ``d_model``)."""
+    cfg = read_json("config.json")
+    if cfg is None and source.kind == "hub":
+        from transformers import AutoConfig  # asks the Hub for config.json only
+
+        try:
+            cfg = AutoConfig.from_pretrained(source.ref, revision=source.revision).to_dict()
+        except OSError as e:
+            raise ConfigError(f"cannot read the config of {source.ref!r} from the Hugging Face "
+                              f"Hub ({e}); check the name and network, or download the model "
+                              "and pass its directory to --model") from e
+    for key in ("hidden_size", "d_model", "dim"):
+        if cfg and isinstance(cfg.get(key), int):
+            return int(cfg[key])
+    raise ConfigError(f"{source.ref}: config.json has no hidden_size; is this a text encoder?")
+
+
+def local_weight_bytes(source: ModelSource, read_json) -> Optional[int]:
+    """fp32 weight size of a local model directory (None elsewhere), for the ONNX limit."""
+    if source.kind != "local":
+        return None
+    from beam_e5.model.onnx_backend import fp32_weight_bytes
+
+    cfg = read_json("config.json") or {}
+    return fp32_weight_bytes(source.ref, cfg.get("torch_dtype") or cfg.get("dtype"))
+
+
+def model_type(read_json) -> Optional[str]:
+    """``model_type`` from config.json (``bert``, ``xlm-roberta``, ``mistral``...), if known."""
+    cfg = read_json("config.json")
+    return cfg.get("model_type") if cfg else None
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """A resolved, immutable description of the encoder a worker must build."""
+
+    config: EncoderConfig
+    source: ModelSource
+    profile: ModelProfile
+    dim: int
+
+    @property
+    def prefix(self) -> str:
+        return self.profile.prefix(self.config.role)  # type: ignore[arg-type]
+
+    def signature(self) -> dict[str, Any]:
+        """What decides the vectors: used in file metadata and for incremental re-embedding.
+
+        Values keep their JSON types (``dim`` is a number); Parquet metadata stringifies them.
+        """
+        return {
+            "model": self.config.model,
+            "revision": self.config.revision or "",
+            "role": self.config.role,
+            "prefix": self.prefix,
+            "dim": self.dim,
+            **{f"profile.{k}": v for k, v in self.profile.as_dict().items()},
+            # torch and onnx compute the same function (cosine >= 0.99999, tested), so only
+            # the approximate int8 backend enters the signature (and older snapshots match)
+            **({"backend": self.config.backend} if self.config.backend == "onnx-int8" else {}),
+        }

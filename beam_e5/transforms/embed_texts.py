@@ -1,0 +1,131 @@
+"""``EmbedTexts``: the high-level PTransform most users need.
+
+    vectors = texts | EmbedTexts(EncoderConfig("intfloat/e5-small-v2"))
+
+Input elements are ``(id, text)`` tuples or dicts holding ``text_field`` (and any other
+fields, which are carried through). Output elements are dicts with ``id`` (or the input
+dict's fields, minus the text), ``embedding`` (float32 numpy vector, L2-normalised),
+``tokens`` (real tokens fed to the model) and ``truncated``.
+
+With ``with_errors=True`` the transform returns ``(embedded, errors)``: records that cannot
+be embedded (a non-string text, a text whose inference raised or gave a non-finite
+vector: the handler retries a failing batch text by text, so only the culprit fails) become
+:class:`~beam_e5.records.ErrorRecord` dicts instead of failing the job.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import RunInference
+
+from beam_e5.model.config import EncoderConfig, EncoderSpec
+from beam_e5.records import MAX_RAW_RECORD_CHARS, ErrorRecord
+from beam_e5.transforms.handler import E5ModelHandler, Embedding
+
+ERRORS_TAG = "errors"
+
+
+def _error(record: Any, reason: str, source: str = "") -> ErrorRecord:
+    rid = record.get("id") if isinstance(record, dict) else (
+        record[0] if isinstance(record, tuple) and record else None)
+    return {"source": source or (record.get("source", "") if isinstance(record, dict) else ""),
+            "id": None if rid is None else str(rid), "reason": reason,
+            "record": repr(record)[:MAX_RAW_RECORD_CHARS]}
+
+
+class _ToRequest(beam.DoFn):
+    """``(id, text)`` or dict -> ``(key, text)``; malformed records go to ``errors``."""
+
+    def __init__(self, text_field: str) -> None:
+        self._text_field = text_field
+
+    def process(self, element: Any):
+        if isinstance(element, dict):
+            text = element.get(self._text_field)
+            key: Any = {k: v for k, v in element.items() if k != self._text_field}
+        elif isinstance(element, (tuple, list)) and len(element) == 2:
+            key, text = str(element[0]), element[1]
+        else:
+            yield beam.pvalue.TaggedOutput(ERRORS_TAG, _error(
+                element, "expected an (id, text) tuple or a dict with a text field"))
+            return
+        if not isinstance(text, str):
+            yield beam.pvalue.TaggedOutput(ERRORS_TAG, _error(
+                element, f"text is {type(text).__name__}, not a string"))
+            return
+        yield key, text
+
+
+def _to_record(emb: Embedding) -> dict:
+    base = dict(emb.key) if isinstance(emb.key, dict) else {"id": emb.key}
+    base.update(embedding=emb.vector, tokens=emb.tokens, truncated=emb.truncated)
+    return base
+
+
+class _SplitResults(beam.DoFn):
+    """Embeddings -> records; texts the handler could not embed -> ``errors`` (or raise)."""
+
+    def __init__(self, with_errors: bool) -> None:
+        self._with_errors = with_errors
+
+    def process(self, emb: Embedding):
+        if not emb.error:
+            yield _to_record(emb)
+            return
+        record = dict(emb.key) if isinstance(emb.key, dict) else {"id": emb.key}
+        if not self._with_errors:
+            raise ValueError(f"EmbedTexts could not embed {record.get('id')!r} ({emb.error}); "
+                             "use with_errors=True to route such records to a dead-letter "
+                             "output instead")
+        yield beam.pvalue.TaggedOutput(ERRORS_TAG, _error(record, emb.error))
+
+
+def _failed_batch_to_errors(failure: tuple) -> list[ErrorRecord]:
+    batch, (exc_type, exc_repr, _tb) = failure
+    reason = f"inference failed: {getattr(exc_type, '__name__', exc_type)}: {exc_repr}"
+    out = []
+    for key, _text in batch:
+        record = dict(key) if isinstance(key, dict) else {"id": key}
+        out.append(_error(record, reason[:2000]))
+    return out
+
+
+class EmbedTexts(beam.PTransform):
+    """Embed texts with an E5/GTE-style encoder loaded once per worker process."""
+
+    def __init__(self, encoder: Union[EncoderConfig, EncoderSpec], text_field: str = "text",
+                 with_errors: bool = False) -> None:
+        super().__init__()
+        self._spec = encoder.resolve() if isinstance(encoder, EncoderConfig) else encoder
+        self._text_field = text_field
+        self._with_errors = with_errors
+
+    @property
+    def spec(self) -> EncoderSpec:
+        return self._spec
+
+    def expand(self, pcoll):
+        requests, bad_input = (
+            pcoll | "ToRequest" >> beam.ParDo(_ToRequest(self._text_field)).with_outputs(
+                ERRORS_TAG, main="requests"))
+        inference = RunInference(E5ModelHandler(self._spec))
+        if not self._with_errors:
+            _ = bad_input | "FailOnBadInput" >> beam.Map(_raise_bad_input)
+            return (requests | "RunInference" >> inference
+                    | "ToRecord" >> beam.ParDo(_SplitResults(False)))
+        # The handler isolates a failing text itself; a batch can still fail as a whole
+        # (model load, worker-level faults), and then its records go to errors, not the floor.
+        results, dlq = requests | "RunInference" >> inference.with_exception_handling()
+        embedded, failed_texts = results | "ToRecord" >> beam.ParDo(
+            _SplitResults(True)).with_outputs(ERRORS_TAG, main="embedded")
+        failed = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_to_errors)
+        errors = (bad_input, failed_texts, failed) | "AllErrors" >> beam.Flatten()
+        return embedded, errors
+
+
+def _raise_bad_input(error: ErrorRecord) -> None:
+    raise ValueError(f"EmbedTexts got a record it cannot embed ({error['reason']}): "
+                     f"{error['record'][:200]}; use with_errors=True to route such records "
+                     "to a dead-letter output instead")

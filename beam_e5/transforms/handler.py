@@ -1,0 +1,147 @@
+"""The Beam ``ModelHandler`` for E5/GTE encoders, used through ``RunInference``.
+
+``RunInference`` keeps the loaded :class:`~beam_e5.model.encoder.Encoder` in a ``shared.Shared``
+handle, so every thread and bundle of a worker process uses one copy of the model: one load
+per process. The handler's hooks stay small: ``load_model`` builds the encoder,
+``run_inference`` encodes a Beam batch and reports metrics.
+
+Elements are ``(key, text)`` pairs; results are :class:`Embedding` tuples carrying the key
+back, so callers can carry any record through inference without sending it to the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterable, NamedTuple, Optional, Sequence
+
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler
+
+from beam_e5.model.config import EncoderSpec
+from beam_e5.model.encoder import Encoder
+
+METRICS_NAMESPACE = "beam_e5"
+PROGRESS_EVERY_S = 10.0
+LOG = logging.getLogger("beam_e5.progress")
+
+
+class Embedding(NamedTuple):
+    key: Any
+    vector: Optional[np.ndarray]  # float32 (dim,), L2-normalised; None when ``error``
+    tokens: int  # real tokens the model saw (prefix and special tokens included)
+    truncated: bool
+    error: str = ""  # why this one text has no vector (the rest of its batch is unaffected)
+
+
+class _EncoderMetrics:
+    """Beam metrics visible in the Dataflow UI and in ``PipelineResult.metrics()``."""
+
+    def __init__(self) -> None:
+        counter = lambda name: Metrics.counter(METRICS_NAMESPACE, name)  # noqa: E731
+        self.texts = counter("texts_embedded")
+        self.real_tokens = counter("real_tokens")
+        self.padded_tokens = counter("padded_tokens")
+        self.micro_batches = counter("micro_batches")
+        self.truncated = counter("truncated_texts")
+        self.oom_splits = counter("oom_splits")
+        self.failed = counter("failed_texts")
+        self.encode_ms = Metrics.distribution(METRICS_NAMESPACE, "encode_batch_ms")
+
+
+class _Progress:
+    """Logs documents and tokens done, and the rate, at most every ``PROGRESS_EVERY_S``.
+
+    Per handler copy (so per worker thread); on Dataflow these lines land in the worker logs,
+    locally on stderr. The Beam counters above carry the job-wide totals.
+    """
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.last = self.start
+        self.texts = 0
+        self.tokens = 0
+
+    def update(self, texts: int, tokens: int) -> None:
+        self.texts += texts
+        self.tokens += tokens
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            secs = now - self.start
+            LOG.info("beam-e5: embedded %d docs, %d tokens (%.1f docs/s, %.0f tokens/s)",
+                     self.texts, self.tokens, self.texts / secs, self.tokens / secs)
+
+
+class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
+    """Loads the encoder once per worker process and embeds batches of ``(key, text)``."""
+
+    def __init__(self, spec: EncoderSpec) -> None:
+        size = spec.config.beam_batch_size
+        # A fixed batch size: adaptive batching starts at 1 element, which would defeat
+        # length sorting inside the batch. Bundle ends still flush partial batches.
+        super().__init__(min_batch_size=size, max_batch_size=size)
+        self._spec = spec
+        self._metrics: Optional[_EncoderMetrics] = None
+        self._progress: Optional[_Progress] = None
+
+    @property
+    def spec(self) -> EncoderSpec:
+        return self._spec
+
+    def load_model(self) -> Encoder:
+        return Encoder.load(self._spec)
+
+    def run_inference(self, batch: Sequence[tuple[Any, str]], model: Encoder,
+                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[Embedding]:
+        """Embed a batch; a text that breaks inference or yields a non-finite vector gets an
+        ``error`` instead of a vector, and the rest of the batch is embedded as usual."""
+        del inference_args
+        try:
+            return self._embed(batch, model)
+        except Exception as e:  # noqa: BLE001  (isolated below, text by text)
+            if len(batch) == 1:
+                return [self._failed(batch[0][0], f"inference failed: {type(e).__name__}: {e}")]
+            LOG.warning("beam-e5: inference failed on a batch of %d (%s: %s); retrying text by "
+                        "text to isolate the cause", len(batch), type(e).__name__, e)
+            return [out for item in batch for out in self.run_inference([item], model)]
+
+    def _failed(self, key: Any, reason: str) -> Embedding:
+        self._get_metrics().failed.inc()
+        return Embedding(key, None, 0, False, reason[:2000])
+
+    def _embed(self, batch: Sequence[tuple[Any, str]], model: Encoder) -> list[Embedding]:
+        if self._progress is None:
+            self._progress = _Progress()
+        vectors, stats = model.encode([text for _, text in batch], self._progress.update)
+        metrics = self._get_metrics()
+        metrics.texts.inc(stats.texts)
+        metrics.real_tokens.inc(stats.real_tokens)
+        metrics.padded_tokens.inc(stats.padded_tokens)
+        metrics.micro_batches.inc(stats.micro_batches)
+        metrics.truncated.inc(stats.truncated)
+        metrics.oom_splits.inc(stats.oom_splits)
+        metrics.encode_ms.update(int(stats.seconds * 1000))
+        finite = np.isfinite(vectors).all(axis=1)
+        return [Embedding(key, vectors[i], stats.tokens_per_text[i], stats.truncated_per_text[i])
+                if finite[i] else self._failed(key, "the model produced a non-finite (NaN or "
+                                                    "inf) vector; try --dtype float32")
+                for i, (key, _) in enumerate(batch)]
+
+    def _get_metrics(self) -> _EncoderMetrics:
+        if self._metrics is None:
+            self._metrics = _EncoderMetrics()
+        return self._metrics
+
+    def get_num_bytes(self, batch: Sequence[tuple[Any, str]]) -> int:
+        return sum(len(text) for _, text in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_metrics"] = None  # Beam metric objects are rebuilt on the worker
+        state["_progress"] = None
+        return state

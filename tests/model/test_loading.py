@@ -1,0 +1,111 @@
+"""Model sources: local checks, and gs:// directories staged once through the GCS emulator."""
+
+import logging
+import os
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from model_fixtures import minilm_dir  # noqa: F401
+
+from beam_e5.errors import ConfigError
+from beam_e5.model.config import EncoderConfig
+from beam_e5.model.encoder import Encoder
+from beam_e5.model.loading import classify_model_ref, stage_gcs_model
+
+
+def test_classify_refs(tmp_path):
+    assert classify_model_ref("intfloat/e5-small-v2").kind == "hub"
+    assert classify_model_ref("gs://b/m/").ref == "gs://b/m"
+    assert classify_model_ref(str(tmp_path)).kind == "local"
+    with pytest.raises(ConfigError, match="does not exist"):
+        classify_model_ref("./missing/model")
+    with pytest.raises(ConfigError, match="empty"):
+        classify_model_ref(" ")
+
+
+def test_local_dir_without_config_is_refused(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="no config.json"):
+        EncoderConfig(str(tmp_path)).resolve()
+
+
+def test_gcs_model_loads_and_matches_local(gcs_emulator, minilm_dir, tmp_path):  # noqa: F811
+    url = gcs_emulator.upload_dir(minilm_dir, "models/all-MiniLM-L6-v2")
+    spec = EncoderConfig(url, model_cache_dir=str(tmp_path / "cache")).resolve()
+    assert spec.source.kind == "gcs" and spec.dim == 384
+    assert spec.profile.max_length == 256  # read from gs:// sentence_bert_config.json
+    texts = ["a model staged from a bucket", "hello world"]
+    remote, _ = Encoder.load(spec).encode(texts)
+    local, _ = Encoder.load(EncoderConfig(minilm_dir).resolve()).encode(texts)
+    np.testing.assert_array_equal(remote, local)
+
+
+def test_gcs_staging_copies_once_across_threads(gcs_emulator, minilm_dir, tmp_path,  # noqa: F811
+                                                caplog):
+    url = gcs_emulator.upload_dir(minilm_dir, "models/m1")
+    cache = str(tmp_path / "cache")
+    results = []
+    with caplog.at_level(logging.INFO, logger="beam_e5.model.loading"):
+        threads = [threading.Thread(target=lambda: results.append(stage_gcs_model(url, cache)))
+                   for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(set(results)) == 1 and len(results) == 6
+    assert sum("staged" in r.message for r in caplog.records) == 1
+    assert (Path(results[0]) / ".complete").exists()
+    assert not [p for p in Path(cache).iterdir() if p.name.startswith(".staging-")]
+
+
+def _stage_in_child(url: str, cache: str) -> tuple[str, float]:
+    path = stage_gcs_model(url, cache)
+    return path, os.stat(os.path.join(path, ".complete")).st_mtime
+
+
+def test_gcs_staging_copies_once_across_processes(gcs_emulator, minilm_dir, tmp_path):  # noqa: F811
+    url = gcs_emulator.upload_dir(minilm_dir, "models/m2")
+    cache = str(tmp_path / "cache")
+    with ProcessPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(_stage_in_child, [url] * 3, [cache] * 3))
+    assert len({r for r in results}) == 1  # same path, same marker: one copy
+
+
+def test_gcs_missing_model_is_a_config_error(gcs_emulator):
+    with pytest.raises(ConfigError, match="no objects under"):
+        EncoderConfig(gcs_emulator.url("models/nothing-here")).resolve()
+
+
+def test_corrupt_safetensors_is_refused_at_start(minilm_dir, tmp_path):  # noqa: F811
+    import shutil
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(minilm_dir, broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[:1000])  # a half-copied file
+    with pytest.raises(ConfigError, match="not a valid safetensors file"):
+        EncoderConfig(str(broken)).resolve()
+
+
+def test_corrupt_config_json_is_refused_at_start(minilm_dir, tmp_path):  # noqa: F811
+    import shutil
+
+    broken = tmp_path / "broken-config"
+    shutil.copytree(minilm_dir, broken)
+    (broken / "sentence_bert_config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        EncoderConfig(str(broken)).resolve()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
+def test_unreadable_model_file_is_refused(minilm_dir, tmp_path):  # noqa: F811
+    import shutil
+
+    locked = tmp_path / "locked"
+    shutil.copytree(minilm_dir, locked)
+    (locked / "config.json").chmod(0)
+    with pytest.raises(ConfigError, match="permission denied"):
+        EncoderConfig(str(locked)).resolve()

@@ -1,0 +1,154 @@
+"""EmbedTexts inside real Beam pipelines: results, dead letters, one model load per process."""
+
+import json
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from beam_helpers import metric_counter, metric_distribution_count
+from model_fixtures import minilm_dir  # noqa: F401
+from realtext import mixed_length_texts
+
+from beam_e5.model.config import EncoderConfig
+from beam_e5.model.encoder import Encoder
+from beam_e5.transforms.embed_texts import EmbedTexts
+
+
+def _run(elements, spec, tmp_path, options=(), with_errors=False):
+    """Run EmbedTexts; return (records, errors, result). Outputs go through files so the
+    test works with worker processes too."""
+    out = tmp_path / "out"
+    p = beam.Pipeline(options=PipelineOptions(list(options)))
+    res = p | beam.Create(elements, reshuffle=True) | EmbedTexts(spec, with_errors=with_errors)
+    embedded, errors = res if with_errors else (res, None)
+    _ = (embedded
+         | "J1" >> beam.Map(lambda r: json.dumps({**r, "embedding": r["embedding"].tolist(),
+                                                 "dtype": str(r["embedding"].dtype)}))
+         | "W1" >> beam.io.WriteToText(str(out / "emb")))
+    if errors is not None:
+        _ = errors | "J2" >> beam.Map(json.dumps) | "W2" >> beam.io.WriteToText(str(out / "err"))
+    result = p.run()
+    result.wait_until_finish()
+
+    def read(prefix):
+        return [json.loads(line) for f in sorted(out.glob(prefix + "*"))
+                for line in f.read_text().splitlines()]
+    return read("emb"), read("err"), result
+
+
+@pytest.fixture(scope="module")
+def minilm_spec(minilm_dir):  # noqa: F811
+    return EncoderConfig(minilm_dir, beam_batch_size=16).resolve()
+
+
+def test_tuples_in_order_independent_results_match_direct_encoding(minilm_spec, tmp_path):
+    texts = mixed_length_texts(60)
+    records, _, result = _run([(f"d{i}", t) for i, t in enumerate(texts)], minilm_spec, tmp_path)
+    assert sorted(r["id"] for r in records) == sorted(f"d{i}" for i in range(60))
+    assert {r["dtype"] for r in records} == {"float32"}
+    ref, _ = Encoder.load(minilm_spec).encode(texts)
+    for r in records:
+        i = int(r["id"][1:])
+        assert float(np.dot(np.asarray(r["embedding"], np.float32), ref[i])) > 0.99999
+    assert metric_counter(result, "texts_embedded") == 60
+    assert metric_counter(result, "real_tokens") == sum(r["tokens"] for r in records)
+    assert metric_counter(result, "padded_tokens") >= metric_counter(result, "real_tokens")
+    assert metric_counter(result, "micro_batches") >= 4  # 60 texts / 16 per Beam batch
+    assert metric_distribution_count(result, "load_model_latency_milli_secs") == 1
+
+
+def test_dicts_carry_fields_and_bad_records_go_to_errors(minilm_spec, tmp_path):
+    elements = [{"id": "a", "text": "hello", "lang": "en"},
+                {"id": "b", "text": None, "lang": "en"},
+                {"id": "c", "text": 42},
+                ("d", "tuple text"),
+                "not a record"]
+    records, errors, _ = _run(elements, minilm_spec, tmp_path, with_errors=True)
+    by_id = {r["id"]: r for r in records}
+    assert set(by_id) == {"a", "d"}
+    assert by_id["a"]["lang"] == "en" and "text" not in by_id["a"]
+    reasons = {e["id"]: e["reason"] for e in errors}
+    assert reasons["b"] == "text is NoneType, not a string"
+    assert reasons["c"] == "text is int, not a string"
+    assert any("expected an (id, text) tuple" in e["reason"] for e in errors)
+    assert len(records) + len(errors) == len(elements)
+
+
+def test_bad_record_without_error_output_fails_the_job(minilm_spec, tmp_path):
+    with pytest.raises(Exception, match="with_errors=True"):
+        _run([("a", "ok"), ("b", None)], minilm_spec, tmp_path)
+
+
+def test_one_model_load_in_process_with_many_bundles_and_threads(minilm_spec, tmp_path):
+    texts = [f"document number {i}" for i in range(400)]
+    _, _, result = _run(list(enumerate(texts)), minilm_spec, tmp_path,
+                        options=["--direct_num_workers=4", "--direct_running_mode=in_memory"])
+    assert metric_counter(result, "texts_embedded") == 400
+    assert metric_counter(result, "micro_batches") >= 25  # 400 / 16: many bundles/batches
+    assert metric_distribution_count(result, "load_model_latency_milli_secs") == 1
+
+
+@pytest.mark.slow
+def test_at_most_one_load_per_worker_process(minilm_spec, tmp_path):
+    texts = [f"document number {i}" for i in range(400)]
+    records, _, result = _run(list(enumerate(texts)), minilm_spec, tmp_path,
+                              options=["--direct_num_workers=2",
+                                       "--direct_running_mode=multi_processing"])
+    assert len(records) == 400
+    loads = metric_distribution_count(result, "load_model_latency_milli_secs")
+    assert 1 <= loads <= 2
+
+
+class _PoisonedEncoder:
+    """Fault injection around a real encoder: one text raises, another comes back NaN."""
+
+    def __init__(self, encoder, raises_on: str, nan_on: str) -> None:
+        self.encoder, self.raises_on, self.nan_on = encoder, raises_on, nan_on
+        self.calls = 0
+
+    def encode(self, texts, on_progress=None):
+        self.calls += 1
+        if self.raises_on in texts:
+            raise RuntimeError("tokenizer blew up")
+        vectors, stats = self.encoder.encode(texts, on_progress)
+        for i, t in enumerate(texts):
+            if t == self.nan_on:
+                vectors[i] = np.nan
+        return vectors, stats
+
+
+def test_one_bad_text_fails_alone_not_its_batch(minilm_dir):  # noqa: F811
+    from beam_e5.transforms.handler import E5ModelHandler
+
+    spec = EncoderConfig(minilm_dir).resolve()
+    encoder = _PoisonedEncoder(Encoder.load(spec), raises_on="boom", nan_on="nan please")
+    texts = ["alpha", "boom", "beta", "nan please", "gamma"]
+    out = E5ModelHandler(spec).run_inference(list(enumerate(texts)), encoder)
+    assert [e.key for e in out] == [0, 1, 2, 3, 4]  # every record comes back, in order
+    good = [e for e in out if not e.error]
+    assert [e.key for e in good] == [0, 2, 4]
+    assert all(e.vector is not None and np.isfinite(e.vector).all() for e in good)
+    assert "RuntimeError: tokenizer blew up" in out[1].error and out[1].vector is None
+    assert "non-finite" in out[3].error
+    assert encoder.calls == 1 + len(texts)  # the batch, then text by text
+
+
+def test_failed_texts_reach_the_dead_letter_output():
+    from beam_e5.transforms.embed_texts import ERRORS_TAG, _SplitResults
+    from beam_e5.transforms.handler import Embedding
+
+    results = [Embedding("ok", np.ones(3, np.float32), 3, False),
+               Embedding({"id": "bad", "lang": "en"}, None, 0, False, "inference failed: X")]
+    with beam.Pipeline() as p:
+        outs = (p | beam.Create(results)
+                | beam.ParDo(_SplitResults(True)).with_outputs(ERRORS_TAG, main="embedded"))
+        ids = outs.embedded | "Ids" >> beam.Map(lambda r: r["id"])
+        reasons = outs[ERRORS_TAG] | "Reasons" >> beam.Map(lambda e: (e["id"], e["reason"]))
+        from apache_beam.testing.util import assert_that, equal_to
+
+        assert_that(ids, equal_to(["ok"]), label="embedded")
+        assert_that(reasons, equal_to([("bad", "inference failed: X")]), label="errors")
+    with pytest.raises(Exception, match="could not embed 'bad'"):
+        with beam.Pipeline() as p:
+            _ = p | beam.Create(results[1:]) | beam.ParDo(_SplitResults(False))
