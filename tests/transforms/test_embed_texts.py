@@ -42,6 +42,7 @@ def minilm_spec(minilm_dir):  # noqa: F811
     return EncoderConfig(minilm_dir, beam_batch_size=16).resolve()
 
 
+@pytest.mark.slow
 def test_tuples_in_order_independent_results_match_direct_encoding(minilm_spec, tmp_path):
     texts = mixed_length_texts(60)
     records, _, result = _run([(f"d{i}", t) for i, t in enumerate(texts)], minilm_spec, tmp_path)
