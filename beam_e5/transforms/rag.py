@@ -21,7 +21,8 @@ is the same class) from a chunker to an embeddings manager to a vector-database 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -81,8 +82,8 @@ class _E5TextModelHandler(ModelHandler[str, np.ndarray, Encoder]):
     output, as for Beam's own embeddings.
     """
 
-    def __init__(self, spec: EncoderSpec, min_batch_size: Optional[int],
-                 max_batch_size: Optional[int]) -> None:
+    def __init__(self, spec: EncoderSpec, min_batch_size: int | None,
+                 max_batch_size: int | None) -> None:
         super().__init__()
         self._inner = E5ModelHandler(spec)
         self._max_batch_size = max_batch_size or spec.config.beam_batch_size
@@ -92,7 +93,7 @@ class _E5TextModelHandler(ModelHandler[str, np.ndarray, Encoder]):
         return self._inner.load_model()
 
     def run_inference(self, batch: Sequence[str], model: Encoder,
-                      inference_args: Optional[dict[str, Any]] = None) -> np.ndarray:
+                      inference_args: dict[str, Any] | None = None) -> np.ndarray:
         results = list(self._inner.run_inference(list(enumerate(batch)), model))
         failed = [r for r in results if r.error]
         if failed:
@@ -140,9 +141,9 @@ class E5TextEmbeddings(EmbeddingsManager):
     model path or option fails at once with a :class:`~beam_e5.errors.ConfigError`.
     """
 
-    def __init__(self, model_name: Union[str, EncoderConfig], *, role: Optional[str] = None,
-                 max_seq_length: Optional[int] = None, columns: Optional[list[str]] = None,
-                 min_batch_size: Optional[int] = None, max_batch_size: Optional[int] = None,
+    def __init__(self, model_name: str | EncoderConfig, *, role: str | None = None,
+                 max_seq_length: int | None = None, columns: list[str] | None = None,
+                 min_batch_size: int | None = None, max_batch_size: int | None = None,
                  **options: Any) -> None:
         beam_only = sorted(k for k in ("load_model_args", "inference_args", "large_model")
                            if options.get(k))
@@ -174,8 +175,8 @@ class E5TextEmbeddings(EmbeddingsManager):
             EmbeddableItem)
 
 
-def _encoder_config(model_name: Union[str, EncoderConfig], role: Optional[str],
-                    max_seq_length: Optional[int], options: dict[str, Any]) -> EncoderConfig:
+def _encoder_config(model_name: str | EncoderConfig, role: str | None,
+                    max_seq_length: int | None, options: dict[str, Any]) -> EncoderConfig:
     if isinstance(model_name, EncoderConfig):
         given = sorted(k for k, v in (("role", role), ("max_seq_length", max_seq_length))
                        if v is not None) + sorted(options)

@@ -12,7 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.ml.rag.chunking.langchain import LangChainChunker
 from apache_beam.ml.rag.ingestion.base import VectorDatabaseWriteTransform
-from apache_beam.ml.rag.ingestion.qdrant import QdrantConnectionParameters, QdrantWriteConfig
+from apache_beam.ml.rag.ingestion.qdrant import (
+    QdrantConnectionParameters,
+    QdrantWriteConfig,
+)
 from apache_beam.ml.rag.types import Content, EmbeddableItem
 from apache_beam.ml.rag.types import Embedding as RagEmbedding
 from apache_beam.ml.transforms.base import MLTransform
