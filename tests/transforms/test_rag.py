@@ -68,31 +68,32 @@ def test_item_text_and_error_record():
 # -- E5TextEmbeddings configuration ----------------------------------------------------------
 
 
-def test_manager_is_public_and_resolves_the_recipe_before_the_pipeline(tiny_models):  # noqa: F811
+def test_manager_is_public_and_resolves_the_recipe_before_the_pipeline(minilm_dir):  # noqa: F811
     assert beam_e5.E5TextEmbeddings is E5TextEmbeddings
-    path = tiny_models("bert", "e5-small-v2")
-    query = E5TextEmbeddings(path, role="query", max_seq_length=64, max_batch_tokens=2048)
+    e5 = ProfileOverrides(family="e5")  # the E5 recipe for a model not named e5 (--profile e5)
+    query = E5TextEmbeddings(minilm_dir, role="query", max_seq_length=64, overrides=e5,
+                             max_batch_tokens=2048)
     assert query.spec.prefix == "query: " and query.spec.profile.max_length == 64
     assert query.spec.config.max_batch_tokens == 2048
-    assert E5TextEmbeddings(path).spec.prefix == "passage: "  # Beam RAG ingests documents
-    cfg = EncoderConfig(path, role="query", backend="torch")
+    assert E5TextEmbeddings(minilm_dir, overrides=e5).spec.prefix == "passage: "  # the default
+    assert E5TextEmbeddings(minilm_dir).spec.prefix == ""  # MiniLM's own recipe: no prefix
+    cfg = EncoderConfig(minilm_dir, role="query", backend="torch")
     assert E5TextEmbeddings(cfg).spec.config is cfg
-    handler = E5TextEmbeddings(path, max_batch_size=32).get_model_handler()
+    handler = E5TextEmbeddings(minilm_dir, max_batch_size=32).get_model_handler()
     assert handler.batch_elements_kwargs() == {"min_batch_size": 32, "max_batch_size": 32}
 
 
-def test_manager_misconfiguration_fails_with_a_config_error(tiny_models, tmp_path):  # noqa: F811
-    path = tiny_models("bert", "e5-small-v2")
+def test_manager_misconfiguration_fails_with_a_config_error(minilm_dir, tmp_path):  # noqa: F811
     with pytest.raises(ConfigError, match="does not take load_model_args"):
-        E5TextEmbeddings(path, load_model_args={"device": "cuda"})
+        E5TextEmbeddings(minilm_dir, load_model_args={"device": "cuda"})
     with pytest.raises(ConfigError, match="unknown options normalize"):
-        E5TextEmbeddings(path, normalize=True)
+        E5TextEmbeddings(minilm_dir, normalize=True)
     with pytest.raises(ConfigError, match="EncoderConfig and role"):
-        E5TextEmbeddings(EncoderConfig(path), role="query")
+        E5TextEmbeddings(EncoderConfig(minilm_dir), role="query")
     with pytest.raises(ConfigError, match="contradicts"):
-        E5TextEmbeddings(path, max_seq_length=64, overrides=ProfileOverrides(max_length=128))
+        E5TextEmbeddings(minilm_dir, max_seq_length=64, overrides=ProfileOverrides(max_length=128))
     with pytest.raises(ConfigError, match="--role"):
-        E5TextEmbeddings(path, role="document")
+        E5TextEmbeddings(minilm_dir, role="document")
     with pytest.raises(ConfigError):
         E5TextEmbeddings(str(tmp_path / "no-such-model"))
 
@@ -191,6 +192,30 @@ def test_mltransform_applies_the_role_prefix_to_items_and_dict_columns(tiny_mode
     assert sorted(rebuilt) == sorted(got_items)
     for i in range(len(texts)):
         assert float(np.asarray(rebuilt[f"q{i}"]["embedding"], np.float32) @ query[i]) > 0.99999
+
+
+@pytest.mark.slow
+def test_one_line_swap_for_huggingface_text_embeddings_keeps_the_vectors(minilm_dir,  # noqa: F811
+                                                                         tmp_path):
+    """A model without a prefix (MiniLM): Beam's manager and beam-e5's give the same vectors."""
+    from apache_beam.ml.rag.embeddings.huggingface import HuggingfaceTextEmbeddings
+
+    texts = mixed_length_texts(12)
+    items = [EmbeddableItem.from_text(t, id=f"c{i}", index=i) for i, t in enumerate(texts)]
+    p = beam.Pipeline()
+    for name, manager in (("beam", HuggingfaceTextEmbeddings(model_name=minilm_dir)),
+                          ("e5", E5TextEmbeddings(model_name=minilm_dir))):
+        out = (p | f"Create{name}" >> beam.Create(items)
+               | f"Embed{name}" >> MLTransform(write_artifact_location=str(tmp_path / name))
+               .with_transform(manager))
+        _collect(out, tmp_path / f"out-{name}", _item_json)
+    p.run().wait_until_finish()
+    beam_vecs = {r["id"]: np.asarray(r["embedding"]) for r in _read(tmp_path / "out-beam")}
+    e5_vecs = {r["id"]: np.asarray(r["embedding"]) for r in _read(tmp_path / "out-e5")}
+    assert sorted(beam_vecs) == sorted(e5_vecs) == sorted(f"c{i}" for i in range(12))
+    for cid, v in e5_vecs.items():
+        w = beam_vecs[cid]
+        assert float(v @ w / (np.linalg.norm(v) * np.linalg.norm(w))) >= 0.9999
 
 
 # -- a Beam RAG pipeline end to end ----------------------------------------------------------
