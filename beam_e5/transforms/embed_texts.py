@@ -7,6 +7,10 @@ fields, which are carried through). Output elements are dicts with ``id`` (or th
 dict's fields, minus the text), ``embedding`` (float32 numpy vector, L2-normalised),
 ``tokens`` (real tokens fed to the model) and ``truncated``.
 
+Beam RAG items (``apache_beam.ml.rag.types.EmbeddableItem``, alias ``Chunk``) are accepted
+too and come out as items: ``content.text`` embedded, ``embedding.dense_embedding`` filled,
+``id``/``index``/``metadata`` kept (:mod:`beam_e5.transforms.rag`).
+
 With ``with_errors=True`` the transform returns ``(embedded, errors)``: records that cannot
 be embedded (a non-string text, a text whose inference raised or gave a non-finite
 vector: the handler retries a failing batch text by text, so only the culprit fails) become
@@ -23,11 +27,19 @@ from apache_beam.ml.inference.base import RunInference
 from beam_e5.model.config import EncoderConfig, EncoderSpec
 from beam_e5.records import MAX_RAW_RECORD_CHARS, ErrorRecord
 from beam_e5.transforms.handler import E5ModelHandler, Embedding
+from beam_e5.transforms.rag import (
+    is_rag_item,
+    rag_item_record,
+    rag_item_text,
+    with_dense_embedding,
+)
 
 ERRORS_TAG = "errors"
 
 
 def _error(record: Any, reason: str, source: str = "") -> ErrorRecord:
+    if is_rag_item(record):
+        record = rag_item_record(record)
     rid = record.get("id") if isinstance(record, dict) else (
         record[0] if isinstance(record, tuple) and record else None)
     return {"source": source or (record.get("source", "") if isinstance(record, dict) else ""),
@@ -42,7 +54,9 @@ class _ToRequest(beam.DoFn):
         self._text_field = text_field
 
     def process(self, element: Any):
-        if isinstance(element, dict):
+        if is_rag_item(element):
+            key, text = element, rag_item_text(element)
+        elif isinstance(element, dict):
             text = element.get(self._text_field)
             key: Any = {k: v for k, v in element.items() if k != self._text_field}
         elif isinstance(element, (tuple, list)) and len(element) == 2:
@@ -58,7 +72,15 @@ class _ToRequest(beam.DoFn):
         yield key, text
 
 
-def _to_record(emb: Embedding) -> dict:
+def _key_record(key: Any) -> dict:
+    if is_rag_item(key):
+        return rag_item_record(key)
+    return dict(key) if isinstance(key, dict) else {"id": key}
+
+
+def _to_record(emb: Embedding) -> Any:
+    if is_rag_item(emb.key):
+        return with_dense_embedding(emb.key, emb.vector)
     base = dict(emb.key) if isinstance(emb.key, dict) else {"id": emb.key}
     base.update(embedding=emb.vector, tokens=emb.tokens, truncated=emb.truncated)
     return base
@@ -74,7 +96,7 @@ class _SplitResults(beam.DoFn):
         if not emb.error:
             yield _to_record(emb)
             return
-        record = dict(emb.key) if isinstance(emb.key, dict) else {"id": emb.key}
+        record = _key_record(emb.key)
         if not self._with_errors:
             raise ValueError(f"EmbedTexts could not embed {record.get('id')!r} ({emb.error}); "
                              "use with_errors=True to route such records to a dead-letter "
@@ -87,7 +109,7 @@ def _failed_batch_to_errors(failure: tuple) -> list[ErrorRecord]:
     reason = f"inference failed: {getattr(exc_type, '__name__', exc_type)}: {exc_repr}"
     out = []
     for key, _text in batch:
-        record = dict(key) if isinstance(key, dict) else {"id": key}
+        record = _key_record(key)
         out.append(_error(record, reason[:2000]))
     return out
 
