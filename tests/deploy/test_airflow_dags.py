@@ -49,8 +49,8 @@ def airflow_python() -> Path:
                               "--disable-pip-version-check", *AIRFLOW_PACKAGES],
                              capture_output=True, text=True)
         if pip.returncode != 0:
-            pytest.skip("Apache Airflow could not be installed from the package index: "
-                        + pip.stderr.strip().splitlines()[-1] if pip.stderr.strip() else "")
+            last = (pip.stderr.strip().splitlines() or ["pip gave no reason"])[-1]
+            pytest.skip(f"Apache Airflow could not be installed from the package index: {last}")
         marker.write_text(" ".join(AIRFLOW_PACKAGES))
     return python
 
