@@ -82,7 +82,7 @@ def parse_pg_uri(uri: str) -> PgTarget:
     if not parts.path.strip("/"):
         raise ConfigError(f"{redact(uri)} names no database: postgresql://USER@HOST:PORT/DB"
                           "?table=NAME")
-    dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest, safe="/"),
+    dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest, safe="/:"),
                       parts.fragment))
     return PgTarget(dsn=dsn, name=name, schema=schema)
 
@@ -105,5 +105,5 @@ def redact(uri: Optional[str]) -> str:
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode([(k, "***" if k in _SECRET_PARAMS else v) for k, v in pairs],
-                          safe="/*")
+                          safe="/:*")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

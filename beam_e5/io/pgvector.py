@@ -63,7 +63,7 @@ METRICS_NAMESPACE = "beam_e5"
 class PgSinkConfig:
     """How a run publishes into PostgreSQL; validated before anything connects."""
 
-    output: str  # the postgresql:// URI with ?table=NAME
+    output: str = field(repr=False)  # the postgresql:// URI with ?table=NAME (password!)
     report_dir: str  # manifest, errors, duplicates, deleted ids (local or gs://)
     index: str = "hnsw"
     hnsw_m: int = 16
@@ -73,7 +73,7 @@ class PgSinkConfig:
     batch_rows: int = ARROW_BATCH_ROWS  # rows per COPY (one transaction)
     maintenance_work_mem: Optional[str] = None  # for the index build, e.g. "1GB"
     read_shards: int = 16  # parallel reads of the published ids for reembed
-    target: PgTarget = field(init=False, repr=False, compare=False)
+    target: PgTarget = field(init=False, compare=False)  # its repr is redacted
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", parse_pg_uri(self.output))
