@@ -229,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
 def setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    for previous in [h for h in LOG.handlers if getattr(h, "beam_e5_cli", False)]:
+        LOG.removeHandler(previous)  # main() called again in one process: one handler, the
+        # current stderr (a closed stream from an earlier call would fail every log line)
+    handler.beam_e5_cli = True
     LOG.addHandler(handler)
     LOG.setLevel(logging.DEBUG if verbose else logging.INFO)
     LOG.propagate = False
