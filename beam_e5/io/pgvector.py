@@ -174,7 +174,12 @@ def _columns_of(table: pa.Table) -> list[list]:
         if pa.types.is_fixed_size_list(col.type):
             arr = col.combine_chunks()
             matrix = arr.values.to_numpy(zero_copy_only=False).reshape(-1, col.type.list_size)
-            out.append(list(matrix))
+            if col.type.value_type == pa.float16():
+                from pgvector import HalfVector  # the adapter dumps halfvec from this type only
+
+                out.append([HalfVector(row) for row in matrix])
+            else:
+                out.append(list(matrix))  # numpy float32 rows: dumped as vector
         else:
             out.append(col.to_pylist())
     return out

