@@ -72,6 +72,9 @@ def test_reembed_into_the_published_table(corpora, pg_database, tiny_models, tmp
     out = _with_password(pg_database) + "&table=docs"
     common = ["--model", model, "--keep-fields", "collection", "--store-text"] + FAST
     caplog.set_level(logging.DEBUG)
+    assert main(["reembed", "--input", str(root / "v2.jsonl"), "--previous", out, "--output",
+                 out, "--report-dir", str(tmp_path / "r0")] + common) == 2
+    assert "nothing is published under docs yet" in capsys.readouterr().err
     assert main(["embed", "--input", str(root / "v1.jsonl"), "--output", out,
                  "--report-dir", str(tmp_path / "r1")] + common) == 0
     first, _, _ = _published(pg_database)
@@ -102,10 +105,18 @@ def test_reembed_into_the_published_table(corpora, pg_database, tiny_models, tmp
         elif doc_id in edited:
             assert row[1] != old[doc_id][1]
 
+    # another model signature (here a longer max length): nothing can be carried
+    assert main(["reembed", "--input", str(root / "v2.jsonl"), "--previous", out, "--output",
+                 out, "--report-dir", str(tmp_path / "r3"), "--model", model, "--keep-fields",
+                 "collection", "--store-text", "--max-length", "48"]) == 0
+    c3 = json.loads((tmp_path / "r3" / "manifest.json").read_text())["counts"]
+    assert (c3["carried"], c3["reembedded"] + c3["new"], c3["deleted"]) == (0, 1010, 0)
+
     # the password is in the URI only: not in the manifest, the database, or any log line
     seen = (capsys.readouterr().out + capsys.readouterr().err + caplog.text
             + (tmp_path / "r1" / "manifest.json").read_text()
-            + (tmp_path / "r2" / "manifest.json").read_text() + json.dumps(stored))
+            + (tmp_path / "r2" / "manifest.json").read_text() + json.dumps(stored)
+            + (tmp_path / "r3" / "manifest.json").read_text())
     assert SECRET not in seen and "postgres:***@" in seen
 
 
