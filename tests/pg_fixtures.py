@@ -19,6 +19,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +29,9 @@ import pytest
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[object]:
-    import pgserver
+    with warnings.catch_warnings():  # platformdirs: "XDG_RUNTIME_DIR is not set" (harmless:
+        warnings.simplefilter("ignore")  # pgserver then keeps its lock file in /tmp/runtime-UID)
+        import pgserver
 
     root = Path(tempfile.mkdtemp(prefix="beam-e5-pg-"))
     server = pgserver.get_server(root / "pgdata", cleanup_mode="delete")

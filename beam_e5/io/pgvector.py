@@ -158,10 +158,21 @@ def _psycopg():
     return psycopg, register_vector
 
 
+# TCP keepalives and a connect timeout unless the URI sets its own: the launcher's connection
+# (holding the lock) sits idle for as long as the pipeline runs.
+CONNECTION_DEFAULTS = {"connect_timeout": "30", "keepalives": "1", "keepalives_idle": "60",
+                       "keepalives_interval": "10", "keepalives_count": "6",
+                       "application_name": "beam-e5"}
+
+
 def connect(dsn: str, autocommit: bool = True, register: bool = True):
     """A psycopg connection with the pgvector types registered (``vector``, ``halfvec``)."""
     psycopg, register_vector = _psycopg()
-    conn = psycopg.connect(dsn, autocommit=autocommit, application_name="beam-e5")
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(dsn)
+    extra = {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given}
+    conn = psycopg.connect(dsn, autocommit=autocommit, **extra)
     if register:
         register_vector(conn)
     return conn

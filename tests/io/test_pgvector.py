@@ -191,3 +191,10 @@ def test_float16_vectors_are_halfvec_or_a_clear_error(pg_database, tmp_path):
         assert run.publish(40, {}, {})["index"]["ops"] == "halfvec_cosine_ops"
     finally:
         run.close()
+
+
+def test_connections_get_keepalives_unless_the_uri_sets_them(pg_database):
+    with connect(pg_database + "&keepalives_idle=7") as conn:
+        params = conn.info.get_parameters()
+        assert params["keepalives_idle"] == "7" and params["keepalives_interval"] == "10"
+        assert conn.execute("SHOW application_name").fetchone()[0] == "beam-e5"
