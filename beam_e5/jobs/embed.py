@@ -28,6 +28,8 @@ from beam_e5.io.outputs import (
     record_counts,
     write_manifest,
 )
+from beam_e5.io.pg_uri import is_pg_uri, redact
+from beam_e5.io.pgvector import PgRun, PgSinkConfig
 from beam_e5.io.readers import (
     ReadCorpus,
     ReaderConfig,
@@ -35,7 +37,13 @@ from beam_e5.io.readers import (
     validate_reader_config,
 )
 from beam_e5.io.sinks import WriteDuplicates, WriteErrors, WriteVectors, vectors_schema
-from beam_e5.io.snapshots import PreviousSnapshot, load_previous, publish, read_previous
+from beam_e5.io.snapshots import (
+    PreviousSnapshot,
+    load_previous,
+    publish,
+    read_previous,
+    same_signature,
+)
 from beam_e5.jobs.summary import RunSummary, summarize
 from beam_e5.model.config import EncoderConfig, EncoderSpec
 from beam_e5.model.fingerprint import model_signature
@@ -66,13 +74,45 @@ class EmbedJob:
     semantic: Optional[SemanticDedupeConfig] = None
     previous: Optional[str] = None  # a snapshot dir or publish pointer: re-embed incrementally
     publish: Optional[str] = None  # pointer file moved to this run's output after success
+    # --output postgresql://...?table=NAME: vectors go to PostgreSQL, and ``output`` above is
+    # the --report-dir (manifest, errors, duplicates, deleted ids)
+    pg: Optional[PgSinkConfig] = None
 
     def __post_init__(self) -> None:
+        if self.pg is not None:
+            _check_pg_job(self)
+        elif is_pg_uri(self.previous):
+            raise ConfigError("--previous is a postgresql:// URI: --output must be the same URI "
+                              "(a run re-embeds into the table it reads)")
         if not self.exact_dedupe and (self.semantic is not None or self.previous is not None):
             raise ConfigError(
                 "semantic dedupe and re-embedding match documents by id, and exact dedupe is "
                 "what makes ids unique (it rejects an id used for two texts): drop "
                 "--no-exact-dedupe, or drop --dedupe-threshold / use embed instead of reembed")
+
+
+def _check_pg_job(job: EmbedJob) -> None:
+    pg = job.pg
+    if job.publish:
+        raise ConfigError("--publish moves a pointer file; with a postgresql:// --output the run "
+                          "publishes by swapping the table behind table=NAME: drop --publish")
+    if job.previous is not None:
+        if not is_pg_uri(job.previous):
+            raise ConfigError("with a postgresql:// --output, --previous must be the same URI "
+                              "(reembed reads what that table publishes)")
+        same = PgSinkConfig(job.previous, pg.report_dir).target
+        if (same.dsn, same.name, same.schema) != (pg.target.dsn, pg.target.name,
+                                                  pg.target.schema):
+            raise ConfigError(f"--previous {redact(job.previous)} differs from --output "
+                              f"{pg.target.redacted}: reembed into a table publishes under the "
+                              "name it read; pass the same URI to both")
+        if job.semantic is not None:
+            raise ConfigError("--dedupe-threshold needs every vector in the workers, but a "
+                              "postgresql:// reembed keeps unchanged vectors in the database: "
+                              "drop it, or reembed to files")
+    if pg.store_text and "text" in job.reader.keep_fields:
+        raise ConfigError("--store-text adds a 'text' column, and --keep-fields names 'text' "
+                          "too: drop one of them")
 
 
 @dataclass(frozen=True)
@@ -83,6 +123,7 @@ class ResolvedJob:
     signature: dict[str, Any]
     previous: Optional[PreviousSnapshot]
     reader_input: ResolvedInput  # the matched files and resolved field names
+    pg_run: Optional[PgRun] = None  # holds the lock on the published name; close() it
 
 
 @dataclass(frozen=True)
@@ -94,6 +135,11 @@ class Streams:
     errors: Any
     counts: dict[str, Any]
     deleted: Any = None
+    carried: Any = None  # postgresql:// reembed: rows whose vector stays in the database
+
+
+def _with_text_field(doc: dict) -> dict:
+    return {**doc, "fields": {**(doc.get("fields") or {}), "text": doc["text"]}}
 
 
 def _for_embedding(doc: dict) -> dict:
@@ -109,6 +155,9 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob) ->
     errors = [read.errors]
     duplicates = []
     docs = read.documents
+    pg_run = resolved.pg_run
+    if pg_run is not None and job.pg.store_text:
+        docs = docs | "StoreText" >> beam.Map(_with_text_field)
     if job.exact_dedupe:
         exact = docs | "ExactDedupe" >> ExactDedupe()
         docs = exact.unique
@@ -117,9 +166,11 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob) ->
         counts.update(exact_duplicates=exact.duplicates, id_conflicts=exact.errors)
     carried = deleted = None
     if resolved.previous is not None:
+        previous = (p | "ReadPublished" >> pg_run.read_published() if pg_run is not None
+                    else read_previous(p, resolved.previous))
         split = split_by_previous(
             docs, read.documents | "PresentIds" >> beam.Map(lambda d: d["id"]),
-            read_previous(p, resolved.previous), resolved.previous.same_model)
+            previous, resolved.previous.same_model)
         carried, deleted = split[CARRIED], split[DELETED]
         for category in (NEW, REEMBEDDED):
             counts[category] = split[TO_EMBED] | f"Only_{category}" >> beam.Filter(
@@ -131,7 +182,8 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob) ->
                               | "Embed" >> EmbedTexts(spec, with_errors=True))
     errors.append(embed_errors)
     counts.update(embedded=embedded, embed_errors=embed_errors)
-    if carried is not None:
+    in_db = carried if pg_run is not None else None  # carried inside the database
+    if carried is not None and in_db is None:
         embedded = (embedded, carried) | "WithCarried" >> beam.Flatten()
     written = embedded
     if job.semantic is not None:
@@ -139,20 +191,25 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob) ->
         written = semantic.kept
         duplicates.append(semantic.duplicates)
         counts["semantic_duplicates"] = semantic.duplicates
-    counts["written"] = written
+    counts["written"] = (written if in_db is None
+                         else (written, in_db) | "WrittenWithCarried" >> beam.Flatten())
     return Streams(
         written=written,
         duplicates=tuple(duplicates) | "AllDuplicates" >> beam.Flatten(pipeline=p),
         errors=tuple(errors) | "AllErrors" >> beam.Flatten(pipeline=p),
-        counts=counts, deleted=deleted)
+        counts=counts, deleted=deleted, carried=in_db)
 
 
 def write_streams(p: beam.Pipeline, streams: Streams, job: EmbedJob,
                   resolved: ResolvedJob) -> None:
     out = job.output.output
-    schema = vectors_schema(resolved.spec.dim, job.output.vector_dtype, job.reader.keep_fields,
-                            file_metadata(job, resolved))
-    _ = streams.written | "WriteVectors" >> WriteVectors(out, schema)
+    schema = job_vectors_schema(job, resolved.spec, resolved.signature)
+    if resolved.pg_run is not None:
+        _ = streams.written | "WriteVectorsToPg" >> resolved.pg_run.write_vectors(schema)
+        if streams.carried is not None:
+            _ = streams.carried | "WriteCarriedToPg" >> resolved.pg_run.write_carried(schema)
+    else:
+        _ = streams.written | "WriteVectors" >> WriteVectors(out, schema)
     _ = streams.duplicates | "WriteDuplicates" >> WriteDuplicates(out)
     _ = streams.errors | "WriteErrors" >> WriteErrors(out)
     if streams.deleted is not None:
@@ -163,9 +220,18 @@ def write_streams(p: beam.Pipeline, streams: Streams, job: EmbedJob,
     record_counts(p, streams.counts, out)
 
 
-def file_metadata(job: EmbedJob, resolved: ResolvedJob) -> dict[str, str]:
+def job_vectors_schema(job: EmbedJob, spec: EncoderSpec, signature: dict[str, Any]):
+    """The vectors' columns: Parquet files, or the PostgreSQL table (plus ``text`` with
+    ``--store-text``)."""
+    keep = tuple(job.reader.keep_fields)
+    if job.pg is not None and job.pg.store_text:
+        keep += ("text",)
+    return vectors_schema(spec.dim, job.output.vector_dtype, keep, file_metadata(signature))
+
+
+def file_metadata(signature: dict[str, Any]) -> dict[str, str]:
     return {"beam_e5.version": __version__, "beam_e5.normalization": "l2",
-            **{f"beam_e5.{k}": str(v) for k, v in resolved.signature.items()}}
+            **{f"beam_e5.{k}": str(v) for k, v in signature.items()}}
 
 
 def manifest_counts(raw: dict[str, int]) -> dict[str, int]:
@@ -195,6 +261,18 @@ def validate_job(job: EmbedJob) -> ResolvedJob:
     reader_input = validate_reader_config(job.reader)
     spec = job.encoder.resolve()
     signature = {**model_signature(spec), "vector_dtype": job.output.vector_dtype}
+    if job.pg is not None:
+        prepare_output(job.output)  # the --report-dir
+        run = PgRun.open(job.pg, job_vectors_schema(job, spec, signature))
+        previous = None
+        if job.previous:
+            if run.published is None:
+                run.close()
+                raise ConfigError(f"nothing is published under {job.pg.target.name} yet: run "
+                                  "`beam-e5 embed` with this --output first")
+            previous = PreviousSnapshot(f"{run.schema}.{run.published.table}",
+                                        same_signature(run.published.signature, signature))
+        return ResolvedJob(spec, signature, previous, reader_input, pg_run=run)
     previous = load_previous(job.previous, signature) if job.previous else None
     if previous is not None and _same_dir(previous.path, job.output.output):
         raise ConfigError("--output must differ from the --previous snapshot; write each run "
@@ -209,6 +287,14 @@ def _same_dir(a: str, b: str) -> bool:
 
 def run_embed(job: EmbedJob, beam_args: list[str]) -> RunSummary:
     resolved = validate_job(job)
+    try:
+        return _run(job, resolved, beam_args)
+    finally:
+        if resolved.pg_run is not None:
+            resolved.pg_run.close()  # drops the load tables; releases the lock
+
+
+def _run(job: EmbedJob, resolved: ResolvedJob, beam_args: list[str]) -> RunSummary:
     options = PipelineOptions(beam_args)
     start = time.time()
     p = beam.Pipeline(options=options)
@@ -219,7 +305,7 @@ def run_embed(job: EmbedJob, beam_args: list[str]) -> RunSummary:
     seconds = time.time() - start
     counts = manifest_counts(read_counts(job.output.output))
     summary = summarize(result, counts, seconds)
-    write_manifest(job.output.output, {
+    manifest = {
         "beam_e5_version": __version__,
         "command": "reembed" if job.previous else "embed",
         "model": resolved.signature,
@@ -229,7 +315,11 @@ def run_embed(job: EmbedJob, beam_args: list[str]) -> RunSummary:
         "options": job_options(job),
         "counts": counts,
         "stats": summary.stats(),
-    })
+    }
+    if resolved.pg_run is not None:
+        manifest["output"] = job.pg.target.redacted
+        manifest["pg"] = resolved.pg_run.publish(counts["written"], resolved.signature, manifest)
+    write_manifest(job.output.output, manifest)
     if job.publish:
         publish(job.publish, job.output.output)
     return summary
@@ -240,7 +330,8 @@ def job_options(job: EmbedJob) -> dict[str, Any]:
         return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
     return {"reader": plain(job.reader), "encoder": plain(job.encoder),
             "output": plain(job.output), "exact_dedupe": job.exact_dedupe,
-            "semantic": plain(job.semantic), "previous": job.previous, "publish": job.publish}
+            "semantic": plain(job.semantic), "previous": redact(job.previous) or None,
+            "publish": job.publish, "pg": job.pg.options() if job.pg else None}
 
 
 __all__ = ["EmbedJob", "build_embed_graph", "run_embed", "validate_job", "ConfigError"]
