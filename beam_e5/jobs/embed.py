@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from beam_e5._version import __version__
-from beam_e5.errors import ConfigError
+from beam_e5.errors import ConfigError, RunFailed
 from beam_e5.io.outputs import (
+    OutputClaim,
     OutputConfig,
     prepare_output,
     read_counts,
+    read_problems,
     record_counts,
+    record_problems,
     write_manifest,
 )
 from beam_e5.io.readers import (
@@ -35,9 +39,17 @@ from beam_e5.io.readers import (
     validate_reader_config,
 )
 from beam_e5.io.sinks import WriteDuplicates, WriteErrors, WriteVectors, vectors_schema
-from beam_e5.io.snapshots import PreviousSnapshot, load_previous, publish, read_previous
+from beam_e5.io.snapshots import (
+    PreviousSnapshot,
+    check_min_ratio,
+    check_not_live,
+    check_publishable,
+    load_previous,
+    publish,
+    read_previous,
+)
 from beam_e5.jobs.summary import RunSummary, summarize
-from beam_e5.model.config import EncoderConfig, EncoderSpec
+from beam_e5.model.config import EncoderConfig, EncoderSpec, check_device_here
 from beam_e5.model.fingerprint import model_signature
 from beam_e5.transforms.embed_texts import EmbedTexts
 from beam_e5.transforms.exact_dedupe import ExactDedupe
@@ -66,8 +78,11 @@ class EmbedJob:
     semantic: Optional[SemanticDedupeConfig] = None
     previous: Optional[str] = None  # a snapshot dir or publish pointer: re-embed incrementally
     publish: Optional[str] = None  # pointer file moved to this run's output after success
+    # refuse to publish fewer documents than this fraction of the snapshot it replaces
+    publish_min_ratio: float = 0.5
 
     def __post_init__(self) -> None:
+        check_min_ratio(self.publish_min_ratio)
         if not self.exact_dedupe and (self.semantic is not None or self.previous is not None):
             raise ConfigError(
                 "semantic dedupe and re-embedding match documents by id, and exact dedupe is "
@@ -83,6 +98,7 @@ class ResolvedJob:
     signature: dict[str, Any]
     previous: Optional[PreviousSnapshot]
     reader_input: ResolvedInput  # the matched files and resolved field names
+    claim: Optional[OutputClaim] = None  # this run's hold on the output directory
 
 
 @dataclass(frozen=True)
@@ -109,12 +125,12 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob) ->
     errors = [read.errors]
     duplicates = []
     docs = read.documents
-    if job.exact_dedupe:
-        exact = docs | "ExactDedupe" >> ExactDedupe()
-        docs = exact.unique
-        duplicates.append(exact.duplicates)
-        errors.append(exact.errors)
-        counts.update(exact_duplicates=exact.duplicates, id_conflicts=exact.errors)
+    # without exact dedupe, ids are still made unique (an id used twice is one document)
+    exact = docs | "ExactDedupe" >> ExactDedupe(by_text=job.exact_dedupe)
+    docs = exact.unique
+    duplicates.append(exact.duplicates)
+    errors.append(exact.errors)
+    counts.update(exact_duplicates=exact.duplicates, id_conflicts=exact.errors)
     carried = deleted = None
     if resolved.previous is not None:
         split = split_by_previous(
@@ -161,6 +177,7 @@ def write_streams(p: beam.Pipeline, streams: Streams, job: EmbedJob,
              | "WriteDeleted" >> beam.io.WriteToText(FileSystems.join(out, "deleted"),
                                                      file_name_suffix=".jsonl"))
     record_counts(p, streams.counts, out)
+    record_problems(streams.errors, out)
 
 
 def file_metadata(job: EmbedJob, resolved: ResolvedJob) -> dict[str, str]:
@@ -190,25 +207,61 @@ def manifest_counts(raw: dict[str, int]) -> dict[str, int]:
     return counts
 
 
-def validate_job(job: EmbedJob) -> ResolvedJob:
-    """Everything that can be checked before the pipeline starts."""
+def validate_job(job: EmbedJob, beam_args: Optional[list[str]] = None) -> ResolvedJob:
+    """Everything that can be checked before the pipeline starts; claims the output last
+    (release the returned ``claim``)."""
     reader_input = validate_reader_config(job.reader)
     spec = job.encoder.resolve()
+    check_device_here(job.encoder, beam_runner(beam_args or []))
     signature = {**model_signature(spec), "vector_dtype": job.output.vector_dtype}
     previous = load_previous(job.previous, signature) if job.previous else None
     if previous is not None and _same_dir(previous.path, job.output.output):
         raise ConfigError("--output must differ from the --previous snapshot; write each run "
                           "to a new directory and move a --publish pointer")
-    prepare_output(job.output)
-    return ResolvedJob(spec, signature, previous, reader_input)
+    if job.output.overwrite:
+        check_not_live(job.output.output, (job.publish, job.previous))
+    claim = prepare_output(job.output)
+    return ResolvedJob(spec, signature, previous, reader_input, claim)
+
+
+def beam_runner(beam_args: list[str]) -> Optional[str]:
+    """The ``--runner`` among Beam's arguments (None: the default DirectRunner)."""
+    runner = PipelineOptions(beam_args).view_as(StandardOptions).runner
+    return runner if isinstance(runner, str) or runner is None else type(runner).__name__
 
 
 def _same_dir(a: str, b: str) -> bool:
-    return a.rstrip("/") == b.rstrip("/")
+    def norm(path: str) -> str:
+        return (path if "://" in path else os.path.abspath(path)).rstrip("/")
+    return norm(a) == norm(b)
 
 
 def run_embed(job: EmbedJob, beam_args: list[str]) -> RunSummary:
-    resolved = validate_job(job)
+    """Validate, run, write the manifest, then publish; raises RunFailed (after the manifest)
+    when an input file could not be read to its end or a publish guard refuses."""
+    resolved = validate_job(job, beam_args)
+    try:
+        summary, problems = _run_and_record(job, resolved, beam_args)
+    except BaseException:
+        if resolved.claim is not None:
+            resolved.claim.abandon()  # no partial files left to refuse the corrected rerun
+        raise
+    if resolved.claim is not None:
+        resolved.claim.release()
+    if problems:
+        raise RunFailed(
+            f"{len(problems)} input file(s) could not be read to their end, so records may be "
+            f"missing ({problems[0]['source']}: {problems[0]['reason']}); the run in "
+            f"{job.output.output} lists them in errors-*.jsonl and its manifest"
+            + (f", and {job.publish} was not moved" if job.publish else ""))
+    if job.publish:
+        check_publishable(job.publish, summary.counts["written"], job.publish_min_ratio)
+        publish(job.publish, job.output.output)
+    return summary
+
+
+def _run_and_record(job: EmbedJob, resolved: ResolvedJob,
+                    beam_args: list[str]) -> tuple[RunSummary, list[dict]]:
     options = PipelineOptions(beam_args)
     start = time.time()
     p = beam.Pipeline(options=options)
@@ -217,6 +270,7 @@ def run_embed(job: EmbedJob, beam_args: list[str]) -> RunSummary:
     result = p.run()
     result.wait_until_finish()
     seconds = time.time() - start
+    problems = read_problems(job.output.output)
     counts = manifest_counts(read_counts(job.output.output))
     summary = summarize(result, counts, seconds)
     write_manifest(job.output.output, {
@@ -229,10 +283,10 @@ def run_embed(job: EmbedJob, beam_args: list[str]) -> RunSummary:
         "options": job_options(job),
         "counts": counts,
         "stats": summary.stats(),
+        "incomplete_inputs": problems,
+        "warnings": summary.warnings(),
     })
-    if job.publish:
-        publish(job.publish, job.output.output)
-    return summary
+    return summary, problems
 
 
 def job_options(job: EmbedJob) -> dict[str, Any]:
@@ -240,7 +294,8 @@ def job_options(job: EmbedJob) -> dict[str, Any]:
         return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
     return {"reader": plain(job.reader), "encoder": plain(job.encoder),
             "output": plain(job.output), "exact_dedupe": job.exact_dedupe,
-            "semantic": plain(job.semantic), "previous": job.previous, "publish": job.publish}
+            "semantic": plain(job.semantic), "previous": job.previous, "publish": job.publish,
+            "publish_min_ratio": job.publish_min_ratio}
 
 
 __all__ = ["EmbedJob", "build_embed_graph", "run_embed", "validate_job", "ConfigError"]
