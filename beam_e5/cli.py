@@ -278,6 +278,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"beam-e5: error: {e}", file=sys.stderr)
         return 2
     except RunFailed as e:
+        if getattr(e, "summary", None) is not None:
+            print(e.summary.render())
         print(f"beam-e5: run failed: {e}", file=sys.stderr)
         return 1
     parser.error(f"unknown command {args.command}")

@@ -248,6 +248,15 @@ def run_embed(job: EmbedJob, beam_args: list[str]) -> RunSummary:
         raise
     if resolved.claim is not None:
         resolved.claim.release()
+    try:
+        _check_and_publish(job, summary, problems)
+    except RunFailed as e:
+        e.summary = summary  # type: ignore[attr-defined]  (the CLI still prints it)
+        raise
+    return summary
+
+
+def _check_and_publish(job: EmbedJob, summary: RunSummary, problems: list[dict]) -> None:
     if problems:
         raise RunFailed(
             f"{len(problems)} input file(s) could not be read to their end, so records may be "
@@ -257,7 +266,6 @@ def run_embed(job: EmbedJob, beam_args: list[str]) -> RunSummary:
     if job.publish:
         check_publishable(job.publish, summary.counts["written"], job.publish_min_ratio)
         publish(job.publish, job.output.output)
-    return summary
 
 
 def _run_and_record(job: EmbedJob, resolved: ResolvedJob,
