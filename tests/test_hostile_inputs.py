@@ -430,7 +430,7 @@ def test_reembed_previous_dedupe_output_carries_and_ids_stay_unique(tmp_path, ca
     # the same corpus plus: an id given twice with two texts, and an id repeated verbatim
     more = rows + [{"id": "twice", "text": "first text"}, {"id": "twice", "text": "other text"},
                    {"id": "same", "text": "repeated record"}, {"id": "same", "text": "repeated record"},
-                   {"id": "copy", "text": rows[0]["text"]}]
+                   {"id": "zcopy", "text": rows[0]["text"]}]
     corpus2 = write_jsonl(tmp_path / "c2.jsonl", more)
     rc, _, err = cli(capsys, "reembed", "--input", corpus2, "--previous", str(tmp_path / "dd"),
                      "--output", str(tmp_path / "r"), *model_args(minilm_dir))
@@ -442,5 +442,18 @@ def test_reembed_previous_dedupe_output_carries_and_ids_stay_unique(tmp_path, ca
     assert rc == 0, err
     c = assert_balanced(tmp_path / "n")
     ids = vector_ids(tmp_path / "n")
-    assert len(ids) == len(set(ids)) and "twice" not in ids and "copy" in ids
+    assert len(ids) == len(set(ids)) and "twice" not in ids and "zcopy" in ids
     assert c["invalid"] == 2 and c["exact_duplicates"] == 1
+
+
+def test_gcs_output_claim_is_exclusive(gcs_emulator):
+    """A second claim is refused. (The race itself rests on GCS's ifGenerationMatch=0
+    precondition, which the emulator does not enforce; the local race is tested above.)"""
+    out = gcs_emulator.url("runs/night")
+    claim = claim_output(OutputConfig(out))
+    assert gcs_emulator.list_names("runs/night/") == [f"runs/night/{RUN_MARKER}"]
+    with pytest.raises(ConfigError, match="another beam-e5 run is writing"):
+        claim_output(OutputConfig(out))
+    claim.release()
+    assert gcs_emulator.list_names("runs/night/") == []
+    claim_output(OutputConfig(out)).release()

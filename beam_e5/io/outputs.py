@@ -133,9 +133,11 @@ def _create_exclusive(path: str) -> bool:
         bucket, _, name = path[len("gs://"):].partition("/")
         client = (storage.Client.create_anonymous_client()
                   if os.environ.get("STORAGE_EMULATOR_HOST") else storage.Client())
+        blob = client.bucket(bucket).blob(name)
+        if blob.exists():  # also where the precondition is not enforced (the emulator)
+            return False
         try:
-            client.bucket(bucket).blob(name).upload_from_string(_marker_text(),
-                                                                if_generation_match=0)
+            blob.upload_from_string(_marker_text(), if_generation_match=0)
         except PreconditionFailed:
             return False
         return True
