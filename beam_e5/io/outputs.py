@@ -271,10 +271,12 @@ def read_problems(output_dir: str) -> list[dict[str, str]]:
     """The whole-file errors recorded by :func:`record_problems` (call before read_counts)."""
     pattern = _join(output_dir, COUNTS_DIR, "problems*")
     problems = []
-    for m in FileSystems.match([pattern])[0].metadata_list:
-        with FileSystems.open(m.path) as f:
+    paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    for path in paths:
+        with FileSystems.open(path) as f:
             problems += [json.loads(line) for line in f.read().decode("utf-8").splitlines()
                          if line.strip()]
+    _delete_all(paths)
     return sorted(problems, key=lambda p: p["source"])
 
 

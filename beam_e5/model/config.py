@@ -101,8 +101,6 @@ class EncoderConfig:
             json_reader_for_dir(lambda rel: read_model_file_text(source, rel)))
         st = read_st_config(read_json)
         profile = resolve_profile(self.model, st, self.overrides)
-        profile = cap_max_length(self.model, profile, self.overrides.max_length,
-                                 model_length_limit(st.tokenizer_max_length, read_json))
         dim = model_dim(source, read_json)
         check_backend_supported(self.backend, model_type(read_json), self.device,
                                 local_weight_bytes(source, read_json))
@@ -110,6 +108,9 @@ class EncoderConfig:
             raise ConfigError(
                 f"--max-batch-tokens {self.max_batch_tokens} is smaller than the max length "
                 f"{profile.max_length}; raise --max-batch-tokens or lower --max-length")
+        # what the encoder will really use, so the manifest records what ran
+        profile = cap_max_length(self.model, profile, self.overrides.max_length,
+                                 model_length_limit(st.tokenizer_max_length, read_json))
         return EncoderSpec(self, source, profile, dim)
 
 

@@ -63,7 +63,10 @@ def test_dicts_carry_fields_and_bad_records_go_to_errors(minilm_spec, tmp_path):
                 {"id": "b", "text": None, "lang": "en"},
                 {"id": "c", "text": 42},
                 ("d", "tuple text"),
-                "not a record"]
+                "not a record",
+                {"id": "e", "text": "a lone \ud800 surrogate"},
+                ("f", "\U0001F600\U0001F680"),  # nothing but [UNK]
+                ("g", "\u200b\u200b")]  # no token at all
     records, errors, _ = _run(elements, minilm_spec, tmp_path, with_errors=True)
     by_id = {r["id"]: r for r in records}
     assert set(by_id) == {"a", "d"}
@@ -72,6 +75,8 @@ def test_dicts_carry_fields_and_bad_records_go_to_errors(minilm_spec, tmp_path):
     assert reasons["b"] == "text is NoneType, not a string"
     assert reasons["c"] == "text is int, not a string"
     assert any("expected an (id, text) tuple" in e["reason"] for e in errors)
+    assert "lone surrogate" in reasons["e"]
+    assert "unknown token" in reasons["f"] and "tokenises to nothing" in reasons["g"]
     assert len(records) + len(errors) == len(elements)
 
 
