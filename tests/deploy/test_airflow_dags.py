@@ -43,25 +43,26 @@ def _pip(env_dir: Path, *packages: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=1800)
 
 
-def _airflow_env(name: str, *packages: str) -> Path:
-    """A virtualenv with ``packages`` installed (once; reused by later runs)."""
-    env_dir = CACHE / name
-    done = env_dir / ".installed"
-    if not done.exists():
-        venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
-        proc = _pip(env_dir, *packages)
-        if proc.returncode != 0:
-            pytest.skip(f"cannot install {' '.join(packages)} from PyPI: "
-                        f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
-        done.write_text(" ".join(packages))
-    return env_dir
+def _installed(env_dir: Path, marker: str, *packages: str) -> None:
+    """``packages`` installed into ``env_dir`` (once: a marker file records it)."""
+    done = env_dir / marker
+    if done.exists():
+        return
+    proc = _pip(env_dir, *packages)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot install {' '.join(packages)} from PyPI: "
+                    f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+    done.write_text(" ".join(packages))
 
 
 @pytest.fixture(scope="module")
 def airflow_env() -> Path:
-    """Airflow and its Google provider (for the Dataflow DAG), in one environment."""
-    return _airflow_env("airflow", f"apache-airflow=={AIRFLOW_VERSION}",
-                        "apache-airflow-providers-google")
+    """A virtualenv with Apache Airflow (created once, reused by later runs)."""
+    env_dir = CACHE / "airflow"
+    if not (env_dir / ".installed").exists():
+        venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
+    _installed(env_dir, ".installed", f"apache-airflow=={AIRFLOW_VERSION}")
+    return env_dir
 
 
 def _airflow(env_dir: Path, home: Path, *args: str, extra_env=None, timeout=900):
@@ -144,7 +145,9 @@ def test_two_nights_then_a_failing_night_under_real_airflow(airflow_env, tmp_pat
 
 
 def test_dataflow_dag_imports_with_the_google_provider(airflow_env, tmp_path):
-    env_dir = airflow_env
+    env_dir = airflow_env  # the same Airflow, with the Google provider added
+    _installed(env_dir, ".google-installed", f"apache-airflow=={AIRFLOW_VERSION}",
+               "apache-airflow-providers-google")
     home = tmp_path / "airflow-home"
     home.mkdir()
     check = ("import importlib.util, sys\n"
