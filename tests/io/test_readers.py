@@ -389,6 +389,8 @@ def _read_file(path: Path) -> tuple[list[dict], list[dict]]:
     (".gz", gzip.compress),
     (".bz2", __import__("bz2").compress),
     (".xz", __import__("lzma").compress),
+    (".zst", lambda data: __import__("zstandard").ZstdCompressor().compress(data)),
+    (".deflate", __import__("zlib").compress),
 ])
 def test_compressed_file_cut_short_is_a_file_error(tmp_path: Path, suffix, compress) -> None:
     lines = "".join(json.dumps({"id": f"d{i}", "text": f"text number {i} " * 5}) + "\n"
