@@ -12,7 +12,7 @@ project's Python to run ``beam-e5`` on the DirectRunner.
 * night 3: an input file cut off mid-upload: the task fails and LATEST stays on night 2.
 
 The Dataflow DAG (``deploy/airflow_reembed_dag.py``) must import under the same Airflow with
-the Google provider installed. Skipped, with the pip error, only if Airflow cannot be
+the Google provider (and the Apache Beam provider its Dataflow operators need) installed. Skipped, with the pip error, only if Airflow cannot be
 installed (no network to PyPI).
 """
 
@@ -146,8 +146,10 @@ def test_two_nights_then_a_failing_night_under_real_airflow(airflow_env, tmp_pat
 
 def test_dataflow_dag_imports_with_the_google_provider(airflow_env, tmp_path):
     env_dir = airflow_env  # the same Airflow, with the Google provider added
+    # the Dataflow operators import the Apache Beam provider too (the Google one alone fails:
+    # "Failed to import apache-airflow-providers-apache-beam")
     _installed(env_dir, ".google-installed", f"apache-airflow=={AIRFLOW_VERSION}",
-               "apache-airflow-providers-google")
+               "apache-airflow-providers-google", "apache-airflow-providers-apache-beam")
     home = tmp_path / "airflow-home"
     home.mkdir()
     check = ("import importlib.util, sys\n"
