@@ -457,3 +457,28 @@ def test_gcs_output_claim_is_exclusive(gcs_emulator):
     claim.release()
     assert gcs_emulator.list_names("runs/night/") == []
     claim_output(OutputConfig(out)).release()
+
+
+def test_a_failed_run_removes_its_partial_files(tmp_path):
+    out = tmp_path / "out"
+    claim = claim_output(OutputConfig(str(out)))
+    (out / "beam-temp-vectors-123").mkdir()
+    (out / "beam-temp-vectors-123" / "shard").write_bytes(b"half")
+    (out / "errors-00000-of-00001.jsonl").write_text("{}\n")
+    claim.abandon()  # what run_embed / run_dedupe do when the pipeline raises
+    assert not any(out.iterdir())
+    claim_output(OutputConfig(str(out))).release()  # the corrected rerun needs no --overwrite
+
+
+def test_profile_length_beyond_the_model_is_capped_to_what_runs():
+    from beam_e5.model.config import cap_max_length, model_length_limit
+    from beam_e5.model.profiles import ModelProfile
+
+    profile = ModelProfile("generic", "", "", "mean", 1024)
+    config = {"model_type": "xlm-roberta", "max_position_embeddings": 514}
+    limit = model_length_limit(None, lambda name: config)
+    assert limit == 512
+    assert cap_max_length("m", profile, None, limit).max_length == 512
+    with pytest.raises(ConfigError, match="--max-length 1024 exceeds"):
+        cap_max_length("m", profile, 1024, limit)
+    assert model_length_limit(None, lambda name: {"model_type": "mistral"}) is None
