@@ -482,3 +482,16 @@ def test_profile_length_beyond_the_model_is_capped_to_what_runs():
     with pytest.raises(ConfigError, match="--max-length 1024 exceeds"):
         cap_max_length("m", profile, 1024, limit)
     assert model_length_limit(None, lambda name: {"model_type": "mistral"}) is None
+
+
+@pytest.mark.parametrize("pointer, expected", [
+    ("missing-folder/LATEST", "does not exist"),
+    (".", "is a directory"),
+    ("out", "is the --output directory"),
+])
+def test_publish_pointer_that_cannot_be_written(tmp_path, capsys, corpus, minilm_dir,  # noqa: F811
+                                                monkeypatch, pointer, expected):
+    monkeypatch.chdir(tmp_path)
+    err = _refused(capsys, tmp_path / "out", "embed", "--input", corpus, "--output", "out",
+                   "--publish", pointer, *model_args(minilm_dir))
+    assert expected in err

@@ -21,7 +21,8 @@ from beam_e5.errors import ConfigError, RunFailed
 from beam_e5.io.outputs import MANIFEST, read_manifest
 from beam_e5.io.sinks import table_to_records
 
-__all__ = ["PreviousSnapshot", "check_min_ratio", "check_not_live", "check_publishable",
+__all__ = ["PreviousSnapshot", "check_min_ratio", "check_not_live", "check_pointer_location",
+           "check_publishable",
            "load_previous", "publish", "read_pointer", "read_previous", "resolve_snapshot",
            "same_signature"]
 
@@ -77,6 +78,24 @@ def check_not_live(output: str, pointers: Iterable[Optional[str]]) -> None:
                 f"--output {output} is the live snapshot that {pointer} names; --overwrite "
                 "would delete it before the new run is complete. Write each run to a new "
                 "directory (e.g. a date) and let --publish move the pointer")
+
+
+def check_pointer_location(pointer: str, output: str) -> None:
+    """A ``--publish`` pointer must be a file we can write next to, not the output itself."""
+    if _local_abs(pointer).rstrip("/") == _local_abs(output).rstrip("/"):
+        raise ConfigError(f"--publish {pointer} is the --output directory; name a pointer file "
+                          "beside the snapshots, e.g. snapshots/LATEST")
+    if "://" in pointer:
+        return
+    if os.path.isdir(pointer):
+        raise ConfigError(f"--publish {pointer} is a directory; name a pointer file, e.g. "
+                          f"{os.path.join(pointer, 'LATEST')}")
+    parent = os.path.dirname(os.path.abspath(pointer))
+    if not os.path.isdir(parent):
+        raise ConfigError(f"the folder of --publish {pointer} does not exist; create {parent} "
+                          "or choose another pointer path")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"cannot write --publish {pointer} (no write permission on {parent})")
 
 
 def published_count(pointer: str) -> Optional[int]:

@@ -43,6 +43,7 @@ from beam_e5.io.snapshots import (
     PreviousSnapshot,
     check_min_ratio,
     check_not_live,
+    check_pointer_location,
     check_publishable,
     load_previous,
     publish,
@@ -218,6 +219,8 @@ def validate_job(job: EmbedJob, beam_args: Optional[list[str]] = None) -> Resolv
     if previous is not None and _same_dir(previous.path, job.output.output):
         raise ConfigError("--output must differ from the --previous snapshot; write each run "
                           "to a new directory and move a --publish pointer")
+    if job.publish:
+        check_pointer_location(job.publish, job.output.output)
     if job.output.overwrite:
         check_not_live(job.output.output, (job.publish, job.previous))
     claim = prepare_output(job.output)
