@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from beam_e5.errors import ConfigError
+from beam_e5.errors import ConfigError, RunFailed
 from beam_e5.io.outputs import OutputConfig
 from beam_e5.io.pg_uri import is_pg_uri
 from beam_e5.io.sinks import VECTOR_DTYPES
@@ -206,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "with a postgresql:// --output, that same URI")
         embed.add_argument("--publish", default=None,
                            help="pointer file (local or gs://) set to --output after success")
+        embed.add_argument("--publish-min-ratio", type=float, default=0.5,
+                           help="refuse to publish a run with fewer documents than this "
+                                "fraction of the snapshot --publish names now (default 0.5; "
+                                "0 turns the guard off); an empty run is never published")
     dedupe = sub.add_parser("dedupe", allow_abbrev=False,
                             help="remove near-duplicates from vectors of an earlier run")
     dedupe.add_argument("--input", required=True, help="vectors-*.parquet glob (local or gs://)")
@@ -246,7 +250,8 @@ def run_embed_command(args: argparse.Namespace, beam_args: list[str]) -> int:
     job = EmbedJob(reader=reader_config(args), encoder=encoder_config(args),
                    output=OutputConfig(files, args.vector_dtype, args.overwrite),
                    exact_dedupe=not args.no_exact_dedupe, semantic=semantic_config(args),
-                   previous=getattr(args, "previous", None), publish=args.publish, pg=pg)
+                   previous=getattr(args, "previous", None), publish=args.publish, pg=pg,
+                   publish_min_ratio=args.publish_min_ratio)
     summary = run_embed(job, beam_args)
     print(summary.render())
     print(f"  output: {pg.target.redacted if pg is not None else args.output}")
@@ -332,6 +337,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         print(f"beam-e5: error: {e}", file=sys.stderr)
         return 2
+    except RunFailed as e:
+        if getattr(e, "summary", None) is not None:
+            print(e.summary.render())
+        print(f"beam-e5: run failed: {e}", file=sys.stderr)
+        return 1
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -39,7 +39,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -444,6 +444,15 @@ class PgRun:
     def write_carried(self, schema: pa.Schema) -> WriteToPgvector:
         return WriteToPgvector(self.dsn, self.qualified(self.carry_table), schema,
                                self.cfg.batch_rows, without_embedding=True)
+
+    def published_rows(self) -> Optional[int]:
+        """Rows of the table the name serves now (None: nothing published yet)."""
+        if self.published is None:
+            return None
+        return self._count_qualified(self.qualified(self.published.table))
+
+    def _count_qualified(self, qualified: str) -> int:
+        return conn_count(self._conn, qualified)
 
     def read_published(self) -> ReadPublished:
         if self.published is None:

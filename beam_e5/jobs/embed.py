@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from beam_e5._version import __version__
-from beam_e5.errors import ConfigError
+from beam_e5.errors import ConfigError, RunFailed
 from beam_e5.io.outputs import (
+    OutputClaim,
     OutputConfig,
     prepare_output,
     read_counts,
+    read_problems,
     record_counts,
+    record_problems,
     write_manifest,
 )
 from beam_e5.io.pg_uri import is_pg_uri, redact
@@ -39,13 +43,17 @@ from beam_e5.io.readers import (
 from beam_e5.io.sinks import WriteDuplicates, WriteErrors, WriteVectors, vectors_schema
 from beam_e5.io.snapshots import (
     PreviousSnapshot,
+    check_min_ratio,
+    check_not_live,
+    check_pointer_location,
+    check_publishable,
     load_previous,
     publish,
     read_previous,
     same_signature,
 )
 from beam_e5.jobs.summary import RunSummary, summarize
-from beam_e5.model.config import EncoderConfig, EncoderSpec
+from beam_e5.model.config import EncoderConfig, EncoderSpec, check_device_here
 from beam_e5.model.fingerprint import model_signature
 from beam_e5.transforms.embed_texts import EmbedTexts
 from beam_e5.transforms.exact_dedupe import ExactDedupe
@@ -77,8 +85,11 @@ class EmbedJob:
     # --output postgresql://...?table=NAME: vectors go to PostgreSQL, and ``output`` above is
     # the --report-dir (manifest, errors, duplicates, deleted ids)
     pg: Optional[PgSinkConfig] = None
+    # refuse to publish fewer documents than this fraction of the snapshot it replaces
+    publish_min_ratio: float = 0.5
 
     def __post_init__(self) -> None:
+        check_min_ratio(self.publish_min_ratio)
         if self.pg is not None:
             _check_pg_job(self)
         elif is_pg_uri(self.previous):
@@ -123,6 +134,7 @@ class ResolvedJob:
     signature: dict[str, Any]
     previous: Optional[PreviousSnapshot]
     reader_input: ResolvedInput  # the matched files and resolved field names
+    claim: Optional[OutputClaim] = None  # this run's hold on the output directory
     pg_run: Optional[PgRun] = None  # holds the lock on the published name; close() it
 
 
@@ -158,12 +170,12 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob) ->
     pg_run = resolved.pg_run
     if pg_run is not None and job.pg.store_text:
         docs = docs | "StoreText" >> beam.Map(_with_text_field)
-    if job.exact_dedupe:
-        exact = docs | "ExactDedupe" >> ExactDedupe()
-        docs = exact.unique
-        duplicates.append(exact.duplicates)
-        errors.append(exact.errors)
-        counts.update(exact_duplicates=exact.duplicates, id_conflicts=exact.errors)
+    # without exact dedupe, ids are still made unique (an id used twice is one document)
+    exact = docs | "ExactDedupe" >> ExactDedupe(by_text=job.exact_dedupe)
+    docs = exact.unique
+    duplicates.append(exact.duplicates)
+    errors.append(exact.errors)
+    counts.update(exact_duplicates=exact.duplicates, id_conflicts=exact.errors)
     carried = deleted = None
     if resolved.previous is not None:
         previous = (p | "ReadPublished" >> pg_run.read_published() if pg_run is not None
@@ -218,6 +230,7 @@ def write_streams(p: beam.Pipeline, streams: Streams, job: EmbedJob,
              | "WriteDeleted" >> beam.io.WriteToText(FileSystems.join(out, "deleted"),
                                                      file_name_suffix=".jsonl"))
     record_counts(p, streams.counts, out)
+    record_problems(streams.errors, out)
 
 
 def job_vectors_schema(job: EmbedJob, spec: EncoderSpec, signature: dict[str, Any]):
@@ -256,45 +269,114 @@ def manifest_counts(raw: dict[str, int]) -> dict[str, int]:
     return counts
 
 
-def validate_job(job: EmbedJob) -> ResolvedJob:
-    """Everything that can be checked before the pipeline starts."""
+def validate_job(job: EmbedJob, beam_args: Optional[list[str]] = None) -> ResolvedJob:
+    """Everything that can be checked before the pipeline starts; claims the output last
+    (release the returned ``claim``, close the returned ``pg_run``)."""
     reader_input = validate_reader_config(job.reader)
     spec = job.encoder.resolve()
+    check_device_here(job.encoder, beam_runner(beam_args or []))
     signature = {**model_signature(spec), "vector_dtype": job.output.vector_dtype}
     if job.pg is not None:
-        prepare_output(job.output)  # the --report-dir
-        run = PgRun.open(job.pg, job_vectors_schema(job, spec, signature))
+        claim = prepare_output(job.output)  # the --report-dir
+        try:
+            run = PgRun.open(job.pg, job_vectors_schema(job, spec, signature))
+        except BaseException:
+            claim.abandon()
+            raise
         previous = None
         if job.previous:
             if run.published is None:
                 run.close()
+                claim.abandon()
                 raise ConfigError(f"nothing is published under {job.pg.target.name} yet: run "
                                   "`beam-e5 embed` with this --output first")
             previous = PreviousSnapshot(f"{run.schema}.{run.published.table}",
                                         same_signature(run.published.signature, signature))
-        return ResolvedJob(spec, signature, previous, reader_input, pg_run=run)
+        return ResolvedJob(spec, signature, previous, reader_input, claim, pg_run=run)
     previous = load_previous(job.previous, signature) if job.previous else None
     if previous is not None and _same_dir(previous.path, job.output.output):
         raise ConfigError("--output must differ from the --previous snapshot; write each run "
                           "to a new directory and move a --publish pointer")
-    prepare_output(job.output)
-    return ResolvedJob(spec, signature, previous, reader_input)
+    if job.publish:
+        check_pointer_location(job.publish, job.output.output)
+    if job.output.overwrite:
+        check_not_live(job.output.output, (job.publish, job.previous))
+    claim = prepare_output(job.output)
+    return ResolvedJob(spec, signature, previous, reader_input, claim)
+
+
+def beam_runner(beam_args: list[str]) -> Optional[str]:
+    """The ``--runner`` among Beam's arguments (None: the default DirectRunner)."""
+    runner = PipelineOptions(beam_args).view_as(StandardOptions).runner
+    return runner if isinstance(runner, str) or runner is None else type(runner).__name__
 
 
 def _same_dir(a: str, b: str) -> bool:
-    return a.rstrip("/") == b.rstrip("/")
+    def norm(path: str) -> str:
+        return (path if "://" in path else os.path.abspath(path)).rstrip("/")
+    return norm(a) == norm(b)
 
 
 def run_embed(job: EmbedJob, beam_args: list[str]) -> RunSummary:
-    resolved = validate_job(job)
+    """Validate, run, write the manifest, then publish; raises RunFailed (after the manifest)
+    when an input file could not be read to its end or a publish guard refuses."""
+    resolved = validate_job(job, beam_args)
     try:
-        return _run(job, resolved, beam_args)
+        try:
+            summary, problems, manifest = _run_and_record(job, resolved, beam_args)
+        except BaseException:
+            if resolved.claim is not None:
+                resolved.claim.abandon()  # no partial files left to refuse the corrected rerun
+            raise
+        if resolved.claim is not None:
+            resolved.claim.release()
+        try:
+            _check_and_publish(job, resolved, summary, problems, manifest)
+        except RunFailed as e:
+            e.summary = summary  # type: ignore[attr-defined]  (the CLI still prints it)
+            raise
+        return summary
     finally:
         if resolved.pg_run is not None:
             resolved.pg_run.close()  # drops the load tables; releases the lock
 
 
-def _run(job: EmbedJob, resolved: ResolvedJob, beam_args: list[str]) -> RunSummary:
+def _check_and_publish(job: EmbedJob, resolved: ResolvedJob, summary: RunSummary,
+                       problems: list[dict], manifest: dict[str, Any]) -> None:
+    target = (f"the table behind {job.pg.target.name} was not swapped" if job.pg is not None
+              else f"{job.publish} was not moved" if job.publish else "")
+    if problems:
+        raise RunFailed(
+            f"{len(problems)} input file(s) could not be read to their end, so records may be "
+            f"missing ({problems[0]['source']}: {problems[0]['reason']}); the run in "
+            f"{job.output.output} lists them in errors-*.jsonl and its manifest"
+            + (f", and {target}" if target else ""))
+    written = summary.counts["written"]
+    if resolved.pg_run is not None:
+        check_table_publishable(job.pg.target.name, written, resolved.pg_run.published_rows(),
+                                job.publish_min_ratio)
+        manifest["pg"] = resolved.pg_run.publish(written, resolved.signature, manifest)
+        write_manifest(job.output.output, manifest)  # again, with the load and index figures
+    elif job.publish:
+        check_publishable(job.publish, written, job.publish_min_ratio)
+        publish(job.publish, job.output.output)
+
+
+def check_table_publishable(name: str, written: int, before: Optional[int],
+                            min_ratio: float) -> None:
+    """The publish guards of a postgresql:// output (as :func:`check_publishable`)."""
+    if written <= 0:
+        raise RunFailed(f"not publishing: the run wrote 0 documents, and {name} keeps serving "
+                        "the table it served. Check --input (an empty export?)")
+    if before and min_ratio > 0 and written < min_ratio * before:
+        raise RunFailed(
+            f"not publishing: the run wrote {written:,} rows, fewer than --publish-min-ratio "
+            f"{min_ratio:g} x the {before:,} that {name} serves now, which stays in service. "
+            "If the corpus really shrank, rerun with --publish-min-ratio 0")
+
+
+def _run_and_record(job: EmbedJob, resolved: ResolvedJob, beam_args: list[str]
+                    ) -> tuple[RunSummary, list[dict], dict[str, Any]]:
     options = PipelineOptions(beam_args)
     start = time.time()
     p = beam.Pipeline(options=options)
@@ -303,6 +385,7 @@ def _run(job: EmbedJob, resolved: ResolvedJob, beam_args: list[str]) -> RunSumma
     result = p.run()
     result.wait_until_finish()
     seconds = time.time() - start
+    problems = read_problems(job.output.output)
     counts = manifest_counts(read_counts(job.output.output))
     summary = summarize(result, counts, seconds)
     manifest = {
@@ -315,14 +398,13 @@ def _run(job: EmbedJob, resolved: ResolvedJob, beam_args: list[str]) -> RunSumma
         "options": job_options(job),
         "counts": counts,
         "stats": summary.stats(),
+        "incomplete_inputs": problems,
+        "warnings": summary.warnings(),
     }
     if resolved.pg_run is not None:
         manifest["output"] = job.pg.target.redacted
-        manifest["pg"] = resolved.pg_run.publish(counts["written"], resolved.signature, manifest)
     write_manifest(job.output.output, manifest)
-    if job.publish:
-        publish(job.publish, job.output.output)
-    return summary
+    return summary, problems, manifest
 
 
 def job_options(job: EmbedJob) -> dict[str, Any]:
@@ -331,7 +413,8 @@ def job_options(job: EmbedJob) -> dict[str, Any]:
     return {"reader": plain(job.reader), "encoder": plain(job.encoder),
             "output": plain(job.output), "exact_dedupe": job.exact_dedupe,
             "semantic": plain(job.semantic), "previous": redact(job.previous) or None,
-            "publish": job.publish, "pg": job.pg.options() if job.pg else None}
+            "publish": job.publish, "publish_min_ratio": job.publish_min_ratio,
+            "pg": job.pg.options() if job.pg else None}
 
 
 __all__ = ["EmbedJob", "build_embed_graph", "run_embed", "validate_job", "ConfigError"]

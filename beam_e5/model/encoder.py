@@ -50,6 +50,8 @@ class EncodeStats:
     seconds: float = 0.0
     tokens_per_text: list[int] = field(default_factory=list)
     truncated_per_text: list[bool] = field(default_factory=list)
+    # per text: (tokens of the text itself, how many of them are the unknown token)
+    content_per_text: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,10 @@ class Encoder:
         self.eos_id = tokenizer.eos_token_id
         self.left_padding = getattr(tokenizer, "padding_side", "right") == "left"
         self.dim = int(model.config.hidden_size)
+        self.unk_id = tokenizer.unk_token_id
+        self._framing_ids = set(tokenizer.all_special_ids) - {self.unk_id}
+        self._prefix_tokens = (len(tokenizer(self.prefix, add_special_tokens=False)["input_ids"])
+                               if self.prefix else 0)
         # Every forward pass runs on this one thread, one at a time: the model already uses
         # every core (or the GPU), and passes from many Beam worker threads would each grow
         # their own malloc arena by a batch's activations, so peak memory would rise with the
@@ -216,6 +222,28 @@ class Encoder:
                     for x in enc["input_ids"]]
         return [list(x) for x in enc["input_ids"]], over
 
+    def content_tokens(self, texts: Sequence[str], ids: list[list[int]]) -> list[tuple[int, int]]:
+        """Per text: (its own tokens, unknown ones among them), prefix and special tokens
+        not counted. Estimated from ``ids``; texts near zero or holding unknown tokens are
+        tokenised again on their own (few), so the count that decides is exact."""
+        out = []
+        check = []
+        for i, x in enumerate(ids):
+            unknown = sum(1 for t in x if t == self.unk_id) if self.unk_id is not None else 0
+            content = sum(1 for t in x if t not in self._framing_ids) - self._prefix_tokens
+            out.append((content, unknown))
+            if unknown or content <= 1:
+                check.append(i)
+        if check:
+            budget = self.max_length * CHARS_PER_TOKEN_CUT
+            enc = self.tokenizer([texts[i][:budget] for i in check], add_special_tokens=False,
+                                 truncation=True, max_length=self.max_length,
+                                 return_attention_mask=False, return_token_type_ids=False)
+            for i, x in zip(check, enc["input_ids"]):
+                unknown = sum(1 for t in x if t == self.unk_id) if self.unk_id is not None else 0
+                out[i] = (len(x), unknown)
+        return out
+
     # -- inference ----------------------------------------------------------------------
     def encode(self, texts: Sequence[str],
                on_progress: Optional[Callable[[int, int], None]] = None,
@@ -235,6 +263,7 @@ class Encoder:
         stats.real_tokens = sum(lengths)
         stats.truncated_per_text = tok.truncated
         stats.truncated = sum(tok.truncated)
+        stats.content_per_text = self.content_tokens(texts, tok.ids)
         plan = plan_micro_batches(lengths, self.spec.config.max_batch_tokens,
                                   self.spec.config.max_batch_size,
                                   BATCH_OVERHEAD_TOKENS.get(self.device.type, 32))

@@ -24,6 +24,7 @@ from typing import Any, Union
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
+from beam_e5.io.reader_formats import lone_surrogate
 from beam_e5.model.config import EncoderConfig, EncoderSpec
 from beam_e5.records import MAX_RAW_RECORD_CHARS, ErrorRecord
 from beam_e5.transforms.handler import E5ModelHandler, Embedding
@@ -68,6 +69,11 @@ class _ToRequest(beam.DoFn):
         if not isinstance(text, str):
             yield beam.pvalue.TaggedOutput(ERRORS_TAG, _error(
                 element, f"text is {type(text).__name__}, not a string"))
+            return
+        if lone_surrogate(text):  # the tokenizer cannot take it (nor UTF-8 writers)
+            yield beam.pvalue.TaggedOutput(ERRORS_TAG, _error(
+                element, "text holds a lone surrogate (e.g. '\\ud800' without its pair): it "
+                         "is not valid Unicode text"))
             return
         yield key, text
 

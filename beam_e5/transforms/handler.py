@@ -21,6 +21,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from beam_e5.model.config import EncoderSpec
 from beam_e5.model.encoder import Encoder
+from beam_e5.model.tokens import degenerate_reason, mostly_unknown
 
 METRICS_NAMESPACE = "beam_e5"
 PROGRESS_EVERY_S = 10.0
@@ -47,6 +48,7 @@ class _EncoderMetrics:
         self.truncated = counter("truncated_texts")
         self.oom_splits = counter("oom_splits")
         self.failed = counter("failed_texts")
+        self.mostly_unknown = counter("mostly_unknown_texts")
         self.encode_ms = Metrics.distribution(METRICS_NAMESPACE, "encode_batch_ms")
 
 
@@ -124,10 +126,21 @@ class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
         metrics.oom_splits.inc(stats.oom_splits)
         metrics.encode_ms.update(int(stats.seconds * 1000))
         finite = np.isfinite(vectors).all(axis=1)
-        return [Embedding(key, vectors[i], stats.tokens_per_text[i], stats.truncated_per_text[i])
-                if finite[i] else self._failed(key, "the model produced a non-finite (NaN or "
-                                                    "inf) vector; try --dtype float32")
-                for i, (key, _) in enumerate(batch)]
+        content = stats.content_per_text or [(1, 0)] * len(batch)
+        out = []
+        for i, (key, _) in enumerate(batch):
+            degenerate = degenerate_reason(*content[i])
+            if degenerate:
+                out.append(self._failed(key, degenerate))
+            elif not finite[i]:
+                out.append(self._failed(key, "the model produced a non-finite (NaN or inf) "
+                                             "vector; try --dtype float32"))
+            else:
+                if mostly_unknown(*content[i]):
+                    metrics.mostly_unknown.inc()
+                out.append(Embedding(key, vectors[i], stats.tokens_per_text[i],
+                                     stats.truncated_per_text[i]))
+        return out
 
     def _get_metrics(self) -> _EncoderMetrics:
         if self._metrics is None:

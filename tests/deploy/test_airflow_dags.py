@@ -6,8 +6,9 @@ database is SQLite in a temporary AIRFLOW_HOME. ``airflow dags test`` then runs
 ``deploy/airflow_local_reembed_dag.py`` for three nights:
 
 1. nothing published yet: the DAG embeds the corpus and publishes LATEST;
-2. the same corpus: the DAG re-embeds against LATEST and carries every document;
-3. a broken night (its input is missing): the run fails and LATEST stays where it was.
+2. the corpus plus one document: the DAG re-embeds against LATEST, carries every unchanged
+   document and embeds the new one;
+3. a broken night (its .gz export is cut short): the run fails and LATEST stays where it was.
 
 The Dataflow DAG (``deploy/airflow_reembed_dag.py``) must import cleanly under the same
 Airflow with the Google provider installed.
@@ -19,6 +20,7 @@ cannot be installed (no package index).
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -109,19 +111,26 @@ def test_two_nights_then_a_failing_night(tmp_path, airflow_env, minilm_dir):  # 
     night1 = json.loads((snapshots / "20260101" / "manifest.json").read_text())
     assert night1["command"] == "embed" and night1["counts"]["written"] == 40
 
+    write_corpus(corpus, 41)  # one new document
     second = run_night(env, "2026-01-02")
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
     assert latest.read_text().strip() == str(snapshots / "20260102")
     night2 = json.loads((snapshots / "20260102" / "manifest.json").read_text())
     assert night2["command"] == "reembed"
-    assert night2["counts"]["carried"] == 40
-    assert night2["counts"]["new"] == night2["counts"]["reembedded"] == 0
-    assert night2["counts"]["deleted"] == 0
+    assert night2["counts"]["carried"] == 40 and night2["counts"]["new"] == 1
+    assert night2["counts"]["reembedded"] == 0 and night2["counts"]["deleted"] == 0
 
-    broken = run_night({**env, "BEAM_E5_CORPUS": str(tmp_path / "missing-*.jsonl")}, "2026-01-03")
+    # an export cut off mid-upload: the records before the cut are read, the file is an
+    # error, the night fails, and LATEST keeps naming the second night
+    cut = tmp_path / "cut.jsonl.gz"
+    whole = gzip.compress(corpus.read_bytes())
+    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    broken = run_night({**env, "BEAM_E5_CORPUS": str(cut)}, "2026-01-03")
     assert broken.returncode != 0
     assert latest.read_text().strip() == str(snapshots / "20260102")
-    assert not (snapshots / "20260103" / "manifest.json").exists()
+    night3 = json.loads((snapshots / "20260103" / "manifest.json").read_text())
+    assert night3["incomplete_inputs"] and night3["incomplete_inputs"][0]["source"].endswith(
+        "cut.jsonl.gz")
 
 
 def test_dataflow_dag_imports_with_the_google_provider(airflow_python, tmp_path):

@@ -16,9 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-import numpy as np
 import psycopg
 import pytest
 from model_fixtures import tiny_models  # noqa: F401

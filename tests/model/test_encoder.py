@@ -150,6 +150,7 @@ def test_pickle_only_weights_refused_unless_opted_in(tmp_path):
                                  num_attention_heads=2, intermediate_size=32))
     model.config.save_pretrained(tmp_path)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # a pickle checkpoint
+    (tmp_path / "vocab.txt").write_text("\n".join(f"t{i}" for i in range(100)))  # its tokenizer
     with pytest.raises(ConfigError, match="pickle"):
         EncoderConfig(str(tmp_path)).resolve()
     assert EncoderConfig(str(tmp_path), allow_pickle_weights=True).resolve().dim == 16
