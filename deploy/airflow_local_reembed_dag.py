@@ -17,7 +17,7 @@ name), read when the DAG file is parsed:
 ``BEAM_E5_PIPELINES``       the folder holding ``embed.py`` and ``reembed.py`` (default: the
                             ``pipelines/`` folder next to this file's parent)
 ``BEAM_E5_CORPUS``          input file or glob (local or gs://) (required)
-``BEAM_E5_SNAPSHOTS``       folder for the nightly snapshots and LATEST (required)
+``BEAM_E5_SNAPSHOTS``       an existing folder for the nightly snapshots and LATEST (required)
 ``BEAM_E5_MODEL``           model name, local directory or gs:// (required)
 ``BEAM_E5_EXTRA_ARGS``      more beam-e5 options, e.g. ``--dedupe-threshold=0.95`` (optional)
 ``BEAM_E5_RUNNER``          ``DirectRunner`` (default) or ``PortableRunner``

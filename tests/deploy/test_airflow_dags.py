@@ -100,6 +100,7 @@ def test_two_nights_then_a_failing_night(tmp_path, airflow_env, minilm_dir):  # 
     corpus = tmp_path / "corpus.jsonl"
     write_corpus(corpus, 40)
     snapshots = tmp_path / "snapshots"
+    snapshots.mkdir()  # beam-e5 refuses a --publish pointer in a folder that does not exist
     env = {**airflow_env, "BEAM_E5_PYTHON": beam_e5_python(tmp_path),
            "BEAM_E5_PIPELINES": str(ROOT / "pipelines"), "BEAM_E5_CORPUS": str(corpus),
            "BEAM_E5_SNAPSHOTS": str(snapshots), "BEAM_E5_MODEL": minilm_dir}
