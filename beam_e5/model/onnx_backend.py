@@ -1,5 +1,6 @@
 """The ONNX Runtime CPU backend (``--backend onnx`` or ``onnx-int8``; ``auto``, the default,
-picks ``onnx`` on CPU workers for encoder models when ONNX Runtime is installed).
+picks ``onnx`` on CPU workers for encoder models: ONNX Runtime and the exporter's packages are
+core dependencies, so a plain ``pip install beam-e5`` runs it).
 
 The Hugging Face encoder is exported once per machine with PyTorch's ONNX exporter
 (``torch.onnx.export(dynamo=True)``: dynamic batch and sequence axes, output
@@ -83,8 +84,8 @@ def fp32_weight_bytes(model_path: str, stored_dtype: Optional[str] = None) -> Op
 
 def pick_backend(requested: str, device_type: str, model_type: Optional[str],
                  weight_bytes: Optional[int] = None, fp32: bool = True) -> str:
-    """The backend a worker runs: ``auto`` is ``onnx`` on CPU for encoder models when ONNX
-    Runtime is installed (same vectors, faster), else ``torch`` (GPUs, decoder models,
+    """The backend a worker runs: ``auto`` is ``onnx`` on CPU for encoder models (ONNX Runtime
+    is a core dependency, so every install has it: same vectors, faster), else ``torch`` (GPUs, decoder models,
     encoders whose fp32 weights exceed one ONNX file's 2 GiB, and an explicit non-fp32
     ``--dtype``, which only torch computes in)."""
     if requested != "auto":
@@ -94,6 +95,18 @@ def pick_backend(requested: str, device_type: str, model_type: Optional[str],
             and onnx_available():
         return "onnx"
     return "torch"
+
+
+def describe_backend(backend: str, requested: str) -> str:
+    """What the log line that names the backend says: the runtime, and how it was chosen."""
+    runtime = {"torch": "PyTorch", "onnx": "ONNX Runtime, fp32",
+               "onnx-int8": "ONNX Runtime, int8 weights"}.get(backend, backend)
+    if requested == "auto":
+        how = ("default on CPU; --backend torch for PyTorch" if backend == "onnx"
+               else "--backend auto")
+    else:
+        how = f"--backend {requested}"
+    return f"the {backend} backend ({runtime}; {how})"
 
 
 def check_backend_supported(backend: str, model_type: Optional[str], device: str,
@@ -113,8 +126,9 @@ def check_backend_supported(backend: str, model_type: Optional[str], device: str
                           f"({weight_bytes / 1e9:.1f} GB) exceed what one ONNX file holds "
                           "(2 GiB); use --backend torch (or auto, which does so)")
     if not onnx_available():
-        raise ConfigError(f"--backend {backend} needs ONNX Runtime and onnxscript; install "
-                          "them with pip install 'beam-e5[onnx]' (also in the worker container)")
+        raise ConfigError(f"--backend {backend} needs ONNX Runtime and onnxscript, which are "
+                          "dependencies of beam-e5: reinstall it (pip install beam-e5, also in "
+                          "the worker container) or use --backend torch")
 
 
 def weights_key(model_path: str, commit_hash: Optional[str]) -> str:
@@ -346,4 +360,4 @@ def load_onnx_model(model_path: str, config: Any, variant: str, cache_root: str,
 
 __all__ = ["BACKENDS", "ONNX_MODEL_TYPES", "OnnxEncoderModel", "check_backend_supported",
            "fp32_weight_bytes", "onnx_available", "pick_backend",
-           "ensure_graph", "graph_dir", "load_onnx_model", "weights_key"]
+           "describe_backend", "ensure_graph", "graph_dir", "load_onnx_model", "weights_key"]

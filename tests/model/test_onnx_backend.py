@@ -147,9 +147,13 @@ def test_only_the_approximate_backend_enters_the_signature(minilm_dir):  # noqa:
 
 
 def test_auto_picks_onnx_on_cpu_and_torch_where_onnx_cannot_run(minilm_dir, tiny_models,  # noqa: F811
-                                                                 cache):
+                                                                 cache, caplog):
+    caplog.set_level("INFO", logger="beam_e5")
     enc = Encoder.load(EncoderConfig(minilm_dir, model_cache_dir=cache).resolve())
     assert enc.backend == "onnx" and isinstance(enc.model, onnx_backend.OnnxEncoderModel)
+    # the log line that names the backend says it is ONNX Runtime and how to get torch
+    assert "with the onnx backend (ONNX Runtime, fp32; default on CPU; --backend torch" \
+        in caplog.text
     mistral = tiny_models("mistral", "e5-mistral-7b-instruct")
     assert Encoder.load(EncoderConfig(mistral, model_cache_dir=cache).resolve()).backend == "torch"
     bf16 = EncoderConfig(minilm_dir, dtype="bfloat16", device="cpu", model_cache_dir=cache)
