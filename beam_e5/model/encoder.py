@@ -159,17 +159,10 @@ class Encoder:
         if backend != "torch":
             from transformers import AutoConfig
 
-            from beam_e5.model.onnx_backend import (
-                fp32_weight_bytes,
-                load_onnx_model,
-                pick_backend,
-            )
+            from beam_e5.model.onnx_backend import load_onnx_model, pick_backend
 
             model_config = AutoConfig.from_pretrained(path, **common)
-            stored_dtype = (getattr(model_config, "torch_dtype", None)
-                            or getattr(model_config, "dtype", None))
             backend = pick_backend(cfg.backend, device.type, model_config.model_type,
-                                   fp32_weight_bytes(path, stored_dtype and str(stored_dtype)),
                                    fp32=dtype == torch.float32)
         model = None
         if backend != "torch":
