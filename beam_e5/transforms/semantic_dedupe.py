@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+from collections import OrderedDict
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -248,18 +249,46 @@ def _home_point(element: tuple[int, tuple[bool, Point]]) -> list[tuple[int, Poin
 
 
 class AssignFineCellsFn(beam.DoFn):
-    """``(coarse, (is_home, point))`` -> ``((coarse, fine), (is_home there, point))``."""
+    """``(coarse, (is_home, point))`` -> ``((coarse, fine), (is_home there, point))``.
+
+    The fine centroids come from a multimap side input, fetched per coarse cell; each
+    instance keeps the ones it fetched (they never change) in an LRU bounded by
+    ``MODEL_CACHE_BYTES``, so a worker holds only the coarse cells it meets, and fetches
+    and decodes each about once instead of once per vector.
+    """
+
+    MODEL_CACHE_BYTES = 256 << 20
 
     def __init__(self, config: SemanticDedupeConfig) -> None:
         self._config = config
+        self._cache: OrderedDict[Any, np.ndarray | None] = OrderedDict()
+        self._cached_bytes = 0
+
+    def setup(self) -> None:
+        self._cache, self._cached_bytes = OrderedDict(), 0
+
+    def _centroids(self, coarse: Any, models) -> tuple[bool, np.ndarray | None]:
+        if coarse in self._cache:
+            self._cache.move_to_end(coarse)
+            return True, self._cache[coarse]
+        found = list(models[coarse])  # a multimap side input: looked up per coarse cell
+        if not found:  # a coarse cell without homes: nothing to compare with there
+            return False, None
+        centroids = found[0].centroids
+        self._cache[coarse] = centroids
+        self._cached_bytes += 0 if centroids is None else centroids.nbytes
+        while self._cached_bytes > self.MODEL_CACHE_BYTES and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= 0 if old is None else old.nbytes
+        return True, centroids
 
     def process(self, element: tuple[int, tuple[bool, Point]], models):
         coarse, (is_home, point) = element
-        found = models[coarse]  # a multimap side input: looked up per coarse cell
-        if not found:  # a coarse cell without homes: nothing to compare with there
+        has_homes, centroids = self._centroids(coarse, models)
+        if not has_homes:
             return
         cfg = self._config
-        for fine, home_there in core.fine_cells(is_home, point[2], found[0].centroids,
+        for fine, home_there in core.fine_cells(is_home, point[2], centroids,
                                                 cfg.probes, cfg.probe_margin, cfg.max_probes):
             yield (coarse, fine), (home_there, point)
 
