@@ -225,6 +225,7 @@ def test_small_encoders_stay_one_self_contained_file(minilm_dir, cache):  # noqa
     assert onnx_backend.pick_backend("auto", "cpu", "xlm-roberta") == "onnx"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["bert", "mpnet"])
 def test_external_data_without_the_attention_fuser(tiny_models, tmp_path, monkeypatch,  # noqa: F811
                                                    family):
