@@ -138,9 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(res))
     enc = results[-1]
     best = {b: min(s) for b, s in enc["seconds"].items()}
-    print(f"tokens/s torch {enc['real_tokens'] / best['torch']:.0f}, onnx "
-          f"{enc['real_tokens'] / best['onnx']:.0f}, onnx/torch {best['torch'] / best['onnx']:.2f}x;"
-          f" cosine min {enc['cos_min']:.6f}")
+    tokens = enc["real_tokens"]
+    print(f"tokens/s torch {tokens / best['torch']:.0f}, onnx {tokens / best['onnx']:.0f}, "
+          f"onnx/torch {best['torch'] / best['onnx']:.2f}x; cosine min {enc['cos_min']:.6f}")
     (work / "result.json").write_text(json.dumps(results, indent=2))
     return 0
 

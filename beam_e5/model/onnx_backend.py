@@ -11,9 +11,9 @@ operator with a packed QKV projection, plus skip-LayerNorm and bias-GELU fusions
 fusions for BERT-family encoders, attention left as MatMuls so that the Q, K and V
 projections can be quantised) and its MatMul weights are quantised per output channel to int8
 with dynamic activation quantisation (feed-forward down-projections kept in fp32, see
-:func:`quantize_int8`). Encoders whose fp32 weights exceed :data:`EXTERNAL_DATA_BYTES` (one ONNX file holds at
-most 2 GiB) are written as ``model.onnx`` (the graph) plus ``model.onnx.data`` (the weights)
-at every step. The result is
+:func:`quantize_int8`). Encoders whose fp32 weights exceed :data:`EXTERNAL_DATA_BYTES`
+(one ONNX file holds at most 2 GiB) are written as ``model.onnx`` (the graph) plus
+``model.onnx.data`` (the weights) at every step. The result is
 cached under ``<model cache dir>/onnx/`` keyed by the weights, the variant and the library
 versions; the build is guarded by a thread lock and an ``fcntl`` file lock and written to a
 temporary folder that is renamed into place, so concurrent workers build it once and a crash
@@ -301,7 +301,10 @@ def build_graph(model: torch.nn.Module, target: Path, variant: str,
         for name in os.listdir(tmp):
             if name not in (GRAPH_FILE, DATA_FILE):
                 path = tmp / name
-                shutil.rmtree(path) if path.is_dir() else os.remove(path)
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
         (tmp / "config.json").write_text(cfg.to_json_string())
         (tmp / BUILD_FILE).write_text(json.dumps(
             {"variant": variant, "recipe": EXPORT_RECIPE, "fp32_weight_bytes": weight_bytes,
