@@ -66,10 +66,10 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--torch-threads", type=int, default=0,
                    help="CPU threads for inference (torch or ONNX Runtime); 0: one per core")
     g.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="auto (default): onnx on CPU for encoder models when ONNX Runtime is "
-                        "installed, else torch; torch (CPU or CUDA); onnx: ONNX Runtime fp32 "
-                        "on CPU, same vectors, faster; onnx-int8: int8 weights, fastest, "
-                        "approximate (see docs/benchmarks.md)")
+                   help="auto (default): onnx on CPU for encoder models (ONNX Runtime comes "
+                        "with every install), torch on GPUs and for decoder models; torch "
+                        "(CPU or CUDA); onnx: ONNX Runtime fp32 on CPU, same vectors, faster; "
+                        "onnx-int8: int8 weights, fastest, approximate (see docs/benchmarks.md)")
     g.add_argument("--model-cache-dir", default=None,
                    help="where gs:// models are staged on workers")
     add_flag(g, "--trust-remote-code", "allow model code from the Hub (off by default)")

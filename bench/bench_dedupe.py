@@ -6,7 +6,10 @@ ratios.  With ``num_cells='auto'`` cells keep a fixed average size, so pairs and
 time should grow about 4x (brute force would grow 16x).
 
     python bench/bench_dedupe.py --n 20000            # Beam DirectRunner
-    python bench/bench_dedupe.py --n 20000 --mode core  # per-cell compute path only
+    python bench/bench_dedupe.py --n 20000 --mode core  # per-cell compute path only (one level)
+    # the two-level regime (coarse cells capped by the sample, each divided again), scaled
+    # down 1000x: 25k -> 100k vectors with a 200-vector sample behave like 25M -> 100M
+    python bench/bench_dedupe.py --n 25000 --sample-size 200 --target-cell-size 100 --check
 
 Data are generated inside the pipeline (shards of a seeded generator), so the
 pipeline graph stays small whatever n is.
@@ -140,12 +143,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="DirectRunner workers")
     parser.add_argument("--shard-size", type=int, default=5_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sample-size", type=int, default=SemanticDedupeConfig.sample_size,
+                        help="k-means sample (coarse cells <= sample/10); lower it to reach "
+                             "the two-level regime of 100M-vector corpora at a small n")
+    parser.add_argument("--target-cell-size", type=int,
+                        default=SemanticDedupeConfig.target_cell_size)
     parser.add_argument("--check", action="store_true",
                         help="also compare the n-size run with the brute-force rule")
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error("--n must be >= 1")
-    cfg = SemanticDedupeConfig(threshold=args.threshold, seed=args.seed)
+    cfg = SemanticDedupeConfig(threshold=args.threshold, seed=args.seed,
+                               sample_size=args.sample_size,
+                               target_cell_size=args.target_cell_size)
     runner = run_beam if args.mode == "beam" else run_core
     rows = []
     for n in (args.n, 4 * args.n):

@@ -373,11 +373,13 @@ def agreement(variants: list[str], work: Path) -> dict:
 
 # ------------------------------------------------------------------ driver --
 
-def build_corpus(n: int, seed: int, duplicate_fraction: float, path: Path) -> None:
+def build_corpus(n: int, seed: int, duplicate_fraction: float, path: Path,
+                 max_chars: int = 4000) -> None:
     sys.path.insert(0, str(ROOT))
     from tools.localtext import build_local_corpus, write_jsonl
 
-    write_jsonl(build_local_corpus(n, seed=seed, duplicate_fraction=duplicate_fraction), path)
+    write_jsonl(build_local_corpus(n, seed=seed, duplicate_fraction=duplicate_fraction,
+                                   max_chars=max_chars), path)
 
 
 def summarize(variants: list[str], runs: dict, docs: int, real: int, padded_sim: int,
@@ -443,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=5000, help="docs to generate (without --corpus)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-chars", type=int, default=4000,
+                    help="longest generated document in characters (300: short paragraphs)")
     ap.add_argument("--duplicate-fraction", type=float, default=0.0,
                     help="planted duplicates in the generated corpus (all variants embed them)")
     ap.add_argument("--corpus", help="JSONL with 'id' and 'text' (default: generate --n docs)")
@@ -476,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     if not args.corpus:
         args.corpus = str(work / "corpus.jsonl")
-        build_corpus(args.n, args.seed, args.duplicate_fraction, Path(args.corpus))
+        build_corpus(args.n, args.seed, args.duplicate_fraction, Path(args.corpus),
+                     args.max_chars)
     args.corpus = str(Path(args.corpus).resolve())
     ids, texts = load_corpus(args.corpus)
     if len(set(ids)) != len(ids):

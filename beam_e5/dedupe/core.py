@@ -321,6 +321,25 @@ def assign_cells(
     return home, sorted(int(c) for c in ranked[1:count])
 
 
+def fine_cells(
+    is_home: bool, vector: np.ndarray, centroids: np.ndarray | None, probes: int,
+    margin: float, max_probes: int | None = None,
+) -> list[tuple[int, bool]]:
+    """``[(fine cell, is home there)]`` of one member of a coarse cell (two-level cells).
+
+    A coarse cell too big for one cell is divided by its own k-means (``centroids``;
+    ``None`` or one centroid: not divided, everything in fine cell 0). A home member of
+    the coarse cell gets a fine home and probes fine cells as :func:`assign_cells` does; a
+    member that only probes the coarse cell probes its nearest fine cells there (home
+    included), so that it meets the homes it would have met in the undivided cell that
+    are near it.
+    """
+    if centroids is None or len(centroids) == 1:
+        return [(0, is_home)]
+    home, others = assign_cells(vector, centroids, probes, margin, max_probes)
+    return [(home, is_home)] + [(cell, False) for cell in others]
+
+
 # ------------------------------------------------------------ cell splitting --
 
 

@@ -102,8 +102,7 @@ class EncoderConfig:
         st = read_st_config(read_json)
         profile = resolve_profile(self.model, st, self.overrides)
         dim = model_dim(source, read_json)
-        check_backend_supported(self.backend, model_type(read_json), self.device,
-                                local_weight_bytes(source, read_json))
+        check_backend_supported(self.backend, model_type(read_json), self.device)
         if profile.max_length > self.max_batch_tokens:
             raise ConfigError(
                 f"--max-batch-tokens {self.max_batch_tokens} is smaller than the max length "
@@ -179,16 +178,6 @@ def model_dim(source: ModelSource, read_json) -> int:
         if cfg and isinstance(cfg.get(key), int):
             return int(cfg[key])
     raise ConfigError(f"{source.ref}: config.json has no hidden_size; is this a text encoder?")
-
-
-def local_weight_bytes(source: ModelSource, read_json) -> Optional[int]:
-    """fp32 weight size of a local model directory (None elsewhere), for the ONNX limit."""
-    if source.kind != "local":
-        return None
-    from beam_e5.model.onnx_backend import fp32_weight_bytes
-
-    cfg = read_json("config.json") or {}
-    return fp32_weight_bytes(source.ref, cfg.get("torch_dtype") or cfg.get("dtype"))
 
 
 def model_type(read_json) -> Optional[str]:

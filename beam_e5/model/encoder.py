@@ -22,6 +22,7 @@ from beam_e5.errors import ConfigError
 from beam_e5.model.batching import plan_micro_batches
 from beam_e5.model.config import EncoderSpec
 from beam_e5.model.loading import local_model_path
+from beam_e5.model.onnx_backend import describe_backend
 from beam_e5.model.pooling import l2_normalize, pool
 
 LOG = logging.getLogger(__name__)
@@ -164,17 +165,10 @@ class Encoder:
         if backend != "torch":
             from transformers import AutoConfig
 
-            from beam_e5.model.onnx_backend import (
-                fp32_weight_bytes,
-                load_onnx_model,
-                pick_backend,
-            )
+            from beam_e5.model.onnx_backend import load_onnx_model, pick_backend
 
             model_config = AutoConfig.from_pretrained(path, **common)
-            stored_dtype = (getattr(model_config, "torch_dtype", None)
-                            or getattr(model_config, "dtype", None))
             backend = pick_backend(cfg.backend, device.type, model_config.model_type,
-                                   fp32_weight_bytes(path, stored_dtype and str(stored_dtype)),
                                    fp32=dtype == torch.float32)
         model = None
         if backend != "torch":
@@ -189,7 +183,8 @@ class Encoder:
                 backend = "torch"
         if model is None:
             model = load_torch_model().eval().to(device)
-        LOG.info("beam-e5: %s on %s with the %s backend", cfg.model, device, backend)
+        LOG.info("beam-e5: %s on %s with %s", cfg.model, device,
+                 describe_backend(backend, cfg.backend))
         return cls(spec, tokenizer, model, device, dtype, backend)
 
     # -- tokenisation -------------------------------------------------------------------

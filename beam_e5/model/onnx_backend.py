@@ -1,5 +1,6 @@
 """The ONNX Runtime CPU backend (``--backend onnx`` or ``onnx-int8``; ``auto``, the default,
-picks ``onnx`` on CPU workers for encoder models when ONNX Runtime is installed).
+picks ``onnx`` on CPU workers for encoder models: ONNX Runtime and the exporter's packages are
+core dependencies, so a plain ``pip install beam-e5`` runs it).
 
 The Hugging Face encoder is exported once per machine with PyTorch's ONNX exporter
 (``torch.onnx.export(dynamo=True)``: dynamic batch and sequence axes, output
@@ -10,7 +11,9 @@ operator with a packed QKV projection, plus skip-LayerNorm and bias-GELU fusions
 fusions for BERT-family encoders, attention left as MatMuls so that the Q, K and V
 projections can be quantised) and its MatMul weights are quantised per output channel to int8
 with dynamic activation quantisation (feed-forward down-projections kept in fp32, see
-:func:`quantize_int8`). The result is
+:func:`quantize_int8`). Encoders whose fp32 weights exceed :data:`EXTERNAL_DATA_BYTES`
+(one ONNX file holds at most 2 GiB) are written as ``model.onnx`` (the graph) plus
+``model.onnx.data`` (the weights) at every step. The result is
 cached under ``<model cache dir>/onnx/`` keyed by the weights, the variant and the library
 versions; the build is guarded by a thread lock and an ``fcntl`` file lock and written to a
 temporary folder that is renamed into place, so concurrent workers build it once and a crash
@@ -49,10 +52,13 @@ BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 ONNX_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "distilbert", "mpnet", "electra")
 _OPTIMIZER_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "electra")
 GRAPH_FILE = "model.onnx"
+DATA_FILE = GRAPH_FILE + ".data"  # the weights, beside the graph, for encoders over the limit
 BUILD_FILE = "build.json"  # what the build did (fusions applied), next to the graph
-# One ONNX file holds at most 2 GiB (protobuf); larger fp32 encoders (multilingual-e5-large,
-# 2.2 GB) stay on torch under ``auto`` rather than failing an export on every worker.
-MAX_GRAPH_BYTES = 2_000_000_000
+# One ONNX file holds at most 2 GiB (protobuf). Encoders whose fp32 weights exceed this
+# (multilingual-e5-large: 2.2 GB) are written as a small graph plus one external-data file of
+# weights (model.onnx.data) beside it; below it, one self-contained file. The margin leaves
+# room for the graph itself and for tensors the fusions add.
+EXTERNAL_DATA_BYTES = 1_500_000_000
 # Part of the cache key: a new export recipe builds a new graph.
 EXPORT_RECIPE = "eager-attention-v1+ort-fusions-v1+int8-keep-ffn-down"
 _BUILD_LOCK = threading.Lock()
@@ -67,37 +73,32 @@ def onnx_available() -> bool:
     return True
 
 
-def fp32_weight_bytes(model_path: str, stored_dtype: Optional[str] = None) -> Optional[int]:
-    """Size of the weights once in fp32 (what the graph holds), for a local directory.
-
-    ``stored_dtype`` is config.json's ``torch_dtype``: half-precision files double in fp32.
-    ``None`` when unknown (a hub name): the export is then simply tried.
-    """
-    path = Path(model_path)
-    if not path.is_dir():
-        return None
-    stored = sum(f.stat().st_size for f in path.glob("*.safetensors"))
-    half = str(stored_dtype or "").removeprefix("torch.") in ("float16", "bfloat16")
-    return stored * 2 if half else stored
-
-
 def pick_backend(requested: str, device_type: str, model_type: Optional[str],
-                 weight_bytes: Optional[int] = None, fp32: bool = True) -> str:
-    """The backend a worker runs: ``auto`` is ``onnx`` on CPU for encoder models when ONNX
-    Runtime is installed (same vectors, faster), else ``torch`` (GPUs, decoder models,
-    encoders whose fp32 weights exceed one ONNX file's 2 GiB, and an explicit non-fp32
-    ``--dtype``, which only torch computes in)."""
+                 fp32: bool = True) -> str:
+    """The backend a worker runs: ``auto`` is ``onnx`` on CPU for encoder models (ONNX Runtime
+    is a core dependency, so every install has it: same vectors, faster), whatever their size
+    (weights over 2 GiB go to external data), else ``torch`` (GPUs, decoder models, and an
+    explicit non-fp32 ``--dtype``, which only torch computes in)."""
     if requested != "auto":
         return requested
-    too_big = weight_bytes is not None and weight_bytes > MAX_GRAPH_BYTES
-    if device_type == "cpu" and fp32 and model_type in ONNX_MODEL_TYPES and not too_big \
-            and onnx_available():
+    if device_type == "cpu" and fp32 and model_type in ONNX_MODEL_TYPES and onnx_available():
         return "onnx"
     return "torch"
 
 
-def check_backend_supported(backend: str, model_type: Optional[str], device: str,
-                            weight_bytes: Optional[int] = None) -> None:
+def describe_backend(backend: str, requested: str) -> str:
+    """What the log line that names the backend says: the runtime, and how it was chosen."""
+    runtime = {"torch": "PyTorch", "onnx": "ONNX Runtime, fp32",
+               "onnx-int8": "ONNX Runtime, int8 weights"}.get(backend, backend)
+    if requested == "auto":
+        how = ("default on CPU; --backend torch for PyTorch" if backend == "onnx"
+               else "--backend auto")
+    else:
+        how = f"--backend {requested}"
+    return f"the {backend} backend ({runtime}; {how})"
+
+
+def check_backend_supported(backend: str, model_type: Optional[str], device: str) -> None:
     """Fail before the pipeline when ``backend`` cannot run this model or device."""
     if backend in ("torch", "auto"):  # auto falls back to torch wherever onnx cannot run
         return
@@ -108,13 +109,10 @@ def check_backend_supported(backend: str, model_type: Optional[str], device: str
         raise ConfigError(f"--backend {backend} supports encoder models "
                           f"({', '.join(ONNX_MODEL_TYPES)}), not model_type {model_type!r}; "
                           "use --backend torch for this model")
-    if weight_bytes is not None and weight_bytes > MAX_GRAPH_BYTES:
-        raise ConfigError(f"--backend {backend}: this model's fp32 weights "
-                          f"({weight_bytes / 1e9:.1f} GB) exceed what one ONNX file holds "
-                          "(2 GiB); use --backend torch (or auto, which does so)")
     if not onnx_available():
-        raise ConfigError(f"--backend {backend} needs ONNX Runtime and onnxscript; install "
-                          "them with pip install 'beam-e5[onnx]' (also in the worker container)")
+        raise ConfigError(f"--backend {backend} needs ONNX Runtime and onnxscript, which are "
+                          "dependencies of beam-e5: reinstall it (pip install beam-e5, also in "
+                          "the worker container) or use --backend torch")
 
 
 def weights_key(model_path: str, commit_hash: Optional[str]) -> str:
@@ -156,9 +154,16 @@ class _LastHidden(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
-def export_graph(model: torch.nn.Module, out_file: Path) -> None:
+def fp32_bytes(model: torch.nn.Module) -> int:
+    """What the model's parameters and buffers take in fp32: the size of the exported graph."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(4 * t.numel() for t in tensors if t.is_floating_point())
+
+
+def export_graph(model: torch.nn.Module, out_file: Path, external_data: bool = False) -> None:
     """Export with dynamic batch and sequence axes (PyTorch's dynamo-based exporter).
 
+    ``external_data`` writes the weights to ``<out_file>.data`` (required over 2 GiB).
     Attention is exported in its eager form (matmul, additive mask, softmax): the SDPA form
     exports with NaN guards (``IsNaN``/``Where`` over every score tensor) that cost about a
     tenth of the fp32 run time and a fifth of the int8 one in ONNX Runtime.
@@ -184,10 +189,20 @@ def export_graph(model: torch.nn.Module, out_file: Path) -> None:
                     "input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
     finally:
         exporter_log.setLevel(level)
-    program.save(str(out_file))
+    program.save(str(out_file), external_data=external_data)
 
 
-def fuse_for_ort(src: Path, dst: Path) -> dict[str, int]:
+def save_ir(model: Any, dst: Path, external_data: bool) -> None:
+    """Write an onnx-ir model, its weights in ``<dst>.data`` when ``external_data``."""
+    import onnx_ir as ir
+
+    if external_data:
+        ir.save(model, str(dst), external_data=dst.name + ".data")
+    else:
+        ir.save(model, str(dst))
+
+
+def fuse_for_ort(src: Path, dst: Path, external_data: bool = False) -> dict[str, int]:
     """Rewrite the exported graph into ONNX Runtime's fused transformer operators.
 
     onnxscript's ORT rewriter (the one built for the dynamo exporter's graphs; ONNX Runtime's
@@ -202,12 +217,12 @@ def fuse_for_ort(src: Path, dst: Path) -> dict[str, int]:
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
     model, counts = optimize_for_ort(ir.load(str(src)))
-    ir.save(model, str(dst))
+    save_ir(model, dst, external_data)
     return {name: int(n) for name, n in counts.items() if n}
 
 
 def optimize_graph(src: Path, dst: Path, model_type: str, num_heads: int, hidden: int,
-                   fuse_attention: bool = False) -> dict[str, Any]:
+                   fuse_attention: bool = False, external_data: bool = False) -> dict[str, Any]:
     """Fuse the graph for ONNX Runtime; returns what was done (kept in ``build.json``).
 
     ``fuse_attention`` (the fp32 variant) uses :func:`fuse_for_ort`; if that rewriter fails
@@ -216,24 +231,28 @@ def optimize_graph(src: Path, dst: Path, model_type: str, num_heads: int, hidden
     """
     if fuse_attention:
         try:
-            return {"fuser": "onnxscript.ort_fusions", "fusions": fuse_for_ort(src, dst)}
+            return {"fuser": "onnxscript.ort_fusions",
+                    "fusions": fuse_for_ort(src, dst, external_data)}
         except Exception as e:  # noqa: BLE001  (a rewriter bug must not cost the backend)
             LOG.warning("beam-e5: attention fusion failed (%s: %s); using ONNX Runtime's "
                         "optimiser instead", type(e).__name__, e)
     if model_type not in _OPTIMIZER_MODEL_TYPES:
-        shutil.copyfile(src, dst)
+        import onnx_ir as ir
+
+        save_ir(ir.load(str(src)), dst, external_data)  # rewritten: the .data file is renamed
         return {"fuser": None, "fusions": {}}
     from onnxruntime.transformers.optimizer import optimize_model
 
     optimized = optimize_model(str(src), model_type="bert", num_heads=num_heads,
                                hidden_size=hidden, opt_level=0)
-    optimized.save_model_to_file(str(dst))
+    optimized.save_model_to_file(str(dst), use_external_data_format=external_data)
     return {"fuser": "onnxruntime.transformers",
             "fusions": {k: int(v) for k, v in optimized.get_fused_operator_statistics().items()
                         if v}}
 
 
-def quantize_int8(src: Path, dst: Path, intermediate_size: int) -> None:
+def quantize_int8(src: Path, dst: Path, intermediate_size: int,
+                  external_data: bool = False) -> None:
     """int8 weights (per output channel) for the MatMuls, activations quantised at run time.
 
     The feed-forward down-projections (weight ``[intermediate, hidden]``, fed by the GELU
@@ -250,31 +269,46 @@ def quantize_int8(src: Path, dst: Path, intermediate_size: int) -> None:
                  and len(shapes.get(node.input[1], [])) == 2
                  and shapes[node.input[1]][0] == intermediate_size]
     quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul"], nodes_to_exclude=keep_fp32)
+                     op_types_to_quantize=["MatMul"], nodes_to_exclude=keep_fp32,
+                     use_external_data_format=external_data)
 
 
-def build_graph(model: torch.nn.Module, target: Path, variant: str) -> None:
-    """Export, optimise and (``onnx-int8``) quantise into ``target`` atomically."""
+def build_graph(model: torch.nn.Module, target: Path, variant: str,
+                external_data: Optional[bool] = None) -> None:
+    """Export, optimise and (``onnx-int8``) quantise into ``target`` atomically.
+
+    ``external_data`` (default: when the fp32 weights exceed :data:`EXTERNAL_DATA_BYTES`)
+    writes ``model.onnx`` as the graph alone and the weights as ``model.onnx.data`` beside it;
+    both are renamed into place together with the folder.
+    """
     cfg = model.config
+    weight_bytes = fp32_bytes(model)
+    if external_data is None:
+        external_data = weight_bytes > EXTERNAL_DATA_BYTES
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=str(target.parent)))
     try:
-        export_graph(model, tmp / "exported.onnx")
-        build = optimize_graph(tmp / "exported.onnx", tmp / "optimized.onnx", cfg.model_type,
+        export_graph(model, tmp / "exported.onnx", external_data)
+        # an external-data graph names its .data file: each step writes under its final name
+        fused = tmp / (GRAPH_FILE if variant == "onnx" else "optimized.onnx")
+        build = optimize_graph(tmp / "exported.onnx", fused, cfg.model_type,
                                int(cfg.num_attention_heads), int(cfg.hidden_size),
-                               fuse_attention=variant == "onnx")
+                               fuse_attention=variant == "onnx", external_data=external_data)
         LOG.info("beam-e5: %s graph fusions: %s", variant, build["fusions"] or "none")
         if variant == "onnx-int8":
-            quantize_int8(tmp / "optimized.onnx", tmp / GRAPH_FILE,
-                          int(getattr(cfg, "intermediate_size", 0) or 0))
-        else:
-            os.replace(tmp / "optimized.onnx", tmp / GRAPH_FILE)
+            quantize_int8(fused, tmp / GRAPH_FILE,
+                          int(getattr(cfg, "intermediate_size", 0) or 0), external_data)
         for name in os.listdir(tmp):
-            if name != GRAPH_FILE and not name.startswith(GRAPH_FILE):
-                os.remove(tmp / name)
+            if name not in (GRAPH_FILE, DATA_FILE):
+                path = tmp / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
         (tmp / "config.json").write_text(cfg.to_json_string())
         (tmp / BUILD_FILE).write_text(json.dumps(
-            {"variant": variant, "recipe": EXPORT_RECIPE, **build}, indent=2))
+            {"variant": variant, "recipe": EXPORT_RECIPE, "fp32_weight_bytes": weight_bytes,
+             "external_data": bool(external_data), **build}, indent=2))
         if target.exists():
             shutil.rmtree(target)
         os.rename(tmp, target)
@@ -284,7 +318,7 @@ def build_graph(model: torch.nn.Module, target: Path, variant: str) -> None:
 
 
 def ensure_graph(model_path: str, config: Any, variant: str, cache_root: str,
-                 load_torch_model) -> Path:
+                 load_torch_model, external_data: Optional[bool] = None) -> Path:
     """The cached graph for ``model_path``; built (once per machine) on a miss.
 
     ``config`` is the model's ``AutoConfig``; ``load_torch_model()`` is only called on a miss.
@@ -300,7 +334,7 @@ def ensure_graph(model_path: str, config: Any, variant: str, cache_root: str,
             if not (target / GRAPH_FILE).exists():
                 LOG.info("beam-e5: building the %s graph of %s in %s", variant, model_path,
                          target)
-                build_graph(load_torch_model(), target, variant)
+                build_graph(load_torch_model(), target, variant, external_data)
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
     return target / GRAPH_FILE
@@ -345,5 +379,5 @@ def load_onnx_model(model_path: str, config: Any, variant: str, cache_root: str,
 
 
 __all__ = ["BACKENDS", "ONNX_MODEL_TYPES", "OnnxEncoderModel", "check_backend_supported",
-           "fp32_weight_bytes", "onnx_available", "pick_backend",
-           "ensure_graph", "graph_dir", "load_onnx_model", "weights_key"]
+           "fp32_bytes", "onnx_available", "pick_backend",
+           "describe_backend", "ensure_graph", "graph_dir", "load_onnx_model", "weights_key"]

@@ -66,9 +66,13 @@ class _Progress:
         self.tokens = 0
 
     def update(self, texts: int, tokens: int) -> None:
+        now = time.monotonic()
+        if self.texts == 0:  # time to first vector, per worker thread (bench_startup reads it)
+            LOG.info("beam-e5: first micro-batch (%d texts) embedded %.2f s after the first batch "
+                     "arrived",
+                     texts, now - self.start)
         self.texts += texts
         self.tokens += tokens
-        now = time.monotonic()
         if now - self.last >= PROGRESS_EVERY_S:
             self.last = now
             secs = now - self.start

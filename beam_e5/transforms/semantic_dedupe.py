@@ -6,7 +6,9 @@ earlier document (in the ``keep`` order) has cosine similarity >= ``threshold``.
 Pipeline (no step collects the corpus or all pairs on one worker)::
 
     points --CombineGlobally(sample by id hash, fit k-means)--> centroids (side input)
-    points --assign home cell + probed cells--> (cell, member)
+    points --assign home cell + probed cells--> (coarse cell, member)
+           --homes: CombinePerKey(sample, fit k-means) per big coarse cell--> sub-centroids
+           --assign fine cells in each coarse cell (multimap side input)--> (cell, member)
            --count per cell (side input)--> split big cells into chunks
            --(cell, chunk i, chunk j) work units--> GroupByKey
            --blocked cosine, exact check--> (d, (similarity, order key of e, e)) per unit
@@ -15,7 +17,18 @@ Pipeline (no step collects the corpus or all pairs on one worker)::
 Each vector lives in one *home* cell (nearest centroid) and is compared, as a probe,
 with the homes of its next ``probes - 1`` cells and of every cell within
 ``probe_margin`` of its best, so a pair is found when either one probes the other's
-home.  Reported pairs are always exact (precision 1.0); recall is >= 0.99 with the
+home.
+
+Cells grow with the corpus without a global sample that grows with it: the global k-means
+fits at most ``sample_size / 10`` coarse cells on ``sample_size`` vectors; with
+``num_cells='auto'``, every coarse cell whose homes exceed ``2 * probes`` target-sized cells
+is divided again by its own k-means on at most ``sample_size`` of its homes (in parallel, one
+coarse cell per worker at a time), and its members are assigned fine cells and probes inside
+it the same way. So the total sample, the number of cells and the work grow linearly with
+the corpus (cells stay near ``target_cell_size``) up to ``(sample_size / 10) ** 2`` cells,
+4 million with the defaults, while the memory of any one step stays bounded by
+``sample_size`` vectors, a cell's work unit, or the centroids of the coarse cells a worker
+meets. Reported pairs are always exact (precision 1.0); recall is >= 0.99 with the
 default probes and probe_margin on the synthetic and real-text tests and the benchmark
 (tests/transforms/test_semantic_dedupe.py, tests/dedupe/test_dedupe_realtext.py, bench/bench_dedupe.py).
 """
@@ -24,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+from collections import OrderedDict
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -48,7 +62,10 @@ class SemanticDedupeConfig:
         field, then id).
     sample_size: documents (smallest id hash) the k-means centroids are fitted on.
     num_cells: number of k-means cells, or 'auto' = corpus size / target_cell_size
-        (at most sample_size / 10; 1 cell, i.e. exact, when that is <= 2 * probes).
+        (1 cell, i.e. exact, when that is <= 2 * probes): at most sample_size / 10 coarse
+        cells, each divided again by its own k-means when it is too big (two levels, so
+        cells keep their size up to (sample_size / 10) ** 2 cells). A number is used as is,
+        one level.
     target_cell_size: average home-cell size 'auto' aims for; work grows linearly
         with corpus size at a fixed cell size.
     probes: cells each vector is compared in (its home and the next probes - 1).
@@ -98,6 +115,13 @@ class SemanticDedupeConfig:
                 f"semantic dedupe: probe_margin must be a number in [0, 2], got {margin!r}; "
                 "0.05 is a good default, larger raises recall and cost"
             )
+
+    def fine_cells_for(self, coarse_homes: int) -> int:
+        """Into how many fine cells a coarse cell with ``coarse_homes`` homes is divided."""
+        if self.num_cells != "auto":
+            return 1
+        return SemanticDedupeConfig.cells_for(
+            dataclasses.replace(self, num_cells="auto"), coarse_homes)
 
     def cells_for(self, corpus_size: int) -> int:
         """The number of k-means cells for a corpus of ``corpus_size`` documents."""
@@ -154,11 +178,14 @@ class FitCellsFn(beam.CombineFn):
     """Keeps the ``sample_size`` points with the smallest id hash, then fits k-means.
 
     The accumulator is bounded by the sample size (plus the corpus count), so the
-    corpus is never collected; the result does not depend on bundling.
+    corpus is never collected; the result does not depend on bundling. With ``fine``, it
+    divides one coarse cell (``fine_cells_for`` its home count; no k-means, centroids
+    ``None``, when the cell stays whole).
     """
 
-    def __init__(self, config: SemanticDedupeConfig) -> None:
+    def __init__(self, config: SemanticDedupeConfig, fine: bool = False) -> None:
         self._config = config
+        self._fine = fine
 
     def create_accumulator(self) -> tuple[int, list]:
         return 0, []
@@ -188,11 +215,12 @@ class FitCellsFn(beam.CombineFn):
                 f"embeddings have different shapes {sorted(dims)}; every embedding must "
                 "come from the same model"
             )
-        sample = np.stack([item[2] for item in items]).astype(np.float32)
         cfg = self._config
-        centroids = core.fit_centroids(
-            sample, cfg.cells_for(count), cfg.seed, cfg.kmeans_iterations
-        )
+        cells = cfg.fine_cells_for(count) if self._fine else cfg.cells_for(count)
+        if self._fine and cells == 1:
+            return CellModel(None, count)
+        sample = np.stack([item[2] for item in items]).astype(np.float32)
+        centroids = core.fit_centroids(sample, cells, cfg.seed, cfg.kmeans_iterations)
         return CellModel(centroids.astype(np.float64), count)
 
     def _trim(self, items: list) -> list:
@@ -213,6 +241,56 @@ class AssignCellsFn(beam.DoFn):
         yield home, (True, point)
         for cell in others:
             yield cell, (False, point)
+
+
+def _home_point(element: tuple[int, tuple[bool, Point]]) -> list[tuple[int, Point]]:
+    cell, (is_home, point) = element
+    return [(cell, point)] if is_home else []
+
+
+class AssignFineCellsFn(beam.DoFn):
+    """``(coarse, (is_home, point))`` -> ``((coarse, fine), (is_home there, point))``.
+
+    The fine centroids come from a multimap side input, fetched per coarse cell; each
+    instance keeps the ones it fetched (they never change) in an LRU bounded by
+    ``MODEL_CACHE_BYTES``, so a worker holds only the coarse cells it meets, and fetches
+    and decodes each about once instead of once per vector.
+    """
+
+    MODEL_CACHE_BYTES = 256 << 20
+
+    def __init__(self, config: SemanticDedupeConfig) -> None:
+        self._config = config
+        self._cache: OrderedDict[Any, np.ndarray | None] = OrderedDict()
+        self._cached_bytes = 0
+
+    def setup(self) -> None:
+        self._cache, self._cached_bytes = OrderedDict(), 0
+
+    def _centroids(self, coarse: Any, models) -> tuple[bool, np.ndarray | None]:
+        if coarse in self._cache:
+            self._cache.move_to_end(coarse)
+            return True, self._cache[coarse]
+        found = list(models[coarse])  # a multimap side input: looked up per coarse cell
+        if not found:  # a coarse cell without homes: nothing to compare with there
+            return False, None
+        centroids = found[0].centroids
+        self._cache[coarse] = centroids
+        self._cached_bytes += 0 if centroids is None else centroids.nbytes
+        while self._cached_bytes > self.MODEL_CACHE_BYTES and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= 0 if old is None else old.nbytes
+        return True, centroids
+
+    def process(self, element: tuple[int, tuple[bool, Point]], models):
+        coarse, (is_home, point) = element
+        has_homes, centroids = self._centroids(coarse, models)
+        if not has_homes:
+            return
+        cfg = self._config
+        for fine, home_there in core.fine_cells(is_home, point[2], centroids,
+                                                cfg.probes, cfg.probe_margin, cfg.max_probes):
+            yield (coarse, fine), (home_there, point)
 
 
 class CellMetricsFn(beam.DoFn):
@@ -344,6 +422,15 @@ class SemanticDedupe(beam.PTransform):
         members = points | "AssignCells" >> beam.ParDo(
             AssignCellsFn(cfg), beam.pvalue.AsSingleton(model)
         )
+        if cfg.num_cells == "auto":  # two levels: big coarse cells divided by their own k-means
+            fine_models = (
+                members
+                | "CoarseHomes" >> beam.FlatMap(_home_point)
+                | "FitFineCells" >> beam.CombinePerKey(FitCellsFn(cfg, fine=True))
+            )
+            members = members | "AssignFineCells" >> beam.ParDo(
+                AssignFineCellsFn(cfg), beam.pvalue.AsMultiMap(fine_models)
+            )
         sizes = (
             members
             | "CellOnly" >> beam.Keys()

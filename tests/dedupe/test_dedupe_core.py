@@ -246,3 +246,20 @@ def test_argument_validation_messages():
     with pytest.raises(ValueError, match="empty sample"):
         core.fit_centroids(np.zeros((0, 3), np.float32), 2, 0, 1)
     assert core.brute_force_duplicates([], np.zeros((0, 3), np.float32), 0.9) == {}
+
+
+def test_fine_cells_of_a_divided_coarse_cell():
+    centroids = np.eye(4, dtype=np.float64)  # four fine cells along the axes
+    vec = np.array([0.8, 0.6, 0.0, 0.0], dtype=np.float32)
+    # a home of the coarse cell: home in fine cell 0, probes the next (1) and none within margin
+    assert core.fine_cells(True, vec, centroids, probes=2, margin=0.05) == [(0, True), (1, False)]
+    # a member that only probes the coarse cell probes its nearest fine cells, home included
+    assert core.fine_cells(False, vec, centroids, probes=2, margin=0.05) == [(0, False),
+                                                                            (1, False)]
+    # within the margin: probed too, capped by max_probes
+    tie = np.array([0.6, 0.58, 0.55, 0.0], dtype=np.float32)
+    assert core.fine_cells(True, tie, centroids, 1, 0.1) == [(0, True), (1, False), (2, False)]
+    assert core.fine_cells(True, tie, centroids, 1, 0.1, max_probes=2) == [(0, True), (1, False)]
+    # an undivided coarse cell: everything in fine cell 0, home stays home
+    assert core.fine_cells(True, vec, None, 3, 0.05) == [(0, True)]
+    assert core.fine_cells(False, vec, centroids[:1], 3, 0.05) == [(0, False)]

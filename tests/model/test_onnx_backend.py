@@ -152,9 +152,13 @@ def test_only_the_approximate_backend_enters_the_signature(minilm_dir):  # noqa:
 
 
 def test_auto_picks_onnx_on_cpu_and_torch_where_onnx_cannot_run(minilm_dir, tiny_models,  # noqa: F811
-                                                                 cache):
+                                                                 cache, caplog):
+    caplog.set_level("INFO", logger="beam_e5")
     enc = Encoder.load(EncoderConfig(minilm_dir, model_cache_dir=cache).resolve())
     assert enc.backend == "onnx" and isinstance(enc.model, onnx_backend.OnnxEncoderModel)
+    # the log line that names the backend says it is ONNX Runtime and how to get torch
+    assert "with the onnx backend (ONNX Runtime, fp32; default on CPU; --backend torch" \
+        in caplog.text
     mistral = tiny_models("mistral", "e5-mistral-7b-instruct")
     assert Encoder.load(EncoderConfig(mistral, model_cache_dir=cache).resolve()).backend == "torch"
     bf16 = EncoderConfig(minilm_dir, dtype="bfloat16", device="cpu", model_cache_dir=cache)
@@ -176,20 +180,75 @@ def test_auto_falls_back_to_torch_when_the_graph_cannot_be_built(minilm_dir, tmp
                                    model_cache_dir=str(tmp_path)).resolve())
 
 
-def test_encoders_over_two_gib_stay_on_torch(tmp_path):
-    big = tmp_path / "multilingual-e5-large"
-    big.mkdir()
-    with open(big / "model.safetensors", "wb") as f:  # sparse: no disk used
-        f.truncate(1_200_000_000)
-    assert onnx_backend.fp32_weight_bytes(str(big), "float32") == 1_200_000_000
-    assert onnx_backend.fp32_weight_bytes(str(big), "torch.bfloat16") == 2_400_000_000
-    fp16 = onnx_backend.fp32_weight_bytes(str(big), "float16")
-    assert fp16 == 2_400_000_000  # stored in half precision, exported in fp32
-    assert onnx_backend.pick_backend("auto", "cpu", "xlm-roberta", fp16) == "torch"
-    assert onnx_backend.pick_backend("auto", "cpu", "xlm-roberta", 1_200_000_000) == "onnx"
-    with pytest.raises(ConfigError, match="exceed what one ONNX file holds"):
-        onnx_backend.check_backend_supported("onnx", "xlm-roberta", "cpu", fp16)
-    assert onnx_backend.fp32_weight_bytes("intfloat/e5-large-v2") is None  # hub: unknown
+@pytest.mark.parametrize("variant", ["onnx", pytest.param("onnx-int8", marks=pytest.mark.slow)])
+def test_external_data_graph_matches_torch_and_is_cached(minilm_dir, texts, torch_vectors,  # noqa: F811
+                                                         tmp_path, monkeypatch, variant):
+    """Encoders over 2 GiB (multilingual-e5-large) are written as graph + weights file; the
+    limit is lowered so that MiniLM's 90 MB take that path, the same code as the real size."""
+    import json
+
+    import onnx
+    from transformers import AutoConfig
+
+    monkeypatch.setattr(onnx_backend, "EXTERNAL_DATA_BYTES", 0)
+    enc = Encoder.load(EncoderConfig(minilm_dir, backend=variant,
+                                     model_cache_dir=str(tmp_path)).resolve())
+    graph = enc.model.graph_file
+    folder = graph.parent
+    assert sorted(p.name for p in folder.iterdir()) == [
+        onnx_backend.BUILD_FILE, "config.json", onnx_backend.GRAPH_FILE, onnx_backend.DATA_FILE]
+    build = json.loads((folder / onnx_backend.BUILD_FILE).read_text())
+    assert build["external_data"] is True and build["fp32_weight_bytes"] > 80_000_000
+    # the weights are in the .data file, the graph file holds only the graph
+    assert graph.stat().st_size < 1_000_000 < (folder / onnx_backend.DATA_FILE).stat().st_size
+    proto = onnx.load(str(graph), load_external_data=False)
+    assert any(init.data_location == onnx.TensorProto.EXTERNAL
+               for init in proto.graph.initializer)
+    assert {e.value for init in proto.graph.initializer for e in init.external_data
+            if e.key == "location"} == {onnx_backend.DATA_FILE}
+    vecs, _ = enc.encode(texts)
+    cos = np.sum(vecs * torch_vectors, axis=1)
+    if variant == "onnx":
+        assert cos.min() >= 0.99999, f"worst cosine {cos.min()} at {cos.argmin()}"
+    else:
+        assert 0.99 <= cos.mean() < 0.99999
+    loads = []  # cached per machine: a second worker opens it without loading torch
+    again = onnx_backend.ensure_graph(minilm_dir, AutoConfig.from_pretrained(minilm_dir), variant,
+                                      str(tmp_path), lambda: loads.append(1))
+    assert again == graph and loads == []
+    assert [p.name for p in (tmp_path / "onnx").iterdir() if p.name.startswith(".building")] == []
+
+
+def test_small_encoders_stay_one_self_contained_file(minilm_dir, cache):  # noqa: F811
+    import json
+
+    enc = Encoder.load(EncoderConfig(minilm_dir, backend="onnx", model_cache_dir=cache).resolve())
+    folder = enc.model.graph_file.parent
+    assert json.loads((folder / onnx_backend.BUILD_FILE).read_text())["external_data"] is False
+    assert not (folder / onnx_backend.DATA_FILE).exists()
+    # and the size no longer sends anything to torch: auto runs onnx for every CPU encoder
+    assert onnx_backend.pick_backend("auto", "cpu", "xlm-roberta") == "onnx"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["bert", "mpnet"])
+def test_external_data_without_the_attention_fuser(tiny_models, tmp_path, monkeypatch,  # noqa: F811
+                                                   family):
+    """The other optimiser paths (ORT's for BERT-likes, none for MPNet) also keep the .data."""
+    path = tiny_models(family, f"tiny-{family}")
+    monkeypatch.setattr(onnx_backend, "EXTERNAL_DATA_BYTES", 0)
+    monkeypatch.setattr(onnx_backend, "fuse_for_ort", _broken_fuser)
+    texts = ["hello world", "query passage " * 60, "the quick brown fox"]
+    ref, _ = Encoder.load(EncoderConfig(path, backend="torch").resolve()).encode(texts)
+    enc = Encoder.load(EncoderConfig(path, backend="onnx", model_cache_dir=str(tmp_path))
+                       .resolve())
+    assert (enc.model.graph_file.parent / onnx_backend.DATA_FILE).exists()
+    vecs, _ = enc.encode(texts)
+    assert np.min(np.sum(vecs * ref, axis=1)) >= 0.99999
+
+
+def _broken_fuser(src, dst, external_data=False):
+    raise RuntimeError("pattern matcher bug")
 
 
 def _graph_ops(graph_file) -> set[str]:
@@ -241,10 +300,7 @@ def test_a_failing_attention_rewrite_falls_back_to_ort_fusions(tiny_models, tmp_
 
     path = tiny_models("bert", "e5-small-v2")
 
-    def broken(src, dst):
-        raise RuntimeError("pattern matcher bug")
-
-    monkeypatch.setattr(onnx_backend, "fuse_for_ort", broken)
+    monkeypatch.setattr(onnx_backend, "fuse_for_ort", _broken_fuser)
     texts = ["hello world", "query passage " * 60, "the quick brown fox"]
     ref, _ = Encoder.load(EncoderConfig(path, backend="torch").resolve()).encode(texts)
     enc = Encoder.load(EncoderConfig(path, backend="onnx", model_cache_dir=str(tmp_path))

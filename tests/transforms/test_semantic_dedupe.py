@@ -233,6 +233,35 @@ def test_config_validation(field, value, message):
         SemanticDedupe({"threshold": 0.9})
 
 
+@pytest.mark.slow
+def test_two_level_cells_keep_growing_past_the_sample_cap(tmp_path):
+    """With a sample of 100 the global k-means fits at most 10 coarse cells; 'auto' divides
+    each again by its own k-means so cells keep their target size, and the result still
+    matches brute force (precision 1.0, recall >= 0.99) with fewer pairs compared than the
+    10 undivided cells."""
+    records = planted_records(700, seed=3, clustered=False)
+    configs = {"two": SemanticDedupeConfig(threshold=0.9, sample_size=100, target_cell_size=10),
+               "one": SemanticDedupeConfig(threshold=0.9, sample_size=100, num_cells=10)}
+    outputs, result = run_dedupe(records, configs, tmp_path)
+    for label in configs:
+        assert len(check_against_reference(records, *outputs[label], 0.9)) > 100
+    counts = {}
+    for label in configs:
+        query = result.metrics().query(MetricsFilter().with_step(f"Dedupe{label}"))
+        counts[label] = {c.key.metric.name: c.committed for c in query["counters"]}
+    assert counts["one"]["dedupe_cells"] == 10
+    assert counts["two"]["dedupe_cells"] > 4 * 10  # far past what the sample allows
+    # measured 113,175 against 307,350
+    assert counts["two"]["dedupe_candidate_pairs"] < counts["one"]["dedupe_candidate_pairs"]
+
+
+def test_fine_cells_for():
+    cfg = SemanticDedupeConfig(target_cell_size=1000, sample_size=20_000, probes=3)
+    assert cfg.fine_cells_for(6_000) == 1 and cfg.fine_cells_for(50_000) == 50
+    assert cfg.fine_cells_for(10**7) == 2_000  # per coarse cell: 4 million cells in all
+    assert SemanticDedupeConfig(num_cells=7).fine_cells_for(10**6) == 1  # a number: one level
+
+
 def test_auto_cells():
     cfg = SemanticDedupeConfig(target_cell_size=1000, sample_size=20_000, probes=3)
     assert cfg.cells_for(0) == 1 and cfg.cells_for(5_000) == 1  # too few to beat one cell

