@@ -216,9 +216,10 @@ def chunk_spans(text: str, offsets: Sequence[Sequence[int]], window: int,
     """Cut a document's tokens into windows of at most ``window`` tokens.
 
     ``offsets`` are the character ``(start, end)`` of each text token (no special or prefix
-    tokens) in ``text``. Consecutive windows share at least ``overlap`` tokens (more only
-    when the next window must start at a word boundary further back; at most
-    ``2 * overlap`` unless no word boundary is near); every token lies in at least one window.
+    tokens) in ``text``. Consecutive windows share at least ``overlap`` tokens (more when
+    the next window must start at a word boundary further back: at most
+    ``max(2 * overlap, window // 2)`` unless no word boundary is that near; less only for
+    windows barely wider than one character's tokens); every token lies in a window.
     A text of at most ``window`` tokens is one span.
     """
     if window < 1:
