@@ -19,8 +19,9 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
+from beam_e5.model.chunking import LongTextConfig
 from beam_e5.model.config import EncoderSpec
-from beam_e5.model.encoder import Encoder
+from beam_e5.model.encoder import ChunkVector, Encoder
 
 METRICS_NAMESPACE = "beam_e5"
 PROGRESS_EVERY_S = 10.0
@@ -28,11 +29,15 @@ LOG = logging.getLogger("beam_e5.progress")
 
 
 class Embedding(NamedTuple):
+    """One input text's result: its document vector and, per window, its chunk vectors."""
+
     key: Any
     vector: Optional[np.ndarray]  # float32 (dim,), L2-normalised; None when ``error``
     tokens: int  # real tokens the model saw (prefix and special tokens included)
     truncated: bool
     error: str = ""  # why this one text has no vector (the rest of its batch is unaffected)
+    tokens_cut: int = 0  # text tokens no window held (--long-text truncate)
+    chunks: tuple[ChunkVector, ...] = ()  # one per window; a single one unless chunked
 
 
 class _EncoderMetrics:
@@ -45,6 +50,10 @@ class _EncoderMetrics:
         self.padded_tokens = counter("padded_tokens")
         self.micro_batches = counter("micro_batches")
         self.truncated = counter("truncated_texts")
+        self.tokens_cut = counter("tokens_cut")
+        self.chunked = counter("chunked_texts")
+        self.chunks = counter("chunks_embedded")
+        self.too_long = counter("too_long_texts")
         self.oom_splits = counter("oom_splits")
         self.failed = counter("failed_texts")
         self.encode_ms = Metrics.distribution(METRICS_NAMESPACE, "encode_batch_ms")
@@ -77,12 +86,13 @@ class _Progress:
 class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
     """Loads the encoder once per worker process and embeds batches of ``(key, text)``."""
 
-    def __init__(self, spec: EncoderSpec) -> None:
+    def __init__(self, spec: EncoderSpec, long_text: Optional[LongTextConfig] = None) -> None:
         size = spec.config.beam_batch_size
         # A fixed batch size: adaptive batching starts at 1 element, which would defeat
         # length sorting inside the batch. Bundle ends still flush partial batches.
         super().__init__(min_batch_size=size, max_batch_size=size)
         self._spec = spec
+        self._long_text = long_text or LongTextConfig()
         self._metrics: Optional[_EncoderMetrics] = None
         self._progress: Optional[_Progress] = None
 
@@ -114,20 +124,31 @@ class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
     def _embed(self, batch: Sequence[tuple[Any, str]], model: Encoder) -> list[Embedding]:
         if self._progress is None:
             self._progress = _Progress()
-        vectors, stats = model.encode([text for _, text in batch], self._progress.update)
+        docs, stats = model.encode_documents([text for _, text in batch], self._long_text,
+                                             self._progress.update)
         metrics = self._get_metrics()
-        metrics.texts.inc(stats.texts)
+        metrics.texts.inc(stats.texts - stats.failed)
         metrics.real_tokens.inc(stats.real_tokens)
         metrics.padded_tokens.inc(stats.padded_tokens)
         metrics.micro_batches.inc(stats.micro_batches)
         metrics.truncated.inc(stats.truncated)
+        metrics.tokens_cut.inc(stats.tokens_cut)
+        metrics.chunked.inc(stats.chunked)
+        metrics.chunks.inc(stats.windows)
+        metrics.too_long.inc(stats.failed)
         metrics.oom_splits.inc(stats.oom_splits)
         metrics.encode_ms.update(int(stats.seconds * 1000))
-        finite = np.isfinite(vectors).all(axis=1)
-        return [Embedding(key, vectors[i], stats.tokens_per_text[i], stats.truncated_per_text[i])
-                if finite[i] else self._failed(key, "the model produced a non-finite (NaN or "
-                                                    "inf) vector; try --dtype float32")
-                for i, (key, _) in enumerate(batch)]
+        out = []
+        for (key, _), doc in zip(batch, docs):
+            if doc.error:
+                out.append(self._failed(key, doc.error))
+            elif not all(np.isfinite(c.vector).all() for c in doc.chunks):
+                out.append(self._failed(key, "the model produced a non-finite (NaN or inf) "
+                                             "vector; try --dtype float32"))
+            else:
+                out.append(Embedding(key, doc.vector, doc.tokens, doc.tokens_cut > 0, "",
+                                     doc.tokens_cut, tuple(doc.chunks)))
+        return out
 
     def _get_metrics(self) -> _EncoderMetrics:
         if self._metrics is None:
