@@ -40,7 +40,9 @@ from beam_e5.io.sinks import (
     read_vectors,
     table_to_records,
 )
+from beam_e5.jobs.embed import keep_chunks_of
 from beam_e5.jobs.summary import RunSummary
+from beam_e5.records import is_chunk_row, is_document_row
 from beam_e5.transforms.semantic_dedupe import SemanticDedupe, SemanticDedupeConfig
 
 
@@ -78,16 +80,23 @@ def run_dedupe(job: DedupeJob, beam_args: list[str]) -> RunSummary:
     records = (p
                | "ReadVectors" >> beam.io.ReadFromParquetBatched(job.input)
                | "ToRecords" >> beam.FlatMap(table_to_records))
-    result = records | "SemanticDedupe" >> SemanticDedupe(job.semantic)
-    _ = result.kept | "WriteVectors" >> WriteVectors(job.output.output, schema)
+    # decided per document (its one row, or the document row of a chunked one); the window
+    # rows of a kept document are kept with it, those of a duplicate dropped with it
+    docs = records | "DocumentRows" >> beam.Filter(is_document_row)
+    result = docs | "SemanticDedupe" >> SemanticDedupe(job.semantic)
+    chunks = records | "ChunkRows" >> beam.Filter(is_chunk_row)
+    kept_chunks = keep_chunks_of(result.kept, chunks)
+    _ = ((result.kept, kept_chunks) | "KeptRows" >> beam.Flatten()
+         | "WriteVectors" >> WriteVectors(job.output.output, schema))
     _ = result.duplicates | "WriteDuplicates" >> WriteDuplicates(job.output.output)
-    record_counts(p, {"read": records, "written": result.kept,
-                      "semantic_duplicates": result.duplicates}, job.output.output)
+    record_counts(p, {"read": docs, "written": result.kept,
+                      "semantic_duplicates": result.duplicates, "chunk_rows": kept_chunks},
+                  job.output.output)
     p.run().wait_until_finish()
     raw = read_counts(job.output.output)
     counts = {"read": raw["read"], "invalid": 0, "exact_duplicates": 0,
               "semantic_duplicates": raw["semantic_duplicates"], "embedded": 0,
-              "written": raw["written"]}
+              "written": raw["written"], "chunk_rows": raw.get("chunk_rows", 0)}
     if counts["read"] != counts["written"] + counts["semantic_duplicates"]:
         raise RuntimeError(f"counts do not balance: {counts}; this is a bug, please report it")
     summary = RunSummary(counts, time.time() - start)
@@ -131,7 +140,8 @@ def run_explain(pattern: str, out_dir: str, sample_size: int, max_vectors: Optio
     from beam_e5.dedupe.explain import explain
 
     vectors_input_schema(pattern)
-    records = (rec for table in read_vectors(pattern) for rec in table_to_records(table))
+    records = (rec for table in read_vectors(pattern) for rec in table_to_records(table)
+               if is_document_row(rec))
     chosen = sample_by_id(records, max_vectors, seed)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return explain(np.stack([r["embedding"] for r in chosen]), [r["id"] for r in chosen],

@@ -1,10 +1,14 @@
-"""The embed pipeline: read -> exact dedupe -> embed -> semantic dedupe -> write.
+"""The embed pipeline: read -> exact dedupe -> embed (chunked) -> semantic dedupe -> write.
 
 One stage function per step builds the Beam graph; :func:`run_embed` validates everything
 before the pipeline starts, runs it, then writes ``manifest.json`` last (atomically), with
 counts that must balance::
 
     read == written + exact_duplicates + semantic_duplicates + invalid
+
+in documents. A long document embedded in several windows is one document there; its window
+rows are counted beside (``chunk_rows``, ``chunked_documents``), and semantic dedupe decides
+on its document row and keeps or drops all of its rows together.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import apache_beam as beam
@@ -37,8 +41,10 @@ from beam_e5.io.readers import (
 from beam_e5.io.sinks import WriteDuplicates, WriteErrors, WriteVectors, vectors_schema
 from beam_e5.io.snapshots import PreviousSnapshot, load_previous, publish, read_previous
 from beam_e5.jobs.summary import RunSummary, summarize
+from beam_e5.model.chunking import LongTextConfig
 from beam_e5.model.config import EncoderConfig, EncoderSpec
 from beam_e5.model.fingerprint import model_signature
+from beam_e5.records import is_chunk_row, is_document_row
 from beam_e5.transforms.embed_texts import EmbedTexts
 from beam_e5.transforms.exact_dedupe import ExactDedupe
 from beam_e5.transforms.reembed_split import (
@@ -66,6 +72,7 @@ class EmbedJob:
     semantic: Optional[SemanticDedupeConfig] = None
     previous: Optional[str] = None  # a snapshot dir or publish pointer: re-embed incrementally
     publish: Optional[str] = None  # pointer file moved to this run's output after success
+    long_text: LongTextConfig = field(default_factory=LongTextConfig)
 
     def __post_init__(self) -> None:
         if not self.exact_dedupe and (self.semantic is not None or self.previous is not None):
@@ -94,6 +101,7 @@ class Streams:
     errors: Any
     counts: dict[str, Any]
     deleted: Any = None
+    sums: dict[str, Any] = field(default_factory=dict)  # streams of ints to total
 
 
 def _for_embedding(doc: dict) -> dict:
@@ -128,23 +136,47 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob) ->
         docs = split[TO_EMBED] | "DocsToEmbed" >> beam.Map(lambda cd: cd[1])
     embedded, embed_errors = (docs
                               | "PrepareForEmbedding" >> beam.Map(_for_embedding)
-                              | "Embed" >> EmbedTexts(spec, with_errors=True))
+                              | "Embed" >> EmbedTexts(spec, with_errors=True,
+                                                      long_text=job.long_text))
     errors.append(embed_errors)
-    counts.update(embedded=embedded, embed_errors=embed_errors)
+    counts.update(embedded=embedded | "EmbeddedDocs" >> beam.Filter(is_document_row),
+                  embed_errors=embed_errors)
     if carried is not None:
+        counts["carried"] = carried | "CarriedDocs" >> beam.Filter(is_document_row)
         embedded = (embedded, carried) | "WithCarried" >> beam.Flatten()
     written = embedded
     if job.semantic is not None:
-        semantic = embedded | "SemanticDedupe" >> SemanticDedupe(job.semantic)
-        written = semantic.kept
+        # decided per document, on its document row; its window rows follow it
+        semantic = (embedded | "DocumentRows" >> beam.Filter(is_document_row)
+                    | "SemanticDedupe" >> SemanticDedupe(job.semantic))
+        chunks = embedded | "ChunkRows" >> beam.Filter(is_chunk_row)
+        written = ((semantic.kept, keep_chunks_of(semantic.kept, chunks))
+                   | "KeptRows" >> beam.Flatten())
         duplicates.append(semantic.duplicates)
         counts["semantic_duplicates"] = semantic.duplicates
-    counts["written"] = written
+    written_docs = written | "WrittenDocs" >> beam.Filter(is_document_row)
+    counts["written"] = written_docs
+    counts["chunk_rows"] = written | "WrittenChunks" >> beam.Filter(is_chunk_row)
+    counts["chunked_documents"] = written_docs | "Chunked" >> beam.Filter(
+        lambda r: r.get("chunks", 1) > 1)
+    counts["truncated_documents"] = written_docs | "Truncated" >> beam.Filter(
+        lambda r: (r.get("tokens_cut") or 0) > 0)
+    sums = {"tokens_cut": written_docs | "TokensCut" >> beam.Map(
+        lambda r: int(r.get("tokens_cut") or 0))}
     return Streams(
         written=written,
         duplicates=tuple(duplicates) | "AllDuplicates" >> beam.Flatten(pipeline=p),
         errors=tuple(errors) | "AllErrors" >> beam.Flatten(pipeline=p),
-        counts=counts, deleted=deleted)
+        counts=counts, deleted=deleted, sums=sums)
+
+
+def keep_chunks_of(kept_docs, chunk_rows):
+    """The window rows of the documents in ``kept_docs`` (by ``doc_id``)."""
+    return ({"kept": kept_docs | "KeptIds" >> beam.Map(lambda r: (r["id"], True)),
+             "chunks": chunk_rows | "ChunksByDoc" >> beam.Map(lambda r: (r["doc_id"], r))}
+            | "JoinKept" >> beam.CoGroupByKey()
+            | "KeptChunks" >> beam.FlatMap(
+                lambda kv: kv[1]["chunks"] if kv[1]["kept"] else []))
 
 
 def write_streams(p: beam.Pipeline, streams: Streams, job: EmbedJob,
@@ -160,7 +192,7 @@ def write_streams(p: beam.Pipeline, streams: Streams, job: EmbedJob,
              | "DeletedToJson" >> beam.Map(deleted_to_json)
              | "WriteDeleted" >> beam.io.WriteToText(FileSystems.join(out, "deleted"),
                                                      file_name_suffix=".jsonl"))
-    record_counts(p, streams.counts, out)
+    record_counts(p, streams.counts, out, streams.sums)
 
 
 def file_metadata(job: EmbedJob, resolved: ResolvedJob) -> dict[str, str]:
@@ -178,7 +210,8 @@ def manifest_counts(raw: dict[str, int]) -> dict[str, int]:
         "embedded": raw["embedded"],
         "written": raw["written"],
     }
-    for name in ("carried", "new", "reembedded", "deleted"):
+    for name in ("carried", "new", "reembedded", "deleted", "chunk_rows", "chunked_documents",
+                 "truncated_documents", "tokens_cut"):
         if name in raw:
             counts[name] = raw[name]
     balance = (counts["written"] + counts["exact_duplicates"] + counts["semantic_duplicates"]
@@ -194,7 +227,8 @@ def validate_job(job: EmbedJob) -> ResolvedJob:
     """Everything that can be checked before the pipeline starts."""
     reader_input = validate_reader_config(job.reader)
     spec = job.encoder.resolve()
-    signature = {**model_signature(spec), "vector_dtype": job.output.vector_dtype}
+    signature = {**model_signature(spec), "vector_dtype": job.output.vector_dtype,
+                 **job.long_text.signature()}
     previous = load_previous(job.previous, signature) if job.previous else None
     if previous is not None and _same_dir(previous.path, job.output.output):
         raise ConfigError("--output must differ from the --previous snapshot; write each run "
@@ -240,7 +274,8 @@ def job_options(job: EmbedJob) -> dict[str, Any]:
         return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
     return {"reader": plain(job.reader), "encoder": plain(job.encoder),
             "output": plain(job.output), "exact_dedupe": job.exact_dedupe,
-            "semantic": plain(job.semantic), "previous": job.previous, "publish": job.publish}
+            "semantic": plain(job.semantic), "previous": job.previous, "publish": job.publish,
+            "long_text": plain(job.long_text)}
 
 
 __all__ = ["EmbedJob", "build_embed_graph", "run_embed", "validate_job", "ConfigError"]
