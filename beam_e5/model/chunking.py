@@ -178,6 +178,12 @@ class _Boundaries:
         self.cls = [HARD] * (n + 1)
         for b in range(n + 1):
             self.cls[b] = _classify(text, left_end[b], right_start[b])
+        for b in range(1, n):
+            s, e = offsets[b - 1]
+            if self.cls[b] > CHAR and e > s and text[s:e].isspace():
+                # after a whitespace-only token (SentencePiece's lone '▁', byte-level 'Ġ'):
+                # that token belongs to the next word, so cut before it
+                self.cls[b] = CHAR
         self.cls[0] = self.cls[n] = SENTENCE
         self.offsets = offsets
 
