@@ -209,7 +209,10 @@ def _classify(text: str, left_end: int, right_start: int) -> int:
     rc = text[right_start] if right_start < len(text) else " "
     around = gap + lc + rc
     space = any(c.isspace() for c in gap) or lc.isspace() or rc.isspace()
-    if "\n" in around or (lc in _SENTENCE_END and space) or lc in _CJK_SENTENCE_END:
+    # ". " ends a sentence, but not after a digit: "2.3. Limitations", "1. Install"
+    before = text[left_end - 2] if left_end > 1 else " "
+    if ("\n" in around or (lc in _SENTENCE_END and space and not before.isdigit())
+            or lc in _CJK_SENTENCE_END):
         return SENTENCE
     if (space or _no_space_script(lc) or _no_space_script(rc)
             or (not lc.isalnum() and not rc.isalnum() and (_is_punct(lc) or _is_punct(rc)))):

@@ -253,3 +253,15 @@ def test_tiny_windows_of_multi_token_characters(words, window, data):
     overlap = data.draw(st.integers(0, window // 2))
     spans = chunk_spans(text, offs, window, overlap)
     check_invariants(text, offs, spans, window, overlap, strict_overlap=False)
+
+
+def test_boundary_classes():
+    from beam_e5.model.chunking import CHAR, HARD, SENTENCE, WORD, _classify
+
+    assert _classify("ends here. Next", 10, 11) == SENTENCE
+    assert _classify("one\ntwo", 3, 4) == SENTENCE
+    assert _classify("see 2.3. Limits", 8, 9) == WORD  # a section number, not a sentence end
+    assert _classify("hello world", 5, 6) == WORD
+    assert _classify("北京", 1, 1) == WORD  # no spaces in Chinese: each character a word
+    assert _classify("unbelievable", 2, 2) == CHAR
+    assert _classify("abc", 2, 1) == HARD  # tokens on both sides share a character
