@@ -79,7 +79,7 @@ def chunk_id(doc_id: str, chunk: int) -> str:
 def to_records(emb: Embedding) -> Iterator[dict]:
     """The output rows of one embedded text: one row, or chunk rows and a document row."""
     base = dict(emb.key) if isinstance(emb.key, dict) else {"id": emb.key}
-    doc_id = base["id"]
+    doc_id = base.get("id")
     chunks = emb.chunks
     if len(chunks) <= 1:
         c = chunks[0] if chunks else None

@@ -79,7 +79,8 @@ class _Progress:
         if now - self.last >= PROGRESS_EVERY_S:
             self.last = now
             secs = now - self.start
-            LOG.info("beam-e5: embedded %d docs, %d tokens (%.1f docs/s, %.0f tokens/s)",
+            LOG.info("beam-e5: embedded %d windows (a text, or a chunk of a long one), %d tokens "
+                     "(%.1f windows/s, %.0f tokens/s)",
                      self.texts, self.tokens, self.texts / secs, self.tokens / secs)
 
 
