@@ -168,3 +168,31 @@ def test_truncate_and_fail_say_what_was_cut(corpus, minilm_dir, tmp_path, capsys
               for line in f.read_text().splitlines()]
     assert {e["id"] for e in errors} == long
     assert all("over the limit of 126" in e["reason"] for e in errors)
+
+
+def test_gcs_run_gives_the_same_chunks(corpus, minilm_dir, gcs_emulator, tmp_path):  # noqa: F811
+    docs, _ = corpus
+    docs = docs[:3] + docs[6:10]  # three licences, four paragraphs
+    data = "".join(json.dumps(d) + "\n" for d in docs).encode("utf-8")
+    local_out = tmp_path / "local"
+    assert main(["embed", "--input", _write(tmp_path / "c.jsonl", docs), "--output",
+                 str(local_out), "--model", minilm_dir] + FAST) == 0
+    inp = gcs_emulator.upload("long/corpus.jsonl", data)
+    assert main(["embed", "--input", inp, "--output", gcs_emulator.url("long/out"), "--model",
+                 minilm_dir] + FAST) == 0
+    tables = []
+    for name in gcs_emulator.list_names("long/out/"):
+        if name.startswith("long/out/vectors-"):
+            path = tmp_path / Path(name).name
+            path.write_bytes(gcs_emulator.download(name))
+            tables.append(pq.read_table(path))
+    remote = {r["id"]: r for r in pa.concat_tables(tables).to_pylist()}
+    local = {r["id"]: r for r in _rows(local_out)}
+    assert remote.keys() == local.keys() and any("#" in k for k in local)
+    for k, r in local.items():
+        assert (r["chunk"], r["chunks"], r["char_start"], r["char_end"]) == (
+            remote[k]["chunk"], remote[k]["chunks"], remote[k]["char_start"],
+            remote[k]["char_end"])
+        np.testing.assert_allclose(remote[k]["embedding"], r["embedding"], atol=1e-6)
+    remote_counts = json.loads(gcs_emulator.download("long/out/manifest.json"))["counts"]
+    assert remote_counts == _manifest(local_out)["counts"]
