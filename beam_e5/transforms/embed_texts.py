@@ -24,7 +24,7 @@ vector: the handler retries a failing batch text by text, so only the culprit fa
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Union
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference

@@ -190,6 +190,7 @@ def test_prefix_split_and_shift():
     prefix = "passage: "
     text = prefix + "hello world"
     offs = [(0, 7), (7, 8), (9, 14), (15, 20)]
+    assert [text[s:e] for s, e in offs] == ["passage", ":", "hello", "world"]
     assert split_prefix(offs, len(prefix)) == 2
     assert text_offsets(offs[2:], len(prefix)) == [(0, 5), (6, 11)]
     # a byte-level token holding the prefix's trailing space and the first word is text
