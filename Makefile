@@ -13,7 +13,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,explain,onnx]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,explain,onnx,pg]'
 	touch $@
 
 demo: setup

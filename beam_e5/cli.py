@@ -14,8 +14,9 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from beam_e5.errors import ConfigError
+from beam_e5.errors import ConfigError, RunFailed
 from beam_e5.io.outputs import OutputConfig
+from beam_e5.io.pg_uri import is_pg_uri
 from beam_e5.io.sinks import VECTOR_DTYPES
 from beam_e5.model.config import DEVICES, DTYPES, EncoderConfig
 from beam_e5.model.onnx_backend import BACKENDS
@@ -114,7 +115,9 @@ def reader_config(args: argparse.Namespace):
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("output")
-    g.add_argument("--output", required=True, help="directory (local or gs://)")
+    g.add_argument("--output", required=True,
+                   help="directory (local or gs://), or (embed, reembed) a postgresql:// URI "
+                        "with ?table=NAME")
     g.add_argument("--vector-dtype", choices=tuple(VECTOR_DTYPES), default="float32")
     add_flag(g, "--overwrite", "replace a previous run in --output")
 
@@ -138,6 +141,53 @@ def long_text_config(args: argparse.Namespace):
     from beam_e5.model.chunking import LongTextConfig
 
     return LongTextConfig(args.long_text, args.chunk_tokens, args.chunk_overlap)
+
+
+PG_DEFAULTS = {"index": "hnsw", "hnsw_m": 16, "hnsw_ef_construction": 64, "ivfflat_lists": 0,
+               "pg_batch_rows": 2048}
+
+
+def add_pg_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group(
+        "PostgreSQL/pgvector output (--output 'postgresql://USER@HOST:PORT/DB?table=NAME')")
+    g.add_argument("--report-dir", default=None,
+                   help="with a postgresql:// --output: directory (local or gs://) for the "
+                        "manifest, errors, duplicates and deleted ids")
+    g.add_argument("--index", choices=("hnsw", "ivfflat", "none"), default=None,
+                   help="vector index built after the load, cosine ops (default hnsw)")
+    g.add_argument("--hnsw-m", type=int, default=None, help="HNSW m (default 16)")
+    g.add_argument("--hnsw-ef-construction", type=int, default=None,
+                   help="HNSW ef_construction (default 64)")
+    g.add_argument("--ivfflat-lists", type=int, default=None,
+                   help="IVFFlat lists (default: rows/1000, sqrt(rows) above 1M rows)")
+    add_flag(g, "--store-text", "store the embedded text in a 'text' column")
+    g.add_argument("--pg-batch-rows", type=int, default=None,
+                   help="rows per binary COPY from a worker (default 2048)")
+    g.add_argument("--pg-maintenance-work-mem", default=None,
+                   help="maintenance_work_mem for the index build, e.g. 2GB (default: the "
+                        "server's)")
+
+
+def pg_config(args: argparse.Namespace):
+    """The pgvector sink's config for a postgresql:// --output, else None (and no pg option)."""
+    given = {name: getattr(args, name) for name in
+             ("report_dir", "index", "hnsw_m", "hnsw_ef_construction", "ivfflat_lists",
+              "pg_batch_rows", "pg_maintenance_work_mem")}
+    if not is_pg_uri(args.output):
+        extra = [n for n, v in given.items() if v is not None] + (
+            ["store_text"] if args.store_text else [])
+        if extra:
+            raise ConfigError(f"--{extra[0].replace('_', '-')} applies to a postgresql:// "
+                              "--output only")
+        return None
+    from beam_e5.io.pgvector import PgSinkConfig
+
+    v = {k: (given[k] if given[k] is not None else PG_DEFAULTS.get(k)) for k in given}
+    return PgSinkConfig(args.output, v["report_dir"] or "", index=v["index"],
+                        hnsw_m=v["hnsw_m"], hnsw_ef_construction=v["hnsw_ef_construction"],
+                        ivfflat_lists=v["ivfflat_lists"], store_text=args.store_text,
+                        batch_rows=v["pg_batch_rows"],
+                        maintenance_work_mem=v["pg_maintenance_work_mem"])
 
 
 def add_semantic_args(parser: argparse.ArgumentParser, flag: str) -> None:
@@ -169,13 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
         add_encoder_args(embed)
         add_output_args(embed)
         add_long_text_args(embed)
+        add_pg_args(embed)
         add_flag(embed, "--no-exact-dedupe", "embed every document, even exact duplicates")
         add_semantic_args(embed, "--dedupe-threshold")
         if name == "reembed":
             embed.add_argument("--previous", required=True,
-                               help="previous snapshot directory, or a --publish pointer file")
+                               help="previous snapshot directory, or a --publish pointer file; "
+                                    "with a postgresql:// --output, that same URI")
         embed.add_argument("--publish", default=None,
                            help="pointer file (local or gs://) set to --output after success")
+        embed.add_argument("--publish-min-ratio", type=float, default=0.5,
+                           help="refuse to publish a run with fewer documents than this "
+                                "fraction of the snapshot --publish names now (default 0.5; "
+                                "0 turns the guard off); an empty run is never published")
     dedupe = sub.add_parser("dedupe", allow_abbrev=False,
                             help="remove near-duplicates from vectors of an earlier run")
     dedupe.add_argument("--input", required=True, help="vectors-*.parquet glob (local or gs://)")
@@ -199,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
 def setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    for previous in [h for h in LOG.handlers if getattr(h, "beam_e5_cli", False)]:
+        LOG.removeHandler(previous)  # main() called again in one process: one handler, the
+        # current stderr (a closed stream from an earlier call would fail every log line)
+    handler.beam_e5_cli = True
     LOG.addHandler(handler)
     LOG.setLevel(logging.DEBUG if verbose else logging.INFO)
     LOG.propagate = False
@@ -207,14 +267,18 @@ def setup_logging(verbose: bool) -> None:
 def run_embed_command(args: argparse.Namespace, beam_args: list[str]) -> int:
     from beam_e5.jobs.embed import EmbedJob, run_embed
 
+    pg = pg_config(args)
+    files = pg.report_dir if pg is not None else args.output
     job = EmbedJob(reader=reader_config(args), encoder=encoder_config(args),
-                   output=OutputConfig(args.output, args.vector_dtype, args.overwrite),
+                   output=OutputConfig(files, args.vector_dtype, args.overwrite),
                    exact_dedupe=not args.no_exact_dedupe, semantic=semantic_config(args),
-                   previous=getattr(args, "previous", None), publish=args.publish,
-                   long_text=long_text_config(args))
+                   previous=getattr(args, "previous", None), publish=args.publish, pg=pg,
+                   publish_min_ratio=args.publish_min_ratio, long_text=long_text_config(args))
     summary = run_embed(job, beam_args)
     print(summary.render())
-    print(f"  output: {args.output}")
+    print(f"  output: {pg.target.redacted if pg is not None else args.output}")
+    if pg is not None:
+        print(f"  report: {pg.report_dir}")
     return 0
 
 
@@ -295,6 +359,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         print(f"beam-e5: error: {e}", file=sys.stderr)
         return 2
+    except RunFailed as e:
+        if getattr(e, "summary", None) is not None:
+            print(e.summary.render())
+        print(f"beam-e5: run failed: {e}", file=sys.stderr)
+        return 1
     parser.error(f"unknown command {args.command}")
     return 2
 

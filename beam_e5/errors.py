@@ -7,3 +7,12 @@ prints its message and exits with status 2 without a traceback.
 
 class ConfigError(ValueError):
     """A misconfiguration detected before the pipeline runs."""
+
+
+class RunFailed(RuntimeError):
+    """The pipeline ran, but its result must not be trusted or published as is.
+
+    Raised after the run when an input file could not be read to its end, or when a publish
+    guard refused to move the pointer. The output directory holds the run (with its
+    manifest, for inspection); the CLI prints the message and exits with status 1.
+    """

@@ -24,7 +24,11 @@ class Document(TypedDict):
     fields: dict[str, Any]  # --keep-fields columns carried to the output
 
 
-class ErrorRecord(TypedDict):
+class _ErrorScope(TypedDict, total=False):
+    scope: str  # "file": the whole file is affected (cut short, corrupt, broken quoting)
+
+
+class ErrorRecord(_ErrorScope):
     source: str
     id: str | None
     reason: str
@@ -64,3 +68,4 @@ class DuplicateRecord(TypedDict):
 
 
 MAX_RAW_RECORD_CHARS = 10_000
+FILE_SCOPE = "file"  # ErrorRecord.scope of an error about a whole input file

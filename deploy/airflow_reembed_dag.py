@@ -1,6 +1,8 @@
 """Airflow DAG: re-embed the corpus every night on Dataflow and publish the new snapshot.
 
-Copy into your Airflow DAGs folder; set the variables below. It launches the Flex Template
+Copy into your Airflow DAGs folder; set the variables below. It needs the Google provider
+and the Apache Beam provider, which its Dataflow operators import:
+``pip install apache-airflow-providers-google apache-airflow-providers-apache-beam``. It launches the Flex Template
 built from docker/Dockerfile.cpu (see docs/deploy.md). The template's LATEST pointer moves
 only after a complete run, so a failed night leaves yesterday's snapshot in service; the
 next night simply runs again (``--overwrite`` replaces a crashed attempt's directory).

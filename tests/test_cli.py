@@ -105,6 +105,7 @@ def test_embed_writes_vectors_duplicates_errors_manifest(corpus, minilm_dir, tmp
     assert not (out / "_counts").exists()
 
 
+@pytest.mark.slow
 def test_existing_manifest_needs_overwrite(corpus, minilm_dir, tmp_path, capsys):  # noqa: F811
     path, _ = corpus
     out = tmp_path / "out"
@@ -146,6 +147,7 @@ def test_misconfiguration_fails_before_the_pipeline(corpus, minilm_dir, tmp_path
     assert not (tmp_path / "o" / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_neighbours_finds_the_document_itself(corpus, minilm_dir, tmp_path, capsys):  # noqa: F811
     path, texts = corpus
     out = tmp_path / "out"
@@ -167,6 +169,7 @@ def test_neighbours_finds_the_document_itself(corpus, minilm_dir, tmp_path, caps
     assert " ".join(piece.split())[:60] in printed
 
 
+@pytest.mark.slow
 def test_embed_with_semantic_dedupe_then_dedupe_command(corpus, minilm_dir, tmp_path,  # noqa: F811
                                                         capsys):
     base, texts = corpus

@@ -11,6 +11,8 @@ import glob
 import json
 import logging
 import os
+import socket
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -18,12 +20,14 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_e5.errors import ConfigError
+from beam_e5.records import FILE_SCOPE
 from beam_e5.io.sinks import VECTOR_DTYPES
 
 LOG = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 COUNTS_DIR = "_counts"
+RUN_MARKER = "_RUNNING"  # claimed at start, removed at the end: one run per output at a time
 # What a run (or a crashed one) can leave; Beam's sinks stage shards in beam-temp-* folders.
 OUTPUT_PATTERNS = ("vectors-*", "duplicates-*", "errors-*", "deleted-*", COUNTS_DIR + "/**",
                    "beam-temp-*/**", MANIFEST + ".tmp")
@@ -52,7 +56,8 @@ def _join(*parts: str) -> str:
 
 def existing_outputs(output_dir: str) -> list[str]:
     """Paths in ``output_dir`` that a previous (complete or crashed) run left."""
-    patterns = [_join(output_dir, MANIFEST)] + [_join(output_dir, p) for p in OUTPUT_PATTERNS]
+    patterns = ([_join(output_dir, MANIFEST), _join(output_dir, RUN_MARKER)]
+                + [_join(output_dir, p) for p in OUTPUT_PATTERNS])
     found = []
     for result in FileSystems.match(patterns, limits=[10_000] * len(patterns)):
         found += [m.path for m in result.metadata_list]
@@ -62,12 +67,146 @@ def existing_outputs(output_dir: str) -> list[str]:
     return found
 
 
-def prepare_output(cfg: OutputConfig) -> None:
-    """Refuse to mix runs; with ``overwrite`` remove the previous run, manifest first."""
-    found = existing_outputs(cfg.output)
+class OutputClaim:
+    """This run's hold on its output directory: the ``_RUNNING`` marker it created.
+
+    ``release()`` after success removes the marker; ``abandon()`` after a failure removes the
+    run's partial files too, so the corrected rerun needs no ``--overwrite``.
+    """
+
+    def __init__(self, output_dir: str, marker: str) -> None:
+        self.output_dir = output_dir
+        self.marker = marker
+
+    def release(self) -> None:
+        _delete_all([self.marker])
+
+    def abandon(self) -> None:
+        try:
+            _delete_all([p for p in existing_outputs(self.output_dir) if p != self.marker])
+        finally:
+            self.release()
+
+
+def _marker_text() -> bytes:
+    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                       "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode()
+
+
+def _marker_owner(marker: str) -> dict[str, Any]:
+    try:
+        with FileSystems.open(marker) as f:
+            owner = json.loads(f.read().decode("utf-8"))
+        return owner if isinstance(owner, dict) else {}
+    except Exception:  # noqa: BLE001 - a marker half-written by a killed run
+        return {}
+
+
+def _alive_here(owner: dict[str, Any]) -> bool:
+    """Whether the marker's run is a live process on this machine."""
+    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+        return False
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _create_exclusive(path: str) -> bool:
+    """Create ``path`` only if it does not exist; False if it does. Atomic on local disks
+    (``O_EXCL``) and on GCS (an ``ifGenerationMatch=0`` precondition)."""
+    if "://" not in path:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(_marker_text())
+        return True
+    if path.startswith("gs://"):
+        from google.api_core.exceptions import PreconditionFailed
+        from google.cloud import storage
+
+        bucket, _, name = path[len("gs://"):].partition("/")
+        client = (storage.Client.create_anonymous_client()
+                  if os.environ.get("STORAGE_EMULATOR_HOST") else storage.Client())
+        blob = client.bucket(bucket).blob(name)
+        if blob.exists():  # also where the precondition is not enforced (the emulator)
+            return False
+        try:
+            blob.upload_from_string(_marker_text(), if_generation_match=0)
+        except PreconditionFailed:
+            return False
+        return True
+    if FileSystems.exists(path):  # other filesystems: best effort
+        return False
+    with FileSystems.create(path) as f:
+        f.write(_marker_text())
+    return True
+
+
+def check_output_location(output: str) -> None:
+    """A local ``--output`` must be a directory we can create and write in."""
+    if "://" in output:
+        return
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ConfigError(f"--output {output} is an existing file, not a directory; choose a "
+                          "new directory name")
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create --output {output} ({e.strerror}); choose a "
+                          "directory you can write to") from e
+    if not os.access(output, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to --output {output} (permission denied); choose a "
+                          "directory you can write to or fix its permissions")
+
+
+def claim_output(cfg: OutputConfig) -> OutputClaim:
+    """Take the output directory for this run, atomically, before looking inside it.
+
+    Refuses at once when another run holds it (its ``_RUNNING`` marker); a marker left by a
+    killed run is replaced only with ``--overwrite`` (and never while its process still runs
+    on this machine). Then refuses to mix runs, or with ``overwrite`` removes the previous
+    run, manifest first.
+    """
+    check_output_location(cfg.output)
+    if "://" in cfg.output and not FileSystems.exists(cfg.output):
+        FileSystems.mkdirs(cfg.output)
+    marker = _join(cfg.output, RUN_MARKER)
+    if not _create_exclusive(marker):
+        owner = _marker_owner(marker)
+        who = (f"pid {owner.get('pid')} on {owner.get('host')}, started {owner.get('started')}"
+               if owner else "owner unknown")
+        if not cfg.overwrite or _alive_here(owner):
+            raise ConfigError(
+                f"another beam-e5 run is writing to {cfg.output} ({who}); wait for it to "
+                "finish or choose another --output. If that run was killed, pass --overwrite "
+                "to replace what it left")
+        _delete_all([marker])
+        if not _create_exclusive(marker):
+            raise ConfigError(f"another beam-e5 run took {cfg.output} just now; choose "
+                              "another --output")
+    claim = OutputClaim(cfg.output, marker)
+    try:
+        _clear_previous_run(cfg, marker)
+    except BaseException:
+        claim.release()
+        raise
+    return claim
+
+
+def prepare_output(cfg: OutputConfig) -> OutputClaim:
+    """Alias of :func:`claim_output` (the claim must be released when the run ends)."""
+    return claim_output(cfg)
+
+
+def _clear_previous_run(cfg: OutputConfig, marker: str) -> None:
+    found = [p for p in existing_outputs(cfg.output) if p != marker]
     if not found:
-        if not FileSystems.exists(cfg.output):
-            FileSystems.mkdirs(cfg.output)
         return
     if not cfg.overwrite:
         what = "a manifest.json" if any(p.endswith(MANIFEST) for p in found) else \
@@ -123,6 +262,30 @@ def record_counts(p: beam.Pipeline, counts: dict[str, Any], output_dir: str,
          | "AllCounts" >> beam.Flatten(pipeline=p)
          | "WriteCounts" >> beam.io.WriteToText(FileSystems.join(output_dir, COUNTS_DIR, "counts"),
                                                 file_name_suffix=".jsonl"))
+
+
+def record_problems(errors: Any, output_dir: str) -> None:
+    """Write the whole-file errors (``scope: "file"``) among ``errors`` to the counts folder,
+    so the job can name them after the run (:func:`read_problems`)."""
+    _ = (errors
+         | "FileProblems" >> beam.Filter(lambda e: e.get("scope") == FILE_SCOPE)
+         | "ProblemToJson" >> beam.Map(
+             lambda e: json.dumps({"source": e["source"], "reason": e["reason"]}))
+         | "WriteProblems" >> beam.io.WriteToText(
+             FileSystems.join(output_dir, COUNTS_DIR, "problems"), file_name_suffix=".jsonl"))
+
+
+def read_problems(output_dir: str) -> list[dict[str, str]]:
+    """The whole-file errors recorded by :func:`record_problems` (call before read_counts)."""
+    pattern = _join(output_dir, COUNTS_DIR, "problems*")
+    problems = []
+    paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    for path in paths:
+        with FileSystems.open(path) as f:
+            problems += [json.loads(line) for line in f.read().decode("utf-8").splitlines()
+                         if line.strip()]
+    _delete_all(paths)
+    return sorted(problems, key=lambda p: p["source"])
 
 
 def write_manifest(output_dir: str, manifest: dict[str, Any]) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from beam_e5.dedupe.text_key import text_key
-from beam_e5.records import MAX_RAW_RECORD_CHARS, Document, ErrorRecord
+from beam_e5.records import FILE_SCOPE, MAX_RAW_RECORD_CHARS, Document, ErrorRecord
 
 READ_CHUNK_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"
@@ -108,10 +108,46 @@ def cut(raw: str) -> str:
     return raw[:MAX_RAW_RECORD_CHARS]
 
 
+def printable(value: str) -> str:
+    """``value`` with lone surrogates (legal in JSON as ``\\ud800``, not encodable as UTF-8)
+    written as ``\\udXXX`` escapes, so an error record about them can always be written."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error(source: str, reason: str, raw: str, doc_id: str | None = None) -> Parsed:
     """An ``("error", ErrorRecord)`` pair."""
-    record: ErrorRecord = {"source": source, "id": doc_id, "reason": reason, "record": cut(raw)}
+    record: ErrorRecord = {"source": printable(source),
+                           "id": None if doc_id is None else printable(doc_id),
+                           "reason": printable(reason), "record": printable(cut(raw))}
     return "error", record
+
+
+def file_error(path: str, reason: str, raw: str = "") -> Parsed:
+    """An error about a whole file (cut short, corrupt, broken quoting): marked
+    ``scope: "file"`` so the job can tell the run is incomplete (see
+    :data:`beam_e5.records.FILE_SCOPE`)."""
+    kind, record = error(path, reason, raw)
+    record["scope"] = FILE_SCOPE
+    return kind, record
+
+
+def lone_surrogate(value: Any) -> bool:
+    """Whether a string (or any string inside a list/dict value) holds a lone surrogate."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, Mapping):
+        return any(lone_surrogate(k) or lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(lone_surrogate(v) for v in value)
+    return False
 
 
 def decode_line(line: bytes) -> tuple[str | None, str]:
@@ -139,6 +175,11 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+_SURROGATE = ("{what} holds a lone surrogate (e.g. a JSON \\ud800 escape without its pair): it "
+              "is not valid Unicode text and cannot be hashed, tokenised or written; fix the "
+              "record at its source")
+
+
 def build_document(rec: Mapping[str, Any], fields: FieldSpec, source: str, raw: str) -> Parsed:
     """Validate one structured record and turn it into a ``Document`` (or an error)."""
     raw_id = rec.get(fields.id_field)
@@ -149,6 +190,8 @@ def build_document(rec: Mapping[str, Any], fields: FieldSpec, source: str, raw: 
         reason = f"id field {fields.id_field!r} must be a string or an integer, got {type(raw_id).__name__}"
         return error(source, reason, raw)
     doc_id = str(raw_id)
+    if lone_surrogate(doc_id):
+        return error(source, _SURROGATE.format(what=f"id field {fields.id_field!r}"), raw, doc_id)
     if not doc_id.strip():
         return error(source, f"id field {fields.id_field!r} is whitespace-only", raw)
     if fields.text_field not in rec:
@@ -169,12 +212,18 @@ def build_document(rec: Mapping[str, Any], fields: FieldSpec, source: str, raw: 
             return error(source, reason, raw, doc_id)
         if title and title.strip():
             text = f"{title} {text}"
+    if lone_surrogate(text):
+        return error(source, _SURROGATE.format(what=f"text field {fields.text_field!r}"), raw, doc_id)
+    kept = {k: jsonable(rec.get(k)) for k in fields.keep_fields}
+    bad = next((k for k, v in kept.items() if lone_surrogate(v)), None)
+    if bad is not None:
+        return error(source, _SURROGATE.format(what=f"kept field {bad!r}"), raw, doc_id)
     doc: Document = {
         "id": doc_id,
         "text": text,
         "text_sha256": text_key(text),
         "source": source,
-        "fields": {k: jsonable(rec.get(k)) for k in fields.keep_fields},
+        "fields": kept,
     }
     return "doc", doc
 
@@ -256,20 +305,37 @@ def parse_csv(
     Lines are decoded with ``surrogateescape`` so that a record holding invalid UTF-8
     is rejected on its own. The first non-blank row is the header; ``source`` is the
     1-based physical line where a record starts.
+
+    Quoting is parsed strictly (``csv.reader(strict=True)``): a quote left open, or text
+    after a closing quote, is a ``scope: "file"`` error holding the lines it swallowed, never
+    a record whose text runs on over the following rows. Rows after it are still read.
     """
     csv.field_size_limit(2**31 - 1)
-    decoded = (line.decode("utf-8", "surrogateescape") for line in lines)
-    reader = csv.reader(decoded, delimiter=delimiter)
+    consumed: list[str] = []  # the physical lines of the record being parsed
+
+    def decoded() -> Iterator[str]:
+        for line in lines:
+            text = line.decode("utf-8", "surrogateescape")
+            consumed.append(text)
+            yield text
+
+    reader = csv.reader(decoded(), delimiter=delimiter, strict=True)
     header: list[str] | None = None
     while True:
         start_line = reader.line_num + 1
         source = f"{path}:{start_line}"
+        consumed.clear()
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as e:
-            yield error(source, f"invalid CSV: {e}", "")
+            raw = "".join(consumed).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            last = reader.line_num
+            reason = (f"invalid CSV at lines {start_line}-{last}: {e} (an unterminated or stray "
+                      "quote); these lines were not read as records: fix the quoting and rerun")
+            kind, record = file_error(source, reason, raw)
+            yield kind, record
             if reader.line_num < start_line:
                 return  # no progress: give up on the rest of the file
             continue

@@ -31,6 +31,9 @@ _EXTENSIONS = {
     ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
     ".parquet": "parquet", ".csv": "csv", ".tsv": "tsv",
 }  # fmt: skip
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
+SNIFF_BYTES = 64 * 1024
+_UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 _WHAT = {"parquet": "Parquet schema", "csv": "CSV header", "tsv": "TSV header", "jsonl": "first JSON record"}
 
 
@@ -64,6 +67,52 @@ def detect_format(path: str) -> tuple[str, bool]:
     if compressed:
         name = name.rsplit(".", 1)[0]
     return _EXTENSIONS.get(posixpath.splitext(name)[1], "text"), compressed
+
+
+def check_not_archive(path: str) -> None:
+    """Refuse archives: their members would be read as one text file of binary garbage."""
+    name = posixpath.basename(path).lower()
+    suffix = next((sfx for sfx in ARCHIVE_SUFFIXES if name.endswith(sfx)), None)
+    if suffix is not None:
+        raise ConfigError(
+            f"{path} is a {suffix} archive, which beam-e5 does not unpack; extract it and point "
+            "--input at the files inside (gzip, bzip2, xz or zstd compression of single files "
+            "is read directly: corpus.jsonl.gz)")
+
+
+def _head(path: str) -> bytes:
+    """The first ``SNIFF_BYTES`` (decompressed) bytes of a file; ConfigError if unreadable."""
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as fh:
+            return fh.read(SNIFF_BYTES)
+    except Exception as e:  # noqa: BLE001 - zlib, bz2, lzma, zstd and I/O errors alike
+        raise ConfigError(
+            f"cannot read {path}: {type(e).__name__}: {e}. Is it really "
+            f"{'compressed as its name says' if detect_format(path)[1] else 'a readable file'}? "
+            "Re-export the file, or fix its extension") from e
+
+
+def diagnose_encoding(path: str, head: bytes) -> None:
+    """Refuse a file whose first bytes show it is not UTF-8 text (UTF-16, Latin-1, a zip)."""
+    fix = "re-encode it as UTF-8 (e.g. iconv -f {enc} -t UTF-8 IN > OUT) and rerun"
+    if head.startswith(b"PK\x03\x04"):
+        raise ConfigError(f"{path} is a zip archive; extract it and point --input at its files")
+    if head.startswith(_UTF16_32_BOMS) or (head[:2000].count(b"\x00") > len(head[:2000]) // 4 > 0):
+        raise ConfigError(f"{path} looks like UTF-16 or UTF-32 text (byte-order mark or NUL "
+                          f"bytes); {fix.format(enc='UTF-16')}")
+    lines = [line for line in head.split(b"\n")[:-1] if line.strip()] or (
+        [head] if head.strip() and len(head) < SNIFF_BYTES else [])
+    bad = []
+    for line in lines:
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad.append(line[e.start:e.start + 1])
+    if lines and len(bad) * 2 > len(lines):
+        raise ConfigError(
+            f"{path} is not UTF-8: {len(bad)} of its first {len(lines)} lines hold bytes such "
+            f"as {bad[0]!r} that are not UTF-8; it looks like Latin-1 or Windows-1252: "
+            f"{fix.format(enc='WINDOWS-1252')}")
 
 
 def match_inputs(patterns: list[str]) -> list[FileMetadata]:
@@ -151,9 +200,21 @@ def field_names(f: InputFile) -> list[str] | None:
     """The field names of a structured file, or None when it holds no record."""
     if f.format == "parquet":
         return _parquet_names(f.path, f.compressed)
-    if f.format == "jsonl":
-        return _jsonl_names(f.path)
-    return _header_names(f.path, f.format)
+    try:
+        if f.format == "jsonl":
+            return _jsonl_names(f.path)
+        return _header_names(f.path, f.format)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - decompression and I/O errors alike
+        raise ConfigError(f"cannot read {f.path}: {type(e).__name__}: {e}. Re-export the file "
+                          "or remove it from --input") from e
+
+
+def sniff(f: InputFile) -> None:
+    """Read the head of a text-based file: refuse corrupt compression and non-UTF-8 text."""
+    if f.format != "parquet":
+        diagnose_encoding(f.path, _head(f.path))
 
 
 def _resolve_fields(names: list[str], requested: FieldSpec) -> FieldSpec:
@@ -199,6 +260,7 @@ def resolve(patterns: list[str], input_format: str, requested: FieldSpec) -> Res
     """Match, detect formats and resolve/check field names (see the module docstring)."""
     files = []
     for m in match_inputs(patterns):
+        check_not_archive(m.path)
         fmt, compressed = detect_format(m.path)
         if input_format != "auto":
             fmt = input_format
@@ -206,6 +268,8 @@ def resolve(patterns: list[str], input_format: str, requested: FieldSpec) -> Res
     resolved: list[InputFile] = []
     for fmt in sorted({f.format for f in files}):
         group = [f for f in files if f.format == fmt]
+        for f in group[:SCHEMA_CHECK_MAX_FILES]:
+            sniff(f)
         if fmt == "text":
             _check_text_options(group[0].path, requested)
             resolved += [replace(f, fields=FieldSpec()) for f in group]

@@ -55,6 +55,7 @@ from beam_e5.io import reader_formats as rf
 from beam_e5.io import reader_validation as rv
 from beam_e5.io.reader_formats import FieldSpec
 from beam_e5.io.reader_validation import FORMATS, InputFile, ResolvedInput
+from beam_e5.io.sinks import CORE_COLUMNS
 
 __all__ = [
     "DOCUMENTS",
@@ -108,6 +109,12 @@ class ReaderConfig:
             keep = tuple(k.strip() for k in keep.split(",") if k.strip())
         if not all(isinstance(k, str) and k.strip() for k in keep):
             raise ConfigError(f"--keep-fields must be non-empty field names, got {list(keep)!r}")
+        reserved = [k for k in keep if k in CORE_COLUMNS]
+        if reserved:
+            raise ConfigError(
+                f"--keep-fields {reserved[0]!r} names a column beam-e5 writes itself "
+                f"({', '.join(CORE_COLUMNS)}); the vectors file cannot hold it twice. Drop it "
+                "from --keep-fields (the id is always written as 'id')")
         object.__setattr__(self, "keep_fields", tuple(dict.fromkeys(keep)))
 
     def patterns(self) -> list[str]:
@@ -181,35 +188,91 @@ def _tsv_header(f: InputFile) -> list[str]:
     return []
 
 
+class _ReadState:
+    """What :func:`_guarded` saw: lines read, and why reading stopped early (if it did)."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self.problem = ""
+
+
+def _stream_complete(fh) -> bool:  # noqa: ANN001 - Beam's CompressedFile
+    """Whether a fully read compressed file reached the end of its compressed stream.
+
+    Beam's ``CompressedFile`` stops quietly where a cut-off file ends; its decompressor
+    (zlib, bz2, lzma, zstd) knows whether the end-of-stream marker was seen.
+    """
+    decompressor = getattr(fh, "_decompressor", None)
+    eof = getattr(decompressor, "eof", None)
+    return True if eof is None else bool(eof)
+
+
+def _guarded(f: InputFile, fh, lines: Iterator, state: _ReadState) -> Iterator:  # noqa: ANN001
+    """Yield ``lines``; a read failure or a compressed stream cut short ends the file with
+    ``state.problem`` set, instead of crashing the job or passing silently."""
+    try:
+        for item in lines:
+            state.lines += 1
+            yield item
+    except Exception as e:  # noqa: BLE001 - only reading can raise here: any failure is the file's
+        state.problem = f"{type(e).__name__}: {e}"
+        return
+    if f.compressed and f.size_bytes > 0 and not _stream_complete(fh):
+        state.problem = "the compressed stream ends before its end-of-stream marker"
+
+
+def _file_problem(f: InputFile, state: _ReadState) -> rf.Parsed:
+    what = "compressed file" if f.compressed else "file"
+    return rf.file_error(
+        f.path, f"the {what} is cut short or corrupt after {state.lines} lines "
+        f"({state.problem}); the records after that point could not be read. Re-upload or "
+        "re-export the file and rerun")
+
+
 def read_split(split: Split) -> Iterator[rf.Parsed]:
-    """Read one split; yields ``("doc", Document)`` / ``("error", ErrorRecord)``."""
+    """Read one split; yields ``("doc", Document)`` / ``("error", ErrorRecord)``.
+
+    A file that cannot be read to its end (a compressed file cut short, a corrupt stream, an
+    unreadable Parquet file) yields the records before the break and one ``scope: "file"``
+    error naming the file.
+    """
     f, fields = split.file, split.file.fields
+    state = _ReadState()
     if split.problem:
-        yield rf.error(f.path, split.problem, "")
+        yield rf.file_error(f.path, split.problem)
     elif f.format == "parquet":
         try:
             with FileSystems.open(f.path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
                 table = pq.ParquetFile(fh).read_row_group(split.row_group, columns=fields.columns())
         except (OSError, ValueError, KeyError, pa.ArrowException) as e:  # e.g. a column missing in this file
             reason = f"cannot read row group {split.row_group}: {type(e).__name__}: {e}"
-            yield rf.error(f"{f.path}:row={split.row_offset}", reason, "")
+            yield rf.file_error(f"{f.path}:row={split.row_offset}", reason)
             return
         yield from rf.parse_rows(table.to_pylist(), f.path, split.row_offset, fields)
     elif f.format == "csv":
         with _open(f) as fh:
-            lines = (line for _, line in rf.iter_lines(fh, keep_ends=True))
-            yield from rf.parse_csv(lines, f.path, fields)
+            raw = _guarded(f, fh, rf.iter_lines(fh, keep_ends=True), state)
+            yield from rf.parse_csv((line for _, line in raw), f.path, fields)
     else:
-        header = _tsv_header(f) if f.format == "tsv" else []
+        try:
+            header = _tsv_header(f) if f.format == "tsv" else []
+        except Exception as e:  # noqa: BLE001 - an unreadable file is the file's error
+            state.problem = f"{type(e).__name__}: {e}"
+            header = []
         with _open(f) as fh:
-            lines = _sourced(f.path, rf.iter_lines(fh, split.start, split.end), split.numbered)
-            if f.format == "jsonl":
+            lines = _sourced(f.path, _guarded(f, fh, rf.iter_lines(fh, split.start, split.end), state),
+                             split.numbered)
+            if state.problem:
+                pass
+            elif f.format == "jsonl":
                 yield from rf.parse_jsonl(lines, fields)
             elif f.format == "text":
                 yield from rf.parse_text(lines)
             else:
                 data = _skip_first_nonblank(lines) if split.start == 0 else lines
                 yield from rf.parse_tsv(data, header, fields)
+    if state.problem:
+        yield _file_problem(f, state)
 
 
 def _skip_first_nonblank(lines: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:

@@ -139,7 +139,13 @@ class WriteDuplicates(beam.PTransform):
 
 
 def error_to_json(record: Mapping[str, Any]) -> str:
-    return json.dumps(dict(record), ensure_ascii=False, sort_keys=True, default=str)
+    """One JSON line; a lone surrogate anywhere (not UTF-8 encodable) is written escaped."""
+    line = json.dumps(dict(record), ensure_ascii=False, sort_keys=True, default=str)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(dict(record), ensure_ascii=True, sort_keys=True, default=str)
+    return line
 
 
 class WriteErrors(beam.PTransform):

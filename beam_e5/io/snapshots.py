@@ -10,18 +10,46 @@ the previous snapshot in service.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_e5.errors import ConfigError
+from beam_e5.errors import ConfigError, RunFailed
 from beam_e5.io.outputs import MANIFEST, read_manifest
 from beam_e5.io.sinks import table_to_records
 
-__all__ = ["PreviousSnapshot", "load_previous", "publish", "read_previous", "resolve_snapshot",
+__all__ = ["PreviousSnapshot", "check_min_ratio", "check_not_live", "check_pointer_location",
+           "check_publishable",
+           "load_previous", "publish", "read_pointer", "read_previous", "resolve_snapshot",
            "same_signature"]
+
+
+MAX_POINTER_BYTES = 4096
+
+
+def _local_abs(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def read_pointer(pointer: str) -> Optional[str]:
+    """The snapshot a ``--publish`` pointer file names, or None if it is not a pointer file
+    (missing, a directory, binary, several lines, too big)."""
+    if "://" not in pointer and not os.path.isfile(pointer):
+        return None
+    if not FileSystems.exists(pointer):
+        return None
+    try:
+        with FileSystems.open(pointer) as f:
+            data = f.read(MAX_POINTER_BYTES + 1)
+        target = data.decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if len(data) > MAX_POINTER_BYTES or not target or "\n" in target or "\x00" in target:
+        return None
+    return target.rstrip("/")
 
 
 def resolve_snapshot(path: str) -> str:
@@ -29,13 +57,75 @@ def resolve_snapshot(path: str) -> str:
     path = path.rstrip("/")
     if FileSystems.exists(FileSystems.join(path, MANIFEST)):
         return path
-    if FileSystems.exists(path):
-        with FileSystems.open(path) as f:
-            target = f.read().decode("utf-8").strip()
-        if target and FileSystems.exists(FileSystems.join(target, MANIFEST)):
-            return target
-    raise ConfigError(f"--previous {path} is neither a complete snapshot (no {MANIFEST}) nor a "
-                      "--publish pointer to one; run `beam-e5 embed` first or fix the path")
+    target = read_pointer(path)
+    if target and FileSystems.exists(FileSystems.join(target, MANIFEST)):
+        return target
+    if target:
+        raise ConfigError(f"--previous {path} points to {target}, which holds no {MANIFEST} (not "
+                          "a complete beam-e5 run); fix the pointer or pass a snapshot directory")
+    raise ConfigError(f"--previous {path} is neither a complete snapshot (a directory with "
+                      f"{MANIFEST}) nor a --publish pointer to one; pass the --output "
+                      "directory or the pointer file of an earlier run")
+
+
+def check_not_live(output: str, pointers: Iterable[Optional[str]]) -> None:
+    """Refuse ``--overwrite`` of the snapshot a pointer (``--publish``, ``--previous``) names:
+    it would delete the served snapshot before its replacement exists."""
+    for pointer in pointers:
+        target = read_pointer(pointer) if pointer else None
+        if target and _local_abs(target).rstrip("/") == _local_abs(output).rstrip("/"):
+            raise ConfigError(
+                f"--output {output} is the live snapshot that {pointer} names; --overwrite "
+                "would delete it before the new run is complete. Write each run to a new "
+                "directory (e.g. a date) and let --publish move the pointer")
+
+
+def check_pointer_location(pointer: str, output: str) -> None:
+    """A ``--publish`` pointer must be a file we can write next to, not the output itself."""
+    if _local_abs(pointer).rstrip("/") == _local_abs(output).rstrip("/"):
+        raise ConfigError(f"--publish {pointer} is the --output directory; name a pointer file "
+                          "beside the snapshots, e.g. snapshots/LATEST")
+    if "://" in pointer:
+        return
+    if os.path.isdir(pointer):
+        raise ConfigError(f"--publish {pointer} is a directory; name a pointer file, e.g. "
+                          f"{os.path.join(pointer, 'LATEST')}")
+    parent = os.path.dirname(os.path.abspath(pointer))
+    if not os.path.isdir(parent):
+        raise ConfigError(f"the folder of --publish {pointer} does not exist; create {parent} "
+                          "or choose another pointer path")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"cannot write --publish {pointer} (no write permission on {parent})")
+
+
+def published_count(pointer: str) -> Optional[int]:
+    """``written`` of the snapshot a pointer names now (None if none or unknown)."""
+    target = read_pointer(pointer)
+    if not target or not FileSystems.exists(FileSystems.join(target, MANIFEST)):
+        return None
+    written = (read_manifest(target).get("counts") or {}).get("written")
+    return written if isinstance(written, int) else None
+
+
+def check_publishable(pointer: str, written: int, min_ratio: float) -> None:
+    """Publish guards: never a run without documents, never one that shrank below
+    ``min_ratio`` times the snapshot it replaces (0 turns that guard off)."""
+    if written <= 0:
+        raise RunFailed(f"not publishing: the run wrote 0 documents, and {pointer} keeps "
+                        "naming the snapshot it named. Check --input (an empty export?)")
+    before = published_count(pointer)
+    if before and min_ratio > 0 and written < min_ratio * before:
+        raise RunFailed(
+            f"not publishing: the run wrote {written:,} documents, fewer than "
+            f"--publish-min-ratio {min_ratio:g} x the {before:,} of the snapshot {pointer} "
+            "names now, which stays in service. If the corpus really shrank, rerun with "
+            "--publish-min-ratio 0 (or publish this run: beam-e5 writes nothing else)")
+
+
+def check_min_ratio(value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"--publish-min-ratio must be between 0 and 1, got {value}; "
+                          "0 turns the shrink guard off")
 
 
 @dataclass(frozen=True)
@@ -71,7 +161,7 @@ def publish(pointer: str, snapshot: str) -> None:
     """
     tmp = pointer + ".tmp"
     with FileSystems.create(tmp) as f:
-        f.write((snapshot.rstrip("/") + "\n").encode("utf-8"))
+        f.write((_local_abs(snapshot).rstrip("/") + "\n").encode("utf-8"))
     FileSystems.rename([tmp], [pointer])
 
 

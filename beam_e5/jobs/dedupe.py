@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,8 +35,10 @@ from beam_e5.io.outputs import (
     record_counts,
     write_manifest,
 )
+from beam_e5.dedupe.explain import INSTALL_HINT
 from beam_e5.io.sinks import (
     WriteDuplicates,
+    WriteErrors,
     WriteVectors,
     read_vectors,
     table_to_records,
@@ -69,43 +72,106 @@ def vectors_input_schema(pattern: str) -> pa.Schema:
         raise ConfigError(f"{matches[0].path} lacks beam-e5 vector columns "
                           "(id string, embedding fixed_size_list<float>); was it written by "
                           "beam-e5 embed?")
+    id_type = schema.field("id").type
+    if not (pa.types.is_string(id_type) or pa.types.is_large_string(id_type)):
+        raise ConfigError(f"the id column of {matches[0].path} is {id_type}, not a string; "
+                          "beam-e5 writes string ids: convert the column (or re-run beam-e5 "
+                          "embed on the corpus)")
     return schema
+
+
+def set_aside(record: dict) -> Optional[str]:
+    """Why a vectors row cannot enter semantic dedupe ("" or None if it can): a null or empty
+    id, or a NaN/infinite vector; such rows go to errors-*.jsonl, like ``embed`` does."""
+    doc_id = record.get("id")
+    if not isinstance(doc_id, str) or not doc_id:
+        return "the id is null or empty"
+    if not np.isfinite(record["embedding"]).all():
+        return "the vector holds NaN or infinite values"
+    return None
+
+
+def _aside_to_error(record: dict, reason: str) -> dict:
+    return {"source": "", "id": record.get("id"), "reason": reason,
+            "record": json.dumps({"id": record.get("id"),
+                                  "text_sha256": record.get("text_sha256")})}
+
+
+def signature_from_metadata(metadata: Optional[dict]) -> dict[str, str]:
+    """The model signature (as ``beam-e5 embed`` records it in its manifest) from a vectors
+    file's metadata, so ``reembed --previous`` can carry vectors from a dedupe output."""
+    out = {}
+    for k, v in (metadata or {}).items():
+        key, value = k.decode(), v.decode()
+        if key.startswith("beam_e5.") and key not in ("beam_e5.version",
+                                                      "beam_e5.normalization"):
+            out[key[len("beam_e5."):]] = value
+    return out
 
 
 def run_dedupe(job: DedupeJob, beam_args: list[str]) -> RunSummary:
     schema = vectors_input_schema(job.input)
-    prepare_output(job.output)
+    claim = prepare_output(job.output)
+    try:
+        summary = _run_dedupe(job, schema, beam_args)
+    except BaseException:
+        claim.abandon()
+        raise
+    claim.release()
+    return summary
+
+
+def _run_dedupe(job: DedupeJob, schema: pa.Schema, beam_args: list[str]) -> RunSummary:
     start = time.time()
     p = beam.Pipeline(options=PipelineOptions(beam_args))
     records = (p
                | "ReadVectors" >> beam.io.ReadFromParquetBatched(job.input)
                | "ToRecords" >> beam.FlatMap(table_to_records))
+    checked = records | "SetAside" >> beam.Map(lambda r: (set_aside(r), r))
+    valid = (checked | "Valid" >> beam.Filter(lambda rr: rr[0] is None)
+             | "ValidRecords" >> beam.Map(lambda rr: rr[1]))
+    invalid_rows = checked | "Invalid" >> beam.Filter(lambda rr: rr[0] is not None)
+    invalid = invalid_rows | "InvalidToErrors" >> beam.Map(lambda rr: _aside_to_error(rr[1], rr[0]))
+    # counts balance in documents: an invalid window row is in errors-*.jsonl, not counted
+    invalid_docs = invalid_rows | "InvalidDocs" >> beam.Filter(lambda rr: is_document_row(rr[1]))
     # decided per document (its one row, or the document row of a chunked one); the window
     # rows of a kept document are kept with it, those of a duplicate dropped with it
-    docs = records | "DocumentRows" >> beam.Filter(is_document_row)
+    docs = valid | "DocumentRows" >> beam.Filter(is_document_row)
     result = docs | "SemanticDedupe" >> SemanticDedupe(job.semantic)
-    chunks = records | "ChunkRows" >> beam.Filter(is_chunk_row)
+    chunks = valid | "ChunkRows" >> beam.Filter(is_chunk_row)
     kept_chunks = keep_chunks_of(result.kept, chunks)
     _ = ((result.kept, kept_chunks) | "KeptRows" >> beam.Flatten()
          | "WriteVectors" >> WriteVectors(job.output.output, schema))
     _ = result.duplicates | "WriteDuplicates" >> WriteDuplicates(job.output.output)
-    record_counts(p, {"read": docs, "written": result.kept,
+    _ = invalid | "WriteErrors" >> WriteErrors(job.output.output)
+    record_counts(p, {"read": records | "ReadDocs" >> beam.Filter(is_document_row),
+                      "written": result.kept, "invalid": invalid_docs,
                       "semantic_duplicates": result.duplicates, "chunk_rows": kept_chunks},
                   job.output.output)
     p.run().wait_until_finish()
     raw = read_counts(job.output.output)
-    counts = {"read": raw["read"], "invalid": 0, "exact_duplicates": 0,
+    counts = {"read": raw["read"], "invalid": raw["invalid"], "exact_duplicates": 0,
               "semantic_duplicates": raw["semantic_duplicates"], "embedded": 0,
               "written": raw["written"], "chunk_rows": raw.get("chunk_rows", 0)}
-    if counts["read"] != counts["written"] + counts["semantic_duplicates"]:
+    if counts["read"] != counts["written"] + counts["semantic_duplicates"] + counts["invalid"]:
         raise RuntimeError(f"counts do not balance: {counts}; this is a bug, please report it")
     summary = RunSummary(counts, time.time() - start)
     write_manifest(job.output.output, {
         "beam_e5_version": __version__, "command": "dedupe", "input": job.input,
-        "model": {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()},
+        "model": signature_from_metadata(schema.metadata),
+        "file_metadata": {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()},
         "options": {"semantic": asdict(job.semantic), "output": asdict(job.output)},
         "counts": counts, "stats": summary.stats()})
     return summary
+
+
+def check_explain_installed() -> None:
+    """``--explain`` draws a histogram with matplotlib: refuse before reading any vector."""
+    try:
+        import matplotlib  # noqa: F401  (the histogram is drawn with it, at the end)
+    except ImportError as e:
+        raise ConfigError(f"dedupe --explain needs matplotlib to draw nn_similarity.png: "
+                          f"{INSTALL_HINT}") from e
 
 
 def sample_by_id(records: Iterable[dict], k: Optional[int], seed: int = 0) -> list[dict]:
@@ -139,6 +205,7 @@ def run_explain(pattern: str, out_dir: str, sample_size: int, max_vectors: Optio
     """
     from beam_e5.dedupe.explain import explain
 
+    check_explain_installed()
     vectors_input_schema(pattern)
     records = (rec for table in read_vectors(pattern) for rec in table_to_records(table)
                if is_document_row(rec))

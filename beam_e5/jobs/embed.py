@@ -15,23 +15,29 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from beam_e5._version import __version__
-from beam_e5.errors import ConfigError
+from beam_e5.errors import ConfigError, RunFailed
 from beam_e5.io.outputs import (
+    OutputClaim,
     OutputConfig,
     prepare_output,
     read_counts,
+    read_problems,
     record_counts,
+    record_problems,
     write_manifest,
 )
+from beam_e5.io.pg_uri import is_pg_uri, redact
+from beam_e5.io.pgvector import PgRun, PgSinkConfig
 from beam_e5.io.readers import (
     ReadCorpus,
     ReaderConfig,
@@ -39,10 +45,20 @@ from beam_e5.io.readers import (
     validate_reader_config,
 )
 from beam_e5.io.sinks import WriteDuplicates, WriteErrors, WriteVectors, vectors_schema
-from beam_e5.io.snapshots import PreviousSnapshot, load_previous, publish, read_previous
+from beam_e5.io.snapshots import (
+    PreviousSnapshot,
+    check_min_ratio,
+    check_not_live,
+    check_pointer_location,
+    check_publishable,
+    load_previous,
+    publish,
+    read_previous,
+    same_signature,
+)
 from beam_e5.jobs.summary import RunSummary, summarize
 from beam_e5.model.chunking import LongTextConfig
-from beam_e5.model.config import EncoderConfig, EncoderSpec
+from beam_e5.model.config import EncoderConfig, EncoderSpec, check_device_here
 from beam_e5.model.fingerprint import model_signature
 from beam_e5.records import is_chunk_row, is_document_row
 from beam_e5.transforms.embed_texts import EmbedTexts
@@ -73,13 +89,48 @@ class EmbedJob:
     previous: Optional[str] = None  # a snapshot dir or publish pointer: re-embed incrementally
     publish: Optional[str] = None  # pointer file moved to this run's output after success
     long_text: LongTextConfig = field(default_factory=LongTextConfig)
+    # --output postgresql://...?table=NAME: vectors go to PostgreSQL, and ``output`` above is
+    # the --report-dir (manifest, errors, duplicates, deleted ids)
+    pg: Optional[PgSinkConfig] = None
+    # refuse to publish fewer documents than this fraction of the snapshot it replaces
+    publish_min_ratio: float = 0.5
 
     def __post_init__(self) -> None:
+        check_min_ratio(self.publish_min_ratio)
+        if self.pg is not None:
+            _check_pg_job(self)
+        elif is_pg_uri(self.previous):
+            raise ConfigError("--previous is a postgresql:// URI: --output must be the same URI "
+                              "(a run re-embeds into the table it reads)")
         if not self.exact_dedupe and (self.semantic is not None or self.previous is not None):
             raise ConfigError(
                 "semantic dedupe and re-embedding match documents by id, and exact dedupe is "
                 "what makes ids unique (it rejects an id used for two texts): drop "
                 "--no-exact-dedupe, or drop --dedupe-threshold / use embed instead of reembed")
+
+
+def _check_pg_job(job: EmbedJob) -> None:
+    pg = job.pg
+    if job.publish:
+        raise ConfigError("--publish moves a pointer file; with a postgresql:// --output the run "
+                          "publishes by swapping the table behind table=NAME: drop --publish")
+    if job.previous is not None:
+        if not is_pg_uri(job.previous):
+            raise ConfigError("with a postgresql:// --output, --previous must be the same URI "
+                              "(reembed reads what that table publishes)")
+        same = PgSinkConfig(job.previous, pg.report_dir).target
+        if (same.dsn, same.name, same.schema) != (pg.target.dsn, pg.target.name,
+                                                  pg.target.schema):
+            raise ConfigError(f"--previous {redact(job.previous)} differs from --output "
+                              f"{pg.target.redacted}: reembed into a table publishes under the "
+                              "name it read; pass the same URI to both")
+        if job.semantic is not None:
+            raise ConfigError("--dedupe-threshold needs every vector in the workers, but a "
+                              "postgresql:// reembed keeps unchanged vectors in the database: "
+                              "drop it, or reembed to files")
+    if pg.store_text and "text" in job.reader.keep_fields:
+        raise ConfigError("--store-text adds a 'text' column, and --keep-fields names 'text' "
+                          "too: drop one of them")
 
 
 @dataclass(frozen=True)
@@ -90,6 +141,8 @@ class ResolvedJob:
     signature: dict[str, Any]
     previous: Optional[PreviousSnapshot]
     reader_input: ResolvedInput  # the matched files and resolved field names
+    claim: Optional[OutputClaim] = None  # this run's hold on the output directory
+    pg_run: Optional[PgRun] = None  # holds the lock on the published name; close() it
 
 
 @dataclass(frozen=True)
@@ -102,6 +155,12 @@ class Streams:
     counts: dict[str, Any]
     deleted: Any = None
     sums: dict[str, Any] = field(default_factory=dict)  # streams of ints to total
+    # postgresql:// reembed: documents whose rows (all their windows) stay in the database
+    carried: Any = None
+
+
+def _with_text_field(doc: dict) -> dict:
+    return {**doc, "fields": {**(doc.get("fields") or {}), "text": doc["text"]}}
 
 
 def _for_embedding(doc: dict) -> dict:
@@ -117,17 +176,22 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob) ->
     errors = [read.errors]
     duplicates = []
     docs = read.documents
-    if job.exact_dedupe:
-        exact = docs | "ExactDedupe" >> ExactDedupe()
-        docs = exact.unique
-        duplicates.append(exact.duplicates)
-        errors.append(exact.errors)
-        counts.update(exact_duplicates=exact.duplicates, id_conflicts=exact.errors)
+    pg_run = resolved.pg_run
+    if pg_run is not None and job.pg.store_text:
+        docs = docs | "StoreText" >> beam.Map(_with_text_field)
+    # without exact dedupe, ids are still made unique (an id used twice is one document)
+    exact = docs | "ExactDedupe" >> ExactDedupe(by_text=job.exact_dedupe)
+    docs = exact.unique
+    duplicates.append(exact.duplicates)
+    errors.append(exact.errors)
+    counts.update(exact_duplicates=exact.duplicates, id_conflicts=exact.errors)
     carried = deleted = None
     if resolved.previous is not None:
+        previous = (p | "ReadPublished" >> pg_run.read_published() if pg_run is not None
+                    else read_previous(p, resolved.previous))
         split = split_by_previous(
             docs, read.documents | "PresentIds" >> beam.Map(lambda d: d["id"]),
-            read_previous(p, resolved.previous), resolved.previous.same_model)
+            previous, resolved.previous.same_model)
         carried, deleted = split[CARRIED], split[DELETED]
         for category in (NEW, REEMBEDDED):
             counts[category] = split[TO_EMBED] | f"Only_{category}" >> beam.Filter(
@@ -141,8 +205,10 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob) ->
     errors.append(embed_errors)
     counts.update(embedded=embedded | "EmbeddedDocs" >> beam.Filter(is_document_row),
                   embed_errors=embed_errors)
+    in_db = carried if pg_run is not None else None  # carried inside the database
     if carried is not None:
         counts["carried"] = carried | "CarriedDocs" >> beam.Filter(is_document_row)
+    if carried is not None and in_db is None:
         embedded = (embedded, carried) | "WithCarried" >> beam.Flatten()
     written = embedded
     if job.semantic is not None:
@@ -155,19 +221,32 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob) ->
         duplicates.append(semantic.duplicates)
         counts["semantic_duplicates"] = semantic.duplicates
     written_docs = written | "WrittenDocs" >> beam.Filter(is_document_row)
+    chunk_rows = written | "WrittenChunks" >> beam.Filter(is_chunk_row)
+    sums = {}
+    if in_db is not None:
+        # one record per carried document stands for all its rows, which stay in the table
+        written_docs = (written_docs, in_db | "CarriedInDbDocs" >> beam.Filter(is_document_row)
+                        ) | "WrittenWithCarried" >> beam.Flatten()
+        sums["carried_chunk_rows"] = in_db | "CarriedChunkRows" >> beam.Map(carried_chunk_rows)
+    sums["tokens_cut"] = written_docs | "TokensCut" >> beam.Map(
+        lambda r: int(r.get("tokens_cut") or 0))
     counts["written"] = written_docs
-    counts["chunk_rows"] = written | "WrittenChunks" >> beam.Filter(is_chunk_row)
+    counts["chunk_rows"] = chunk_rows
     counts["chunked_documents"] = written_docs | "Chunked" >> beam.Filter(
-        lambda r: r.get("chunks", 1) > 1)
+        lambda r: (r.get("chunks") or 1) > 1)
     counts["truncated_documents"] = written_docs | "Truncated" >> beam.Filter(
         lambda r: (r.get("tokens_cut") or 0) > 0)
-    sums = {"tokens_cut": written_docs | "TokensCut" >> beam.Map(
-        lambda r: int(r.get("tokens_cut") or 0))}
     return Streams(
         written=written,
         duplicates=tuple(duplicates) | "AllDuplicates" >> beam.Flatten(pipeline=p),
         errors=tuple(errors) | "AllErrors" >> beam.Flatten(pipeline=p),
-        counts=counts, deleted=deleted, sums=sums)
+        counts=counts, deleted=deleted, sums=sums, carried=in_db)
+
+
+def carried_chunk_rows(doc: dict) -> int:
+    """Window rows a document carried inside the database has besides its document row."""
+    chunks = int(doc.get("chunks") or 1)
+    return chunks if chunks > 1 else 0
 
 
 def keep_chunks_of(kept_docs, chunk_rows):
@@ -182,9 +261,13 @@ def keep_chunks_of(kept_docs, chunk_rows):
 def write_streams(p: beam.Pipeline, streams: Streams, job: EmbedJob,
                   resolved: ResolvedJob) -> None:
     out = job.output.output
-    schema = vectors_schema(resolved.spec.dim, job.output.vector_dtype, job.reader.keep_fields,
-                            file_metadata(job, resolved))
-    _ = streams.written | "WriteVectors" >> WriteVectors(out, schema)
+    schema = job_vectors_schema(job, resolved.spec, resolved.signature)
+    if resolved.pg_run is not None:
+        _ = streams.written | "WriteVectorsToPg" >> resolved.pg_run.write_vectors(schema)
+        if streams.carried is not None:
+            _ = streams.carried | "WriteCarriedToPg" >> resolved.pg_run.write_carried(schema)
+    else:
+        _ = streams.written | "WriteVectors" >> WriteVectors(out, schema)
     _ = streams.duplicates | "WriteDuplicates" >> WriteDuplicates(out)
     _ = streams.errors | "WriteErrors" >> WriteErrors(out)
     if streams.deleted is not None:
@@ -193,11 +276,21 @@ def write_streams(p: beam.Pipeline, streams: Streams, job: EmbedJob,
              | "WriteDeleted" >> beam.io.WriteToText(FileSystems.join(out, "deleted"),
                                                      file_name_suffix=".jsonl"))
     record_counts(p, streams.counts, out, streams.sums)
+    record_problems(streams.errors, out)
 
 
-def file_metadata(job: EmbedJob, resolved: ResolvedJob) -> dict[str, str]:
+def job_vectors_schema(job: EmbedJob, spec: EncoderSpec, signature: dict[str, Any]):
+    """The vectors' columns: Parquet files, or the PostgreSQL table (plus ``text`` with
+    ``--store-text``)."""
+    keep = tuple(job.reader.keep_fields)
+    if job.pg is not None and job.pg.store_text:
+        keep += ("text",)
+    return vectors_schema(spec.dim, job.output.vector_dtype, keep, file_metadata(signature))
+
+
+def file_metadata(signature: dict[str, Any]) -> dict[str, str]:
     return {"beam_e5.version": __version__, "beam_e5.normalization": "l2",
-            **{f"beam_e5.{k}": str(v) for k, v in resolved.signature.items()}}
+            **{f"beam_e5.{k}": str(v) for k, v in signature.items()}}
 
 
 def manifest_counts(raw: dict[str, int]) -> dict[str, int]:
@@ -214,6 +307,8 @@ def manifest_counts(raw: dict[str, int]) -> dict[str, int]:
                  "truncated_documents", "tokens_cut"):
         if name in raw:
             counts[name] = raw[name]
+    if "carried_chunk_rows" in raw:  # postgresql:// reembed: window rows kept in the table
+        counts["chunk_rows"] = counts.get("chunk_rows", 0) + raw["carried_chunk_rows"]
     balance = (counts["written"] + counts["exact_duplicates"] + counts["semantic_duplicates"]
                + counts["invalid"])
     if counts["read"] != balance:
@@ -223,26 +318,117 @@ def manifest_counts(raw: dict[str, int]) -> dict[str, int]:
     return counts
 
 
-def validate_job(job: EmbedJob) -> ResolvedJob:
-    """Everything that can be checked before the pipeline starts."""
+def validate_job(job: EmbedJob, beam_args: Optional[list[str]] = None) -> ResolvedJob:
+    """Everything that can be checked before the pipeline starts; claims the output last
+    (release the returned ``claim``, close the returned ``pg_run``)."""
     reader_input = validate_reader_config(job.reader)
     spec = job.encoder.resolve()
+    check_device_here(job.encoder, beam_runner(beam_args or []))
     signature = {**model_signature(spec), "vector_dtype": job.output.vector_dtype,
                  **job.long_text.signature()}
+    if job.pg is not None:
+        claim = prepare_output(job.output)  # the --report-dir
+        try:
+            run = PgRun.open(job.pg, job_vectors_schema(job, spec, signature))
+        except BaseException:
+            claim.abandon()
+            raise
+        previous = None
+        if job.previous:
+            if run.published is None:
+                run.close()
+                claim.abandon()
+                raise ConfigError(f"nothing is published under {job.pg.target.name} yet: run "
+                                  "`beam-e5 embed` with this --output first")
+            previous = PreviousSnapshot(f"{run.schema}.{run.published.table}",
+                                        same_signature(run.published.signature, signature))
+        return ResolvedJob(spec, signature, previous, reader_input, claim, pg_run=run)
     previous = load_previous(job.previous, signature) if job.previous else None
     if previous is not None and _same_dir(previous.path, job.output.output):
         raise ConfigError("--output must differ from the --previous snapshot; write each run "
                           "to a new directory and move a --publish pointer")
-    prepare_output(job.output)
-    return ResolvedJob(spec, signature, previous, reader_input)
+    if job.publish:
+        check_pointer_location(job.publish, job.output.output)
+    if job.output.overwrite:
+        check_not_live(job.output.output, (job.publish, job.previous))
+    claim = prepare_output(job.output)
+    return ResolvedJob(spec, signature, previous, reader_input, claim)
+
+
+def beam_runner(beam_args: list[str]) -> Optional[str]:
+    """The ``--runner`` among Beam's arguments (None: the default DirectRunner)."""
+    runner = PipelineOptions(beam_args).view_as(StandardOptions).runner
+    return runner if isinstance(runner, str) or runner is None else type(runner).__name__
 
 
 def _same_dir(a: str, b: str) -> bool:
-    return a.rstrip("/") == b.rstrip("/")
+    def norm(path: str) -> str:
+        return (path if "://" in path else os.path.abspath(path)).rstrip("/")
+    return norm(a) == norm(b)
 
 
 def run_embed(job: EmbedJob, beam_args: list[str]) -> RunSummary:
-    resolved = validate_job(job)
+    """Validate, run, write the manifest, then publish; raises RunFailed (after the manifest)
+    when an input file could not be read to its end or a publish guard refuses."""
+    resolved = validate_job(job, beam_args)
+    try:
+        try:
+            summary, problems, manifest = _run_and_record(job, resolved, beam_args)
+        except BaseException:
+            if resolved.claim is not None:
+                resolved.claim.abandon()  # no partial files left to refuse the corrected rerun
+            raise
+        if resolved.claim is not None:
+            resolved.claim.release()
+        try:
+            _check_and_publish(job, resolved, summary, problems, manifest)
+        except RunFailed as e:
+            e.summary = summary  # type: ignore[attr-defined]  (the CLI still prints it)
+            raise
+        return summary
+    finally:
+        if resolved.pg_run is not None:
+            resolved.pg_run.close()  # drops the load tables; releases the lock
+
+
+def _check_and_publish(job: EmbedJob, resolved: ResolvedJob, summary: RunSummary,
+                       problems: list[dict], manifest: dict[str, Any]) -> None:
+    target = (f"the table behind {job.pg.target.name} was not swapped" if job.pg is not None
+              else f"{job.publish} was not moved" if job.publish else "")
+    if problems:
+        raise RunFailed(
+            f"{len(problems)} input file(s) could not be read to their end, so records may be "
+            f"missing ({problems[0]['source']}: {problems[0]['reason']}); the run in "
+            f"{job.output.output} lists them in errors-*.jsonl and its manifest"
+            + (f", and {target}" if target else ""))
+    written = summary.counts["written"]
+    if resolved.pg_run is not None:
+        # documents against documents (a chunked document is several rows in the table)
+        check_table_publishable(job.pg.target.name, written,
+                                resolved.pg_run.published_documents(), job.publish_min_ratio)
+        rows = written + summary.counts.get("chunk_rows", 0)  # document rows + window rows
+        manifest["pg"] = resolved.pg_run.publish(rows, resolved.signature, manifest)
+        write_manifest(job.output.output, manifest)  # again, with the load and index figures
+    elif job.publish:
+        check_publishable(job.publish, written, job.publish_min_ratio)
+        publish(job.publish, job.output.output)
+
+
+def check_table_publishable(name: str, written: int, before: Optional[int],
+                            min_ratio: float) -> None:
+    """The publish guards of a postgresql:// output (as :func:`check_publishable`)."""
+    if written <= 0:
+        raise RunFailed(f"not publishing: the run wrote 0 documents, and {name} keeps serving "
+                        "the table it served. Check --input (an empty export?)")
+    if before and min_ratio > 0 and written < min_ratio * before:
+        raise RunFailed(
+            f"not publishing: the run wrote {written:,} documents, fewer than "
+            f"--publish-min-ratio {min_ratio:g} x the {before:,} that {name} serves now, which stays in service. "
+            "If the corpus really shrank, rerun with --publish-min-ratio 0")
+
+
+def _run_and_record(job: EmbedJob, resolved: ResolvedJob, beam_args: list[str]
+                    ) -> tuple[RunSummary, list[dict], dict[str, Any]]:
     options = PipelineOptions(beam_args)
     start = time.time()
     p = beam.Pipeline(options=options)
@@ -251,9 +437,10 @@ def run_embed(job: EmbedJob, beam_args: list[str]) -> RunSummary:
     result = p.run()
     result.wait_until_finish()
     seconds = time.time() - start
+    problems = read_problems(job.output.output)
     counts = manifest_counts(read_counts(job.output.output))
     summary = summarize(result, counts, seconds)
-    write_manifest(job.output.output, {
+    manifest = {
         "beam_e5_version": __version__,
         "command": "reembed" if job.previous else "embed",
         "model": resolved.signature,
@@ -263,10 +450,13 @@ def run_embed(job: EmbedJob, beam_args: list[str]) -> RunSummary:
         "options": job_options(job),
         "counts": counts,
         "stats": summary.stats(),
-    })
-    if job.publish:
-        publish(job.publish, job.output.output)
-    return summary
+        "incomplete_inputs": problems,
+        "warnings": summary.warnings(),
+    }
+    if resolved.pg_run is not None:
+        manifest["output"] = job.pg.target.redacted
+    write_manifest(job.output.output, manifest)
+    return summary, problems, manifest
 
 
 def job_options(job: EmbedJob) -> dict[str, Any]:
@@ -274,8 +464,9 @@ def job_options(job: EmbedJob) -> dict[str, Any]:
         return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
     return {"reader": plain(job.reader), "encoder": plain(job.encoder),
             "output": plain(job.output), "exact_dedupe": job.exact_dedupe,
-            "semantic": plain(job.semantic), "previous": job.previous, "publish": job.publish,
-            "long_text": plain(job.long_text)}
+            "semantic": plain(job.semantic), "previous": redact(job.previous) or None,
+            "publish": job.publish, "publish_min_ratio": job.publish_min_ratio,
+            "pg": job.pg.options() if job.pg else None, "long_text": plain(job.long_text)}
 
 
 __all__ = ["EmbedJob", "build_embed_graph", "run_embed", "validate_job", "ConfigError"]

@@ -10,7 +10,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from beam_e5.transforms.handler import METRICS_NAMESPACE
 
 SUMMED_METRICS = ("texts_embedded", "real_tokens", "padded_tokens", "micro_batches",
-                  "truncated_texts", "oom_splits")
+                  "truncated_texts", "oom_splits", "mostly_unknown_texts")
 
 
 def counter_values(result: Any, namespace: str = METRICS_NAMESPACE) -> dict[str, int]:
@@ -44,7 +44,21 @@ class RunSummary:
             "micro_batches": self.metrics.get("micro_batches", 0),
             "truncated_texts": self.metrics.get("truncated_texts", 0),
             "model_loads": self.metrics.get("model_loads", 0),
+            "mostly_unknown_texts": self.metrics.get("mostly_unknown_texts", 0),
         }
+
+    def warnings(self) -> list[str]:
+        """What the user should look at although the run succeeded."""
+        out = []
+        if self.counts.get("written", 0) == 0:
+            out.append("no document was written: is --input an empty export? (a --publish "
+                       "pointer is never moved to an empty run)")
+        unknown = self.metrics.get("mostly_unknown_texts", 0)
+        if unknown:
+            out.append(f"{unknown:,} embedded texts are mostly unknown tokens (the tokenizer's "
+                       "[UNK]): their vectors say little. Is the model's vocabulary right for "
+                       "this text (language, script)?")
+        return out
 
     def render(self) -> str:
         c, s = self.counts, self.stats()
@@ -74,6 +88,7 @@ class RunSummary:
         for extra in ("carried", "reembedded", "new", "deleted"):
             if extra in c:
                 lines.append(f"  {extra}: {c[extra]:,}")
+        lines += [f"  warning: {w}" for w in self.warnings()]
         return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ is what ships to the workers.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass, field
@@ -98,7 +99,8 @@ class EncoderConfig:
         # size, and on gs:// every read is a request
         read_json = functools.lru_cache(maxsize=None)(
             json_reader_for_dir(lambda rel: read_model_file_text(source, rel)))
-        profile = resolve_profile(self.model, read_st_config(read_json), self.overrides)
+        st = read_st_config(read_json)
+        profile = resolve_profile(self.model, st, self.overrides)
         dim = model_dim(source, read_json)
         check_backend_supported(self.backend, model_type(read_json), self.device,
                                 local_weight_bytes(source, read_json))
@@ -106,7 +108,59 @@ class EncoderConfig:
             raise ConfigError(
                 f"--max-batch-tokens {self.max_batch_tokens} is smaller than the max length "
                 f"{profile.max_length}; raise --max-batch-tokens or lower --max-length")
+        # what the encoder will really use, so the manifest records what ran
+        profile = cap_max_length(self.model, profile, self.overrides.max_length,
+                                 model_length_limit(st.tokenizer_max_length, read_json))
         return EncoderSpec(self, source, profile, dim)
+
+
+# encoders with learned absolute positions: max_position_embeddings bounds the length
+# (RoBERTa-style models reserve the first 2 positions for padding)
+_ABSOLUTE_POSITIONS = {"bert": 0, "distilbert": 0, "electra": 0, "roberta": 2,
+                       "xlm-roberta": 2, "camembert": 2, "mpnet": 2}
+
+
+def model_length_limit(tokenizer_max_length: Optional[int], read_json) -> Optional[int]:
+    """The most tokens the model takes: the tokenizer's ``model_max_length`` and, for
+    encoders with absolute positions, ``max_position_embeddings`` (None if unbounded)."""
+    limits = [tokenizer_max_length] if tokenizer_max_length else []
+    cfg = read_json("config.json") or {}
+    offset = _ABSOLUTE_POSITIONS.get(cfg.get("model_type"))
+    positions = cfg.get("max_position_embeddings")
+    if offset is not None and isinstance(positions, int) and positions > offset:
+        limits.append(positions - offset)
+    return min(limits) if limits else None
+
+
+def cap_max_length(model: str, profile: ModelProfile, requested: Optional[int],
+                   limit: Optional[int]) -> ModelProfile:
+    """The profile with the max length the encoder will really use (what the manifest
+    records); an explicit ``--max-length`` beyond the model's limit is an error."""
+    if limit is None or profile.max_length <= limit:
+        return profile
+    if requested is not None:
+        raise ConfigError(f"--max-length {requested} exceeds what {model} takes ({limit} "
+                          f"tokens); pass --max-length {limit} or less")
+    return dataclasses.replace(profile, max_length=limit)
+
+
+def check_device_here(config: "EncoderConfig", runner: Optional[str]) -> None:
+    """``--device cuda`` on a runner that embeds in this process needs a GPU here.
+
+    ``runner`` is Beam's ``--runner`` (None: the DirectRunner); remote runners (Dataflow,
+    Flink, ...) are not checked: their workers, not the launcher, have the GPU.
+    """
+    if config.device != "cuda":
+        return
+    name = runner or ""
+    if name and not any(local in name.lower() for local in ("direct", "prism")):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but this machine has no CUDA GPU and "
+                          f"the {name or 'DirectRunner'} embeds here; use --device auto or cpu, "
+                          "or run on GPU workers (--runner DataflowRunner ...)")
 
 
 def model_dim(source: ModelSource, read_json) -> int:

@@ -58,6 +58,8 @@ class EncodeStats:
     chunked: int = 0  # texts cut into more than one window
     tokens_cut: int = 0  # text tokens no window holds (truncate mode)
     failed: int = 0  # texts over the limit in fail mode
+    # per text: (tokens of the text itself, how many of them are the unknown token)
+    content_per_text: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,7 @@ class Encoder:
         self.left_padding = getattr(tokenizer, "padding_side", "right") == "left"
         self.dim = int(model.config.hidden_size)
         self._frame_ids: Optional[tuple[list[int], list[int]]] = None
+        self.unk_id = tokenizer.unk_token_id
         # Every forward pass runs on this one thread, one at a time: the model already uses
         # every core (or the GPU), and passes from many Beam worker threads would each grow
         # their own malloc arena by a batch's activations, so peak memory would rise with the
@@ -313,6 +316,13 @@ class Encoder:
         return Tokenized([self._window_ids(p, p.spans[0]) for p in plans],
                          [p.tokens_cut > 0 for p in plans])
 
+    def content_tokens(self, plan: _Plan) -> tuple[int, int]:
+        """(the text's own tokens, unknown ones among them), prefix and special tokens not
+        counted: exact, from the whole text's tokens (every window of it, not just one)."""
+        own = plan.ids[plan.prefix_tokens:]
+        unknown = sum(1 for t in own if t == self.unk_id) if self.unk_id is not None else 0
+        return len(own), unknown
+
     # -- inference ----------------------------------------------------------------------
     def encode(self, texts: Sequence[str],
                on_progress: Optional[Callable[[int, int], None]] = None,
@@ -371,6 +381,7 @@ class Encoder:
         stats.tokens_cut = sum(d.tokens_cut for d in docs)
         stats.chunked = sum(len(d.chunks) > 1 for d in docs)
         stats.failed = sum(bool(d.error) for d in docs)
+        stats.content_per_text = [self.content_tokens(p) for p in plans]
         stats.seconds = time.perf_counter() - start
         return docs, stats
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -20,7 +21,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 from beam_e5.errors import ConfigError
 
@@ -183,6 +184,64 @@ def check_safetensors_headers(paths: list[Path]) -> None:
                               "directory is corrupt or half-copied: download it again") from e
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model",
+                   "tokenizer.model", "spiece.model", "spm.model")
+
+
+def _json_file(source: ModelSource, rel: str) -> Any:
+    text = read_model_file_text(source, rel)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"{source.ref}/{rel} is not valid JSON ({e}); the model directory is "
+                          "corrupt or half-copied: copy it again") from e
+
+
+def tokenizer_vocab_size(source: ModelSource, names: list[str]) -> Optional[int]:
+    """Highest token id + 1 that the tokenizer files can produce (None if unknown, e.g. a
+    sentencepiece model)."""
+    ids: list[int] = []
+    if "tokenizer.json" in names:
+        tok = _json_file(source, "tokenizer.json") or {}
+        vocab = (tok.get("model") or {}).get("vocab")
+        if isinstance(vocab, dict):
+            ids += [v for v in vocab.values() if isinstance(v, int)]
+        elif isinstance(vocab, list):
+            ids.append(len(vocab) - 1)
+        ids += [t["id"] for t in tok.get("added_tokens") or [] if isinstance(t.get("id"), int)]
+    elif "vocab.txt" in names:
+        text = read_model_file_text(source, "vocab.txt") or ""
+        ids.append(len(text.splitlines()) - 1)
+    elif "vocab.json" in names:
+        vocab = _json_file(source, "vocab.json") or {}
+        ids += [v for v in vocab.values() if isinstance(v, int)]
+    if "added_tokens.json" in names:
+        ids += [v for v in (_json_file(source, "added_tokens.json") or {}).values()
+                if isinstance(v, int)]
+    return max(ids) + 1 if ids else None
+
+
+def check_tokenizer(source: ModelSource, names: list[str]) -> None:
+    """The tokenizer is there and fits the model: a half-copied directory (weights without
+    tokenizer files) would load a fallback tokenizer and embed every word as [UNK]."""
+    where = source.ref
+    if not any(n in names for n in TOKENIZER_FILES):
+        raise ConfigError(
+            f"{where} has no tokenizer files (one of {', '.join(TOKENIZER_FILES[:3])}, ...): "
+            "is it half-copied? Copy the whole model directory (save_pretrained() of both the "
+            "model and its tokenizer)")
+    size = tokenizer_vocab_size(source, names)
+    config = _json_file(source, "config.json") or {}
+    table = config.get("vocab_size")
+    if size is not None and isinstance(table, int) and size > table:
+        raise ConfigError(
+            f"the tokenizer in {where} has token ids up to {size - 1}, but the model's "
+            f"embedding table has {table} rows (config.json vocab_size): the tokenizer files "
+            "belong to another model. Copy the model directory again, tokenizer included")
+
+
 def preflight_model_source(source: ModelSource, allow_pickle_weights: bool) -> None:
     """Checks that can run before the pipeline: the directory exists, is readable and has
     safe, well-formed weights."""
@@ -198,6 +257,7 @@ def preflight_model_source(source: ModelSource, allow_pickle_weights: bool) -> N
                               "written by save_pretrained() or downloaded from the Hub")
         check_weight_files(names, source.ref, allow_pickle_weights)
         check_safetensors_headers([p for p in paths if p.suffix == ".safetensors"])
+        check_tokenizer(source, names)
     elif source.kind == "gcs":
         files = list_gcs_files(source.ref)
         if not files:
@@ -209,6 +269,7 @@ def preflight_model_source(source: ModelSource, allow_pickle_weights: bool) -> N
             raise ConfigError(f"{source.ref}/ has no config.json; upload the whole directory "
                               "written by save_pretrained()")
         check_weight_files(names, source.ref, allow_pickle_weights)
+        check_tokenizer(source, names)
 
 
 def local_model_path(source: ModelSource, cache_root: str = DEFAULT_CACHE_DIR) -> str:

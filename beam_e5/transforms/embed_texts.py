@@ -16,6 +16,10 @@ dict's fields, minus the text), ``embedding`` (float32 numpy vector, L2-normalis
   of its windows (L2-normalised), with ``chunk``, ``char_start`` and ``char_end`` None.
   ``long_text="truncate"`` embeds the first window only; ``"fail"`` sends it to errors.
 
+Beam RAG items (``apache_beam.ml.rag.types.EmbeddableItem``, alias ``Chunk``) are accepted
+too and come out as items: ``content.text`` embedded, ``embedding.dense_embedding`` filled,
+``id``/``index``/``metadata`` kept (:mod:`beam_e5.transforms.rag`).
+
 With ``with_errors=True`` the transform returns ``(embedded, errors)``: records that cannot
 be embedded (a non-string text, a text whose inference raised or gave a non-finite
 vector: the handler retries a failing batch text by text, so only the culprit fails) become
@@ -29,15 +33,24 @@ from typing import Any, Iterator, Union
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
+from beam_e5.io.reader_formats import lone_surrogate
 from beam_e5.model.chunking import LongTextConfig
 from beam_e5.model.config import EncoderConfig, EncoderSpec
 from beam_e5.records import MAX_RAW_RECORD_CHARS, ErrorRecord
 from beam_e5.transforms.handler import E5ModelHandler, Embedding
+from beam_e5.transforms.rag import (
+    is_rag_item,
+    rag_item_record,
+    rag_item_text,
+    with_dense_embedding,
+)
 
 ERRORS_TAG = "errors"
 
 
 def _error(record: Any, reason: str, source: str = "") -> ErrorRecord:
+    if is_rag_item(record):
+        record = rag_item_record(record)
     rid = record.get("id") if isinstance(record, dict) else (
         record[0] if isinstance(record, tuple) and record else None)
     return {"source": source or (record.get("source", "") if isinstance(record, dict) else ""),
@@ -52,7 +65,9 @@ class _ToRequest(beam.DoFn):
         self._text_field = text_field
 
     def process(self, element: Any):
-        if isinstance(element, dict):
+        if is_rag_item(element):
+            key, text = element, rag_item_text(element)
+        elif isinstance(element, dict):
             text = element.get(self._text_field)
             key: Any = {k: v for k, v in element.items() if k != self._text_field}
         elif isinstance(element, (tuple, list)) and len(element) == 2:
@@ -65,6 +80,11 @@ class _ToRequest(beam.DoFn):
             yield beam.pvalue.TaggedOutput(ERRORS_TAG, _error(
                 element, f"text is {type(text).__name__}, not a string"))
             return
+        if lone_surrogate(text):  # the tokenizer cannot take it (nor UTF-8 writers)
+            yield beam.pvalue.TaggedOutput(ERRORS_TAG, _error(
+                element, "text holds a lone surrogate (e.g. '\\ud800' without its pair): it "
+                         "is not valid Unicode text"))
+            return
         yield key, text
 
 
@@ -76,8 +96,22 @@ def chunk_id(doc_id: str, chunk: int) -> str:
     return f"{doc_id}{CHUNK_ID_SEPARATOR}{chunk}"
 
 
-def to_records(emb: Embedding) -> Iterator[dict]:
-    """The output rows of one embedded text: one row, or chunk rows and a document row."""
+def _key_record(key: Any) -> dict:
+    if is_rag_item(key):
+        return rag_item_record(key)
+    return dict(key) if isinstance(key, dict) else {"id": key}
+
+
+def to_records(emb: Embedding) -> Iterator[Any]:
+    """The output rows of one embedded text: one row, or chunk rows and a document row.
+
+    A Beam RAG item comes out as one item whatever its length: Beam's chunker already split
+    the text, so it normally fits one window; one that does not gets the document vector
+    (the token-weighted mean of its windows under ``long_text="chunk"``, its first window
+    under ``"truncate"``), never chunk rows the RAG writer would not expect."""
+    if is_rag_item(emb.key):
+        yield with_dense_embedding(emb.key, emb.vector)
+        return
     base = dict(emb.key) if isinstance(emb.key, dict) else {"id": emb.key}
     doc_id = base.get("id")
     chunks = emb.chunks
@@ -107,7 +141,7 @@ class _SplitResults(beam.DoFn):
         if not emb.error:
             yield from to_records(emb)
             return
-        record = dict(emb.key) if isinstance(emb.key, dict) else {"id": emb.key}
+        record = _key_record(emb.key)
         if not self._with_errors:
             raise ValueError(f"EmbedTexts could not embed {record.get('id')!r} ({emb.error}); "
                              "use with_errors=True to route such records to a dead-letter "
@@ -120,7 +154,7 @@ def _failed_batch_to_errors(failure: tuple) -> list[ErrorRecord]:
     reason = f"inference failed: {getattr(exc_type, '__name__', exc_type)}: {exc_repr}"
     out = []
     for key, _text in batch:
-        record = dict(key) if isinstance(key, dict) else {"id": key}
+        record = _key_record(key)
         out.append(_error(record, reason[:2000]))
     return out
 

@@ -61,7 +61,15 @@ class _RouteFn(beam.DoFn):
 
 
 class ExactDedupe(beam.PTransform):
-    """Documents -> outputs ``unique`` (main), ``duplicates``, ``errors``."""
+    """Documents -> outputs ``unique`` (main), ``duplicates``, ``errors``.
+
+    ``by_text=False`` runs step 1 only (``--no-exact-dedupe``): ids stay unique (an id used
+    for two texts is still an error), but different ids with the same text are all kept.
+    """
+
+    def __init__(self, by_text: bool = True) -> None:
+        super().__init__()
+        self._by_text = by_text
 
     def expand(self, docs: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         by_id = (
@@ -72,6 +80,9 @@ class ExactDedupe(beam.PTransform):
         )
         survivors = by_id | "IdSurvivors" >> beam.Filter(lambda item: item[0] == UNIQUE)
         rejected = by_id | "IdRejected" >> beam.Filter(lambda item: item[0] != UNIQUE)
+        if not self._by_text:
+            return by_id | "Route" >> beam.ParDo(_RouteFn()).with_outputs(
+                DUPLICATES, ERRORS, main=UNIQUE)
         by_text = (
             survivors
             | "KeyByText" >> beam.Map(lambda item: (item[1]["text_sha256"], item[1]))

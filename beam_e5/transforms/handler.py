@@ -22,6 +22,7 @@ from apache_beam.ml.inference.base import ModelHandler
 from beam_e5.model.chunking import LongTextConfig
 from beam_e5.model.config import EncoderSpec
 from beam_e5.model.encoder import ChunkVector, Encoder
+from beam_e5.model.tokens import degenerate_reason, mostly_unknown
 
 METRICS_NAMESPACE = "beam_e5"
 PROGRESS_EVERY_S = 10.0
@@ -56,6 +57,7 @@ class _EncoderMetrics:
         self.too_long = counter("too_long_texts")
         self.oom_splits = counter("oom_splits")
         self.failed = counter("failed_texts")
+        self.mostly_unknown = counter("mostly_unknown_texts")
         self.encode_ms = Metrics.distribution(METRICS_NAMESPACE, "encode_batch_ms")
 
 
@@ -139,14 +141,18 @@ class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
         metrics.too_long.inc(stats.failed)
         metrics.oom_splits.inc(stats.oom_splits)
         metrics.encode_ms.update(int(stats.seconds * 1000))
+        content = stats.content_per_text or [(1, 0)] * len(batch)
         out = []
-        for (key, _), doc in zip(batch, docs):
-            if doc.error:
-                out.append(self._failed(key, doc.error))
+        for (key, _), doc, (own, unknown) in zip(batch, docs, content):
+            degenerate = "" if doc.error else degenerate_reason(own, unknown)
+            if doc.error or degenerate:
+                out.append(self._failed(key, doc.error or degenerate))
             elif not all(np.isfinite(c.vector).all() for c in doc.chunks):
                 out.append(self._failed(key, "the model produced a non-finite (NaN or inf) "
                                              "vector; try --dtype float32"))
             else:
+                if mostly_unknown(own, unknown):
+                    metrics.mostly_unknown.inc()
                 out.append(Embedding(key, doc.vector, doc.tokens, doc.tokens_cut > 0, "",
                                      doc.tokens_cut, tuple(doc.chunks)))
         return out

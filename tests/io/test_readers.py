@@ -374,3 +374,66 @@ def test_absurdly_nested_json_is_an_error_not_a_crash(tmp_path: Path, run_beam) 
     assert [d["id"] for d in docs] == ["ok"]
     assert len(errors) == 1 and "RecursionError" in errors[0]["reason"]
     assert errors[0]["source"] == f"{path}:2"
+
+
+# ------------------------------------------------- files that end early (issue 16)
+
+
+def _read_file(path: Path) -> tuple[list[dict], list[dict]]:
+    [f] = validate_reader_config(ReaderConfig(str(path))).files
+    out = [item for split in plan_splits(f) for item in read_split(split)]
+    return [p for k, p in out if k == "doc"], [p for k, p in out if k == "error"]
+
+
+@pytest.mark.parametrize("suffix, compress", [
+    (".gz", gzip.compress),
+    (".bz2", __import__("bz2").compress),
+    (".xz", __import__("lzma").compress),
+    (".zst", lambda data: __import__("zstandard").ZstdCompressor().compress(data)),
+    (".deflate", __import__("zlib").compress),
+])
+def test_compressed_file_cut_short_is_a_file_error(tmp_path: Path, suffix, compress) -> None:
+    lines = "".join(json.dumps({"id": f"d{i}", "text": f"text number {i} " * 5}) + "\n"
+                    for i in range(500)).encode()
+    whole = compress(lines)
+    path = tmp_path / f"c.jsonl{suffix}"
+    path.write_bytes(whole)
+    docs, errors = _read_file(path)
+    assert len(docs) == 500 and errors == []  # the whole file: no false alarm
+    path.write_bytes(whole[: len(whole) * 7 // 10])
+    docs, errors = _read_file(path)
+    file_errors = [e for e in errors if e.get("scope") == "file"]
+    assert len(file_errors) == 1 and file_errors[0]["source"] == str(path)
+    assert "cut short or corrupt" in file_errors[0]["reason"]
+    assert [d["id"] for d in docs] == [f"d{i}" for i in range(len(docs))]  # the prefix, in order
+
+
+def test_csv_unterminated_quote_never_merges_rows(tmp_path: Path) -> None:
+    path = tmp_path / "c.csv"
+    path.write_text('id,text\na,fine\nb,"never closed\nc,swallowed\nd,also swallowed\n')
+    docs, errors = _read_file(path)
+    assert [d["id"] for d in docs] == ["a"]
+    [err] = errors
+    assert err["scope"] == "file" and err["source"] == f"{path}:3"
+    assert "c,swallowed" in err["record"] and "unterminated or stray quote" in err["reason"]
+
+
+def test_lone_surrogates_are_errors_with_a_reason(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "c.jsonl", [
+        '{"id": "ok", "text": "fine", "title": ""}',
+        '{"id": "t", "text": "bad \\ud800 text"}',
+        '{"id": "x\\udfff", "text": "bad id"}',
+        '{"id": "k", "text": "fine", "title": "bad \\udbff title"}'])
+    [f] = validate_reader_config(ReaderConfig(str(path), title_field="title")).files
+    out = [p for split in plan_splits(f) for p in read_split(split)]
+    assert [p["id"] for k, p in out if k == "doc"] == ["ok"]
+    errors = [p for k, p in out if k == "error"]
+    assert [e["id"] for e in errors] == ["t", "x\\udfff", "k"]
+    assert all("lone surrogate" in e["reason"] for e in errors)
+    for e in errors:
+        json.dumps(e, ensure_ascii=False).encode("utf-8")  # writable as UTF-8
+
+
+def test_reserved_keep_fields_are_refused() -> None:
+    with pytest.raises(ConfigError, match="names a column beam-e5 writes itself"):
+        ReaderConfig("x", keep_fields="title,tokens")

@@ -22,6 +22,7 @@ def minilm_encoder(minilm_dir):  # noqa: F811
     return Encoder.load(EncoderConfig(minilm_dir, max_batch_tokens=4096).resolve())
 
 
+@pytest.mark.slow
 def test_parity_with_sentence_transformers(minilm_dir, minilm_encoder):  # noqa: F811
     from sentence_transformers import SentenceTransformer
 
@@ -60,6 +61,7 @@ def test_character_cut_never_changes_tokens(minilm_encoder):
         long_text, truncation=True, max_length=256)["input_ids"]
 
 
+@pytest.mark.slow
 def test_results_in_input_order_across_micro_batches(minilm_dir):  # noqa: F811
     enc = Encoder.load(EncoderConfig(minilm_dir, max_batch_tokens=300, max_batch_size=3).resolve())
     texts = mixed_length_texts(40)
@@ -131,6 +133,7 @@ def test_e5_mistral_left_and_right_padding_agree(tiny_models):  # noqa: F811
     np.testing.assert_allclose(a, single, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling", ["mean", "cls", "last"])
 def test_pooling_override_changes_vectors(tiny_models, pooling):  # noqa: F811
     path = tiny_models("bert", "gte-base")
@@ -147,6 +150,7 @@ def test_pickle_only_weights_refused_unless_opted_in(tmp_path):
                                  num_attention_heads=2, intermediate_size=32))
     model.config.save_pretrained(tmp_path)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # a pickle checkpoint
+    (tmp_path / "vocab.txt").write_text("\n".join(f"t{i}" for i in range(100)))  # its tokenizer
     with pytest.raises(ConfigError, match="pickle"):
         EncoderConfig(str(tmp_path)).resolve()
     assert EncoderConfig(str(tmp_path), allow_pickle_weights=True).resolve().dim == 16

@@ -32,6 +32,7 @@ def test_local_dir_without_config_is_refused(tmp_path):
         EncoderConfig(str(tmp_path)).resolve()
 
 
+@pytest.mark.slow
 def test_gcs_model_loads_and_matches_local(gcs_emulator, minilm_dir, tmp_path):  # noqa: F811
     url = gcs_emulator.upload_dir(minilm_dir, "models/all-MiniLM-L6-v2")
     spec = EncoderConfig(url, model_cache_dir=str(tmp_path / "cache")).resolve()

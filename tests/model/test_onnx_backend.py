@@ -30,6 +30,7 @@ def torch_vectors(minilm_dir, texts):  # noqa: F811
     return enc.encode(texts)[0]
 
 
+@pytest.mark.slow
 def test_onnx_matches_torch_and_keeps_order(minilm_dir, cache, texts, torch_vectors):  # noqa: F811
     enc = Encoder.load(EncoderConfig(minilm_dir, backend="onnx", model_cache_dir=cache).resolve())
     assert isinstance(enc.model, onnx_backend.OnnxEncoderModel)
@@ -41,6 +42,7 @@ def test_onnx_matches_torch_and_keeps_order(minilm_dir, cache, texts, torch_vect
     assert stats.truncated >= 20 and stats.micro_batches >= 1
 
 
+@pytest.mark.slow
 def test_onnx_int8_is_close_but_not_identical(minilm_dir, cache, texts, torch_vectors):  # noqa: F811
     enc = Encoder.load(EncoderConfig(minilm_dir, backend="onnx-int8",
                                      model_cache_dir=cache).resolve())
@@ -50,6 +52,7 @@ def test_onnx_int8_is_close_but_not_identical(minilm_dir, cache, texts, torch_ve
     assert 0.99 <= cos.mean() < 0.99999 and cos.min() >= 0.95
 
 
+@pytest.mark.slow
 def test_graph_is_cached_and_reused_without_loading_torch(minilm_dir, cache):  # noqa: F811
     from transformers import AutoConfig
 
@@ -69,6 +72,7 @@ def test_graph_is_cached_and_reused_without_loading_torch(minilm_dir, cache):  #
     assert onnx_backend.graph_dir(cache, minilm_dir, None, "onnx-int8") != first.parent
 
 
+@pytest.mark.slow
 def test_concurrent_builds_export_once(tiny_models, tmp_path):  # noqa: F811
     from transformers import AutoConfig, AutoModel
 
@@ -108,6 +112,7 @@ def test_failed_build_leaves_nothing_under_the_final_name(tiny_models, tmp_path)
     assert [p for p in (tmp_path / "onnx").iterdir() if p.is_dir()] == []
 
 
+@pytest.mark.slow
 def test_tiny_xlm_roberta_with_prefix_matches_torch(tiny_models, tmp_path):  # noqa: F811
     path = tiny_models("xlm-roberta", "multilingual-e5-base")
     texts = ["hello world", "query passage " * 40, "", "the quick brown fox"]
@@ -207,6 +212,7 @@ def test_fp32_graph_has_one_fused_attention_per_layer(minilm_dir, cache):  # noq
     assert "Softmax" not in _graph_ops(graph)  # no unfused attention left
 
 
+@pytest.mark.slow
 def test_int8_graph_quantises_the_qkv_projections(minilm_dir, cache):  # noqa: F811
     enc = Encoder.load(EncoderConfig(minilm_dir, backend="onnx-int8",
                                      model_cache_dir=cache).resolve())
@@ -215,6 +221,7 @@ def test_int8_graph_quantises_the_qkv_projections(minilm_dir, cache):  # noqa: F
     assert "Attention" not in ops and "MatMulInteger" in ops
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "mpnet", "electra"])
 def test_every_onnx_encoder_family_matches_torch(tiny_models, tmp_path, family):  # noqa: F811
     path = tiny_models(family, f"tiny-{family}")
@@ -227,6 +234,7 @@ def test_every_onnx_encoder_family_matches_torch(tiny_models, tmp_path, family):
     assert np.min(np.sum(vecs * ref, axis=1)) >= 0.99999
 
 
+@pytest.mark.slow
 def test_a_failing_attention_rewrite_falls_back_to_ort_fusions(tiny_models, tmp_path,  # noqa: F811
                                                                monkeypatch, caplog):
     import json

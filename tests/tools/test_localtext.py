@@ -29,6 +29,7 @@ def corpus() -> list[dict]:
     return build_local_corpus(600, seed=3)
 
 
+@pytest.mark.slow
 @needs_share
 def test_deterministic_given_seed(corpus: list[dict]) -> None:
     assert build_local_corpus(600, seed=3) == corpus

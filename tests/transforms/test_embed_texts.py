@@ -43,6 +43,7 @@ def minilm_spec(minilm_dir):  # noqa: F811
     return EncoderConfig(minilm_dir, beam_batch_size=16).resolve()
 
 
+@pytest.mark.slow
 def test_tuples_in_order_independent_results_match_direct_encoding(minilm_spec, tmp_path):
     texts = mixed_length_texts(60)
     records, _, result = _run([(f"d{i}", t) for i, t in enumerate(texts)], minilm_spec, tmp_path,
@@ -98,7 +99,9 @@ def test_dicts_carry_fields_and_bad_records_go_to_errors(minilm_spec, tmp_path):
                 {"id": "b", "text": None, "lang": "en"},
                 {"id": "c", "text": 42},
                 ("d", "tuple text"),
-                "not a record"]
+                "not a record",
+                ("f", "\U0001F600\U0001F680"),  # nothing but [UNK]
+                ("g", "\u200b\u200b")]  # no token at all
     records, errors, _ = _run(elements, minilm_spec, tmp_path, with_errors=True)
     by_id = {r["id"]: r for r in records}
     assert set(by_id) == {"a", "d"}
@@ -107,7 +110,18 @@ def test_dicts_carry_fields_and_bad_records_go_to_errors(minilm_spec, tmp_path):
     assert reasons["b"] == "text is NoneType, not a string"
     assert reasons["c"] == "text is int, not a string"
     assert any("expected an (id, text) tuple" in e["reason"] for e in errors)
+    assert "unknown token" in reasons["f"] and "tokenises to nothing" in reasons["g"]
     assert len(records) + len(errors) == len(elements)
+
+
+def test_lone_surrogate_text_is_an_error_not_a_tokenizer_crash():
+    # (Beam's own coders cannot carry such a string between stages: beam-e5's readers reject
+    # it at the source; this guards texts built inside a user's pipeline.)
+    from beam_e5.transforms.embed_texts import _ToRequest
+
+    [out] = list(_ToRequest("text").process({"id": "e", "text": "a lone \ud800 surrogate"}))
+    assert out.tag == "errors" and "lone surrogate" in out.value["reason"]
+    assert list(_ToRequest("text").process(("ok", "fine"))) == [("ok", "fine")]
 
 
 def test_bad_record_without_error_output_fails_the_job(minilm_spec, tmp_path):

@@ -123,6 +123,7 @@ def check_against_reference(records, kept, dups, threshold, keep="id"):
     return ref
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clustered", [True, False])
 def test_matches_brute_force_on_planted_data(tmp_path, clustered):
     records = planted_records(700, seed=11, clustered=clustered)
@@ -142,6 +143,7 @@ def test_matches_brute_force_on_planted_data(tmp_path, clustered):
     assert total["semantic_duplicates"] == sum(len(d) for _, d in outputs.values())
 
 
+@pytest.mark.slow
 def test_split_cells_still_match(tmp_path):
     records = planted_records(200, seed=5, clustered=True)
     configs = {
