@@ -13,7 +13,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Optional, Sequence, TypeVar
+from typing import Callable, NamedTuple, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
@@ -265,18 +265,23 @@ class Encoder:
         eos = 1 if self.profile.append_eos and (not tail or tail[-1] != self.eos_id) else 0
         return self.max_length - len(head) - len(tail) - eos - prefix_tokens
 
-    def plan_documents(self, texts: Sequence[str], long_text: LongTextConfig) -> list[_Plan]:
-        """Tokenise each prefixed text once (with character offsets) and choose its windows."""
+    def plan_documents(self, texts: Sequence[str],
+                       long_text: Union[LongTextConfig, Sequence[LongTextConfig]]) -> list[_Plan]:
+        """Tokenise each prefixed text once (with character offsets) and choose its windows.
+        ``long_text``: one config for all texts, or one per text."""
         full = [self.prefix + t for t in texts]
         if not full:
             return []
+        modes = ([long_text] * len(full) if isinstance(long_text, LongTextConfig)
+                 else list(long_text))
         if not getattr(self.tokenizer, "is_fast", False):
-            return [self._plan_slow(t, long_text) for t in full]
+            return [self._plan_slow(t, m) for t, m in zip(full, modes)]
         enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True,
                              return_attention_mask=False, return_token_type_ids=False,
                              verbose=False)
         plans = []
-        for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"]):
+        for text, ids, offsets, long_text in zip(texts, enc["input_ids"], enc["offset_mapping"],
+                                                 modes):
             k = split_prefix(offsets, len(self.prefix))
             offs = text_offsets(offsets[k:], len(self.prefix))
             n = len(ids) - k
@@ -338,7 +343,8 @@ class Encoder:
             out[i] = d.vector
         return out, stats
 
-    def encode_documents(self, texts: Sequence[str], long_text: LongTextConfig,
+    def encode_documents(self, texts: Sequence[str],
+                         long_text: Union[LongTextConfig, Sequence[LongTextConfig]],
                          on_progress: Optional[Callable[[int, int], None]] = None,
                          ) -> tuple[list[DocumentVectors], EncodeStats]:
         """Each text tokenised once, cut into windows as ``long_text`` says, every window of

@@ -106,9 +106,9 @@ def to_records(emb: Embedding) -> Iterator[Any]:
     """The output rows of one embedded text: one row, or chunk rows and a document row.
 
     A Beam RAG item comes out as one item whatever its length: Beam's chunker already split
-    the text, so it normally fits one window; one that does not gets the document vector
-    (the token-weighted mean of its windows under ``long_text="chunk"``, its first window
-    under ``"truncate"``), never chunk rows the RAG writer would not expect."""
+    the text, so it normally fits one window; the handler embeds items in ``truncate`` mode
+    (the first window of one that does not fit, as Beam's own embedders do), never as chunk
+    rows the RAG writer would not expect."""
     if is_rag_item(emb.key):
         yield with_dense_embedding(emb.key, emb.vector)
         return

@@ -18,6 +18,7 @@ from typing import Any, Iterable, NamedTuple, Optional, Sequence
 import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.ml.rag.types import EmbeddableItem
 
 from beam_e5.model.chunking import LongTextConfig
 from beam_e5.model.config import EncoderSpec
@@ -127,7 +128,12 @@ class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
     def _embed(self, batch: Sequence[tuple[Any, str]], model: Encoder) -> list[Embedding]:
         if self._progress is None:
             self._progress = _Progress()
-        docs, stats = model.encode_documents([text for _, text in batch], self._long_text,
+        # a Beam RAG item is one vector, never chunk rows: Beam's chunker already split the
+        # text, and like Beam's own embedders the rare item over the window is truncated
+        truncate = LongTextConfig("truncate")
+        modes = [truncate if isinstance(key, EmbeddableItem) else self._long_text
+                 for key, _ in batch]
+        docs, stats = model.encode_documents([text for _, text in batch], modes,
                                              self._progress.update)
         metrics = self._get_metrics()
         metrics.texts.inc(stats.texts - stats.failed)
