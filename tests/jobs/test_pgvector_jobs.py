@@ -186,8 +186,9 @@ def test_kill_during_load_then_rerun_readers_never_see_a_mix(corpora, pg_databas
     m = json.loads((tmp_path / "r2" / "manifest.json").read_text())
     with psycopg.connect(pg_database) as conn:
         after = conn.execute(query).fetchone()
+        rows = m["counts"]["written"] + m["counts"]["chunk_rows"]  # documents + window rows
         assert conn.execute("SELECT count(*), count(DISTINCT id) FROM docs").fetchone() == \
-            (m["counts"]["written"],) * 2
+            (rows,) * 2
         tables = {r[0] for r in conn.execute(
             "SELECT relname FROM pg_class WHERE relname LIKE 'docs\\_\\_%' AND relkind = 'r'")}
     current, previous, _ = _published(pg_database)
