@@ -201,3 +201,23 @@ def test_failed_texts_reach_the_dead_letter_output():
     with pytest.raises(Exception, match="could not embed 'bad'"):
         with beam.Pipeline() as p:
             _ = p | beam.Create(results[1:]) | beam.ParDo(_SplitResults(False))
+
+
+def test_unknown_and_empty_checks_count_every_window_of_a_chunked_text(minilm_spec):
+    """The [UNK]/no-token checks see the whole text, not one window: a long text of nothing
+    but [UNK] fails as one document; a long text with [UNK] only past its first window is
+    embedded (chunk rows) and counted as readable; failures stay per text in the batch."""
+    from beam_e5.model.chunking import LongTextConfig
+    from beam_e5.transforms.handler import E5ModelHandler
+
+    handler = E5ModelHandler(minilm_spec, LongTextConfig("chunk"))
+    model = handler.load_model()
+    words = " ".join(mixed_length_texts(40)).split()
+    readable = " ".join(words[:600])
+    batch = [("unk", "\U0001F600 " * 700), ("tail", readable + " \U0001F600" * 50),
+             ("empty", "\u200b" * 900), ("ok", "a short text")]
+    out = {e.key: e for e in handler.run_inference(batch, model)}
+    assert "unknown token" in out["unk"].error and out["unk"].vector is None
+    assert "tokenises to nothing" in out["empty"].error
+    assert not out["tail"].error and len(out["tail"].chunks) > 1
+    assert not out["ok"].error and len(out["ok"].chunks) == 1
