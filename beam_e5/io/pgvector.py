@@ -16,8 +16,9 @@ from start to end, so two runs never publish the same name at once):
    that Beam retries may load its rows twice: step 3 keeps one row per id.
 3. **merge** (the driver, :meth:`PgRun.publish`): ``NAME__rRUN`` is filled from the load
    table (``DISTINCT ON (id)``) and, for ``reembed``, from the carry table joined to the
-   published table (the old vector copied inside the database, byte for byte); its row
-   count must equal the run's ``written`` count; primary key on ``id``; ``ANALYZE``; then
+   published table on ``doc_id`` (every row of a carried document, its window rows and
+   document row, copied inside the database byte for byte); its row count must equal the
+   run's rows (``written`` documents + ``chunk_rows``); primary key on ``id``; ``ANALYZE``; then
    the ``--index`` (HNSW or IVFFlat, cosine) is built.
 4. **swap**: ONE transaction replaces the view ``NAME`` by one over the new table and
    records the run (table, model signature, manifest) in ``beam_e5_published``. Readers see
