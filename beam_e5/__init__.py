@@ -23,6 +23,7 @@ _PUBLIC = {
     "EncoderConfig": "beam_e5.model.config",
     "EncoderSpec": "beam_e5.model.config",
     "Encoder": "beam_e5.model.encoder",
+    "LongTextConfig": "beam_e5.model.chunking",
     "ProfileOverrides": "beam_e5.model.profiles",
     "ReadCorpus": "beam_e5.io.readers",
     "ReaderConfig": "beam_e5.io.readers",

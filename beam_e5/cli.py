@@ -122,6 +122,27 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
     add_flag(g, "--overwrite", "replace a previous run in --output")
 
 
+def add_long_text_args(parser: argparse.ArgumentParser) -> None:
+    from beam_e5.model.chunking import LONG_TEXT_MODES
+
+    g = parser.add_argument_group("long documents")
+    g.add_argument("--long-text", choices=LONG_TEXT_MODES, default="chunk",
+                   help="a document longer than the model's window: chunk (default: embed all "
+                        "of it in overlapping windows, plus a document vector), truncate (the "
+                        "first window only; rows say how many tokens were cut) or fail (to "
+                        "errors)")
+    g.add_argument("--chunk-tokens", type=int, default=None,
+                   help="text tokens per window (default: all the model's max length holds)")
+    g.add_argument("--chunk-overlap", type=int, default=None,
+                   help="tokens shared by consecutive windows (default: min(32, window/4))")
+
+
+def long_text_config(args: argparse.Namespace):
+    from beam_e5.model.chunking import LongTextConfig
+
+    return LongTextConfig(args.long_text, args.chunk_tokens, args.chunk_overlap)
+
+
 PG_DEFAULTS = {"index": "hnsw", "hnsw_m": 16, "hnsw_ef_construction": 64, "ivfflat_lists": 0,
                "pg_batch_rows": 2048}
 
@@ -197,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_reader_args(embed)
         add_encoder_args(embed)
         add_output_args(embed)
+        add_long_text_args(embed)
         add_pg_args(embed)
         add_flag(embed, "--no-exact-dedupe", "embed every document, even exact duplicates")
         add_semantic_args(embed, "--dedupe-threshold")
@@ -251,7 +273,7 @@ def run_embed_command(args: argparse.Namespace, beam_args: list[str]) -> int:
                    output=OutputConfig(files, args.vector_dtype, args.overwrite),
                    exact_dedupe=not args.no_exact_dedupe, semantic=semantic_config(args),
                    previous=getattr(args, "previous", None), publish=args.publish, pg=pg,
-                   publish_min_ratio=args.publish_min_ratio)
+                   publish_min_ratio=args.publish_min_ratio, long_text=long_text_config(args))
     summary = run_embed(job, beam_args)
     print(summary.render())
     print(f"  output: {pg.target.redacted if pg is not None else args.output}")

@@ -36,12 +36,28 @@ class ErrorRecord(_ErrorScope):
 
 
 class EmbeddedDocument(TypedDict):
-    id: str
+    id: str  # the document id, or DOCID#N for window N of a document cut into several
     text_sha256: str
     source: str
     fields: dict[str, Any]
     embedding: np.ndarray  # float32, shape (dim,), L2-normalised
     tokens: int  # real (non-padding) tokens fed to the model
+    doc_id: str  # the document's id
+    chunk: int | None  # 0-based window; None on the document row of a multi-window document
+    chunks: int  # windows of the document
+    char_start: int | None  # text[char_start:char_end] is the window's text
+    char_end: int | None
+    tokens_cut: int  # text tokens no window held (--long-text truncate)
+
+
+def is_document_row(record: dict) -> bool:
+    """The one row standing for a whole document: its only window, or its document row."""
+    return record.get("chunk") is None or record.get("chunks", 1) == 1
+
+
+def is_chunk_row(record: dict) -> bool:
+    """A window row of a document cut into several (not its document row)."""
+    return record.get("chunk") is not None and record.get("chunks", 1) > 1
 
 
 class DuplicateRecord(TypedDict):

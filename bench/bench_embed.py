@@ -8,7 +8,8 @@ One session, one corpus, one model, one max length. Each round runs every varian
 in a fresh subprocess, rotating the order every round so that drift on a shared machine falls
 on every variant alike; the table shows medians over rounds.
 
-* A: ``python -m beam_e5 embed --backend torch --no-exact-dedupe --overwrite`` on the
+* A: ``python -m beam_e5 embed --backend torch --no-exact-dedupe --overwrite --long-text
+  truncate`` (B and C truncate too; chunked runs: ``bench_long_text.py``) on the
   DirectRunner (the CPU default, ``--backend auto``, is D's ONNX Runtime path): read the
   JSONL, embed, write Parquet and the manifest. Its job time is the manifest's ``seconds``
   (pipeline start to finish: model load, read, embed, write).
@@ -271,6 +272,7 @@ def variant_command(v: str, args: argparse.Namespace, out: Path) -> list[str]:
     if v in BEAM_E5:
         return [py, "-m", "beam_e5", "embed", "--input", args.corpus, "--output", str(out),
                 "--model", args.model, "--no-exact-dedupe", "--overwrite",
+                "--long-text", "truncate",  # like B and C: one window per document
                 "--max-length", str(args.max_length), "--torch-threads", str(args.threads),
                 "--max-batch-tokens", str(args.max_batch_tokens), "--backend", BEAM_E5[v],
                 *shlex.split(args.a_args)]

@@ -52,12 +52,13 @@ def main() -> None:
     write_jsonl([dict(d, text=d["text"] + " (revised)") if d["id"] in edited else d
                  for d in base if d["id"] not in deleted] + extra, work / "v2.jsonl")
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    embed = [sys.executable, "-m", "beam_e5", "embed", "--model", args.model, "--overwrite"]
+    embed = [sys.executable, "-m", "beam_e5", "embed", "--model", args.model, "--overwrite",
+             "--long-text", "truncate"]  # as when docs/benchmarks.md was measured
     run(embed + ["--input", str(work / "v1.jsonl"), "--output", str(work / "s1")], env)
     full, incremental = [], []
     for _ in range(args.rounds):
         incremental.append(run([sys.executable, "-m", "beam_e5", "reembed", "--model", args.model,
-                                "--overwrite", "--input", str(work / "v2.jsonl"), "--previous",
+                                "--overwrite", "--long-text", "truncate", "--input", str(work / "v2.jsonl"), "--previous",
                                 str(work / "s1"), "--output", str(work / "s2")], env))
         full.append(run(embed + ["--input", str(work / "v2.jsonl"), "--output",
                                  str(work / "full")], env))

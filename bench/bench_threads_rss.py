@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         out = work / f"out-{running_mode}-{workers or 1}"
         cmd = [sys.executable, "-m", "beam_e5", "embed", "--input", args.corpus, "--output",
                str(out), "--model", args.model, "--no-exact-dedupe", "--overwrite",
-               "--beam-batch-size", str(args.beam_batch_size),
+               "--long-text", "truncate", "--beam-batch-size", str(args.beam_batch_size),
                "--torch-threads", str(args.threads), "--backend", args.backend,
                f"--direct_running_mode={running_mode}", f"--direct_num_workers={workers or 1}"]
         log = work / f"log-{running_mode}-{workers or 1}.txt"

@@ -50,7 +50,12 @@ def test_embed_writes_vectors_duplicates_errors_manifest(corpus, minilm_dir, tmp
     assert "docs/s" in summary and "padding ratio" in summary
 
     vectors, files = _table(out, "vectors")
-    assert vectors.num_rows == 80
+    rows = vectors.to_pylist()
+    docs = [r for r in rows if r["chunk"] is None or r["chunks"] == 1]
+    chunked = [r for r in docs if r["chunks"] > 1]
+    assert len(docs) == 80 and chunked  # mixed lengths: some texts exceed 256 tokens
+    assert len(rows) == 80 + sum(r["chunks"] for r in chunked)
+    assert f"long documents: {len(chunked)} chunked" in summary and "WARNING" not in summary
     emb_type = vectors.schema.field("embedding").type
     assert pa.types.is_fixed_size_list(emb_type) and emb_type.list_size == 384
     assert emb_type.value_type == pa.float32()
@@ -65,8 +70,12 @@ def test_embed_writes_vectors_duplicates_errors_manifest(corpus, minilm_dir, tmp
     np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
     ids = vectors.column("id").to_pylist()
     ref, _ = Encoder.load(EncoderConfig(minilm_dir).resolve()).encode(texts)
-    for row, i in enumerate(int(x[1:]) for x in ids):
-        assert float(matrix[row] @ ref[i]) > 0.99999
+    for row, r in enumerate(rows):
+        if r["chunks"] == 1:  # a text that fits: the same vector as before chunking existed
+            assert r["id"] == r["doc_id"] and r["chunk"] == 0
+            assert float(matrix[row] @ ref[int(r["id"][1:])]) > 0.99999
+        elif r["chunk"] is not None:
+            assert r["id"] == f"{r['doc_id']}#{r['chunk']}"
     assert vectors.column("title").to_pylist()[ids.index("d005")] == "title 5"
 
     dups, _ = _table(out, "duplicates")
@@ -79,7 +88,11 @@ def test_embed_writes_vectors_duplicates_errors_manifest(corpus, minilm_dir, tmp
     manifest = json.loads((out / "manifest.json").read_text())
     c = manifest["counts"]
     assert c == {"read": 83, "invalid": 2, "exact_duplicates": 1, "semantic_duplicates": 0,
-                 "embedded": 80, "written": 80}
+                 "embedded": 80, "written": 80, "chunked_documents": len(chunked),
+                 "chunk_rows": len(rows) - 80, "truncated_documents": 0, "tokens_cut": 0}
+    assert manifest["model"]["long_text"] == "chunk"
+    assert manifest["options"]["long_text"] == {"mode": "chunk", "chunk_tokens": None,
+                                                "overlap": None}
     assert manifest["model"]["model"] == minilm_dir
     # values keep their JSON types: numbers as numbers, booleans as booleans
     assert manifest["model"]["dim"] == 384
@@ -105,7 +118,8 @@ def test_existing_manifest_needs_overwrite(corpus, minilm_dir, tmp_path, capsys)
     (out / "vectors-stale-from-crash.parquet").write_bytes(b"junk")
     assert main(args + ["--overwrite"]) == 0
     vectors, files = _table(out, "vectors")
-    assert vectors.num_rows == 81  # exact dedupe off: the duplicate is embedded too
+    docs = [r for r in vectors.to_pylist() if r["chunk"] is None or r["chunks"] == 1]
+    assert len(docs) == 81  # exact dedupe off: the duplicate is embedded too
     assert vectors.schema.field("embedding").type.value_type == pa.float16()
     assert not (out / "vectors-stale-from-crash.parquet").exists()
 
@@ -115,6 +129,10 @@ def test_existing_manifest_needs_overwrite(corpus, minilm_dir, tmp_path, capsys)
     (["--role", "document"], "invalid choice"),
     (["--max-batch-tokens", "0"], "positive integer"),
     (["--max-length", "1024", "--max-batch-tokens", "512"], "smaller than the max length"),
+    (["--long-text", "truncate", "--chunk-tokens", "100"], "chunk only"),
+    (["--chunk-tokens", "100", "--chunk-overlap", "60"], "more than half"),
+    (["--chunk-overlap", "200"], "more than half of the window"),
+    (["--long-text", "split"], "invalid choice"),
 ])
 def test_misconfiguration_fails_before_the_pipeline(corpus, minilm_dir, tmp_path, capsys,  # noqa: F811
                                                     args, message):
@@ -140,6 +158,15 @@ def test_neighbours_finds_the_document_itself(corpus, minilm_dir, tmp_path, caps
                  "--query", texts[7], "--k", "3"]) == 0
     printed = capsys.readouterr().out
     assert " 1. 1.0000  d007  title=title 7" in printed
+    # a chunk of a long document is found by its own text, and printed from its offsets
+    vectors, _ = _table(out, "vectors")
+    chunk = next(r for r in vectors.to_pylist() if r["chunk"] == 1 and r["chunks"] > 1)
+    piece = texts[int(chunk["doc_id"][1:])][chunk["char_start"]:chunk["char_end"]]
+    assert main(["neighbours", "--vectors", str(out), "--model", minilm_dir, "--corpus", path,
+                 "--query", piece, "--k", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert f" 1. 1.0000  {chunk['id']}  " in printed
+    assert " ".join(piece.split())[:60] in printed
 
 
 @pytest.mark.slow
@@ -173,7 +200,9 @@ def test_embed_with_semantic_dedupe_then_dedupe_command(corpus, minilm_dir, tmp_
     later, _ = _table(deduped, "duplicates")
     assert sorted(later.column("id").to_pylist()) == sorted(d["id"] for d in semantic)
     kept, kept_files = _table(deduped, "vectors")
-    assert kept.num_rows == c["written"]
+    kept_docs = [r for r in kept.to_pylist() if r["chunk"] is None or r["chunks"] == 1]
+    assert len(kept_docs) == c["written"]
+    assert kept.num_rows == c["written"] + c["chunk_rows"]  # chunks follow their document
     assert pq.read_schema(kept_files[0]).metadata[b"beam_e5.model"].decode() == minilm_dir
     capsys.readouterr()
     assert main(["dedupe", "--input", str(plain / "vectors-*.parquet"), "--output",

@@ -169,7 +169,8 @@ def test_cycle_finder_finds_a_hand_built_cycle():
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
 
 
-@pytest.mark.parametrize("name", ["EmbedTexts", "EncoderConfig", "SemanticDedupe", "ReadCorpus"])
+@pytest.mark.parametrize("name", ["EmbedTexts", "EncoderConfig", "SemanticDedupe", "ReadCorpus",
+                                  "LongTextConfig"])
 def test_public_api_names_resolve(name):
     import beam_e5
 

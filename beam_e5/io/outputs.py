@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -243,12 +243,20 @@ def read_counts(output_dir: str) -> dict[str, int]:
     return counts
 
 
-def record_counts(p: beam.Pipeline, counts: dict[str, Any], output_dir: str) -> None:
-    """Count each stream inside the pipeline; exact on every runner, unlike metrics."""
+def record_counts(p: beam.Pipeline, counts: dict[str, Any], output_dir: str,
+                  sums: Optional[dict[str, Any]] = None) -> None:
+    """Count each stream inside the pipeline; exact on every runner, unlike metrics.
+
+    ``sums``: streams of integers whose total is recorded (tokens cut, for instance).
+    """
     per_stream = []
     for name, pcoll in counts.items():
         per_stream.append(pcoll
                           | f"Count_{name}" >> beam.combiners.Count.Globally()
+                          | f"Name_{name}" >> beam.Map(lambda n, k=name: json.dumps({k: n})))
+    for name, pcoll in (sums or {}).items():
+        per_stream.append(pcoll
+                          | f"Sum_{name}" >> beam.CombineGlobally(sum)
                           | f"Name_{name}" >> beam.Map(lambda n, k=name: json.dumps({k: n})))
     _ = (tuple(per_stream)
          | "AllCounts" >> beam.Flatten(pipeline=p)

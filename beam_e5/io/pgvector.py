@@ -16,8 +16,9 @@ from start to end, so two runs never publish the same name at once):
    that Beam retries may load its rows twice: step 3 keeps one row per id.
 3. **merge** (the driver, :meth:`PgRun.publish`): ``NAME__rRUN`` is filled from the load
    table (``DISTINCT ON (id)``) and, for ``reembed``, from the carry table joined to the
-   published table (the old vector copied inside the database, byte for byte); its row
-   count must equal the run's ``written`` count; primary key on ``id``; ``ANALYZE``; then
+   published table on ``doc_id`` (every row of a carried document, its window rows and
+   document row, copied inside the database byte for byte); its row count must equal the
+   run's rows (``written`` documents + ``chunk_rows``); primary key on ``id``; ``ANALYZE``; then
    the ``--index`` (HNSW or IVFFlat, cosine) is built.
 4. **swap**: ONE transaction replaces the view ``NAME`` by one over the new table and
    records the run (table, model signature, manifest) in ``beam_e5_published``. Readers see
@@ -263,35 +264,57 @@ class WriteToPgvector(beam.PTransform):
                 | "Copy" >> beam.ParDo(_CopyBatches(*self._args)))
 
 
-def _read_shard(shard: int, dsn: str, qualified: str, shards: int) -> Iterator[tuple[str, dict]]:
+# the chunk columns a table of long-document runs has (rows of a document share doc_id)
+CHUNKED_COLUMNS = frozenset({"doc_id", "chunk", "chunks"})
+# columns that differ between the rows of one document: a carried document's rows take
+# these from the published table, the rest (text_sha256, source fields, text) from this run
+ROW_COLUMNS = ("id", "embedding", "tokens", "doc_id", "chunk", "chunks", "char_start",
+               "char_end", "tokens_cut")
+DOCUMENT_ROWS = "(chunk IS NULL OR chunks = 1)"  # a document's one row, or its document row
+
+
+def _read_shard(shard: int, dsn: str, qualified: str, shards: int,
+                chunked: bool = False) -> Iterator[tuple[str, dict]]:
     conn = connect(dsn, autocommit=False, register=False)
     try:
         with conn.cursor(name="beam_e5_previous") as cur:
             cur.itersize = 10_000
-            cur.execute(f"SELECT id, text_sha256, tokens FROM {qualified} "
-                        "WHERE (hashtext(id) & 2147483647) %% %s = %s", (shards, shard))
-            for doc_id, sha, tokens in cur:
-                yield doc_id, {"id": doc_id, "text_sha256": sha, "tokens": tokens or 0,
-                               "embedding": None}
+            if chunked:
+                cur.execute(f"SELECT doc_id, text_sha256, tokens, chunks, tokens_cut "
+                            f"FROM {qualified} WHERE {DOCUMENT_ROWS} AND "
+                            "(hashtext(doc_id) & 2147483647) %% %s = %s", (shards, shard))
+                rows = cur
+            else:  # a table from before long-document chunking: one row per document
+                cur.execute(f"SELECT id, text_sha256, tokens, 1, 0 FROM {qualified} "
+                            "WHERE (hashtext(id) & 2147483647) %% %s = %s", (shards, shard))
+                rows = cur
+            for doc_id, sha, tokens, chunks, cut in rows:
+                yield doc_id, {"id": doc_id, "doc_id": doc_id, "text_sha256": sha,
+                               "tokens": tokens or 0, "chunk": None, "chunks": chunks or 1,
+                               "tokens_cut": cut or 0, "embedding": None}
     finally:
         conn.close()
 
 
 class ReadPublished(beam.PTransform):
-    """``(id, {id, text_sha256, tokens, embedding: None})`` of every row of a published table.
+    """``(doc_id, {id, doc_id, text_sha256, tokens, chunks, tokens_cut, embedding: None})``,
+    one per DOCUMENT of a published table (its one row, or the document row of a document
+    cut into windows), so a reembed decides per document.
 
-    The vectors stay in the database: a carried row is copied there by :meth:`PgRun.publish`.
+    The vectors stay in the database: every row of a carried document (its window rows and
+    its document row) is copied there by :meth:`PgRun.publish`.
     """
 
-    def __init__(self, dsn: str, qualified: str, shards: int) -> None:
+    def __init__(self, dsn: str, qualified: str, shards: int, chunked: bool = False) -> None:
         super().__init__()
         self._dsn, self._qualified, self._shards = dsn, qualified, shards
+        self._chunked = chunked
 
     def expand(self, pbegin):
         return (pbegin
                 | "Shards" >> beam.Create(list(range(self._shards)))
                 | "ReadShard" >> beam.FlatMap(_read_shard, self._dsn, self._qualified,
-                                              self._shards)
+                                              self._shards, self._chunked)
                 | "Reshuffle" >> beam.Reshuffle())
 
 
@@ -451,6 +474,27 @@ class PgRun:
             return None
         return self._count_qualified(self.qualified(self.published.table))
 
+    def published_documents(self) -> Optional[int]:
+        """Documents of the table the name serves now: its rows less the window rows of
+        documents cut into several (None: nothing published yet)."""
+        if self.published is None:
+            return None
+        where = f" WHERE {DOCUMENT_ROWS}" if self._published_chunked() else ""
+        return self._conn.execute(f"SELECT count(*) FROM "
+                                  f"{self.qualified(self.published.table)}{where}").fetchone()[0]
+
+    def published_columns(self) -> set[str]:
+        """The columns of the table the name serves now (empty: nothing published)."""
+        if self.published is None:
+            return set()
+        rows = self._conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
+            "AND table_name = %s", (self.schema, self.published.table)).fetchall()
+        return {r[0] for r in rows}
+
+    def _published_chunked(self) -> bool:
+        return CHUNKED_COLUMNS <= self.published_columns()
+
     def _count_qualified(self, qualified: str) -> int:
         return conn_count(self._conn, qualified)
 
@@ -459,7 +503,7 @@ class PgRun:
             raise ConfigError(f"nothing is published under {self.cfg.target.name} yet: run "
                               "`beam-e5 embed` with this --output first")
         return ReadPublished(self.dsn, self.qualified(self.published.table),
-                             self.cfg.read_shards)
+                             self.cfg.read_shards, self._published_chunked())
 
     # ---- publish
     def publish(self, expected_rows: int, signature: dict[str, Any],
@@ -476,11 +520,17 @@ class PgRun:
             f"FROM {self.qualified(self.load_table)} ORDER BY id").rowcount
         carried = 0
         if self.published is not None:
-            picks = ", ".join("o.embedding" if n == "embedding" else f'c."{n}"' for n in names)
+            # one carry row per document; every published row of it joins (its windows and
+            # document row when it was chunked), their own columns copied byte for byte
+            old_cols = self.published_columns()
+            chunked = CHUNKED_COLUMNS <= old_cols and "doc_id" in names
+            row_cols = {n for n in ROW_COLUMNS if n in old_cols} if chunked else {"embedding"}
+            picks = ", ".join(f'o."{n}"' if n in row_cols else f'c."{n}"' for n in names)
+            on = 'o."doc_id" = c."doc_id"' if chunked else 'o."id" = c."id"'
             carried = conn.execute(
                 f"INSERT INTO {new} ({cols}) SELECT {picks} FROM (SELECT DISTINCT ON (id) * "
                 f"FROM {self.qualified(self.carry_table)} ORDER BY id) c "
-                f"JOIN {self.qualified(self.published.table)} o USING (id)").rowcount
+                f"JOIN {self.qualified(self.published.table)} o ON {on}").rowcount
         stats.update(rows=loaded + carried, rows_loaded=loaded, rows_carried_in_db=carried,
                      duplicate_rows_dropped=self._count(self.load_table) - loaded)
         if loaded + carried != expected_rows:

@@ -23,11 +23,18 @@ from beam_e5.errors import ConfigError
 VECTOR_DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
 ARROW_BATCH_ROWS = 2048
 CORE_COLUMNS = ("id", "embedding", "text_sha256", "tokens")
+# Where each vector's text lies: its document, window and characters (beam_e5.records).
+CHUNK_COLUMNS = (("doc_id", pa.string()), ("chunk", pa.int32()), ("chunks", pa.int32()),
+                 ("char_start", pa.int64()), ("char_end", pa.int64()),
+                 ("tokens_cut", pa.int32()))
+_CHUNK_NAMES = tuple(name for name, _ in CHUNK_COLUMNS)
 
 
 def vectors_schema(dim: int, vector_dtype: str, keep_fields: Sequence[str],
                    metadata: Mapping[str, str]) -> pa.Schema:
-    """``id``, ``embedding`` fixed_size_list<dtype>[dim], ``text_sha256``, kept fields (string)."""
+    """``id``, ``embedding`` fixed_size_list<dtype>[dim], ``text_sha256``, ``tokens``, the chunk
+    columns (``doc_id``, ``chunk``, ``chunks``, ``char_start``, ``char_end``, ``tokens_cut``),
+    kept fields (string)."""
     if vector_dtype not in VECTOR_DTYPES:
         raise ConfigError(f"--vector-dtype must be one of {', '.join(VECTOR_DTYPES)}, "
                           f"got {vector_dtype!r}")
@@ -35,6 +42,7 @@ def vectors_schema(dim: int, vector_dtype: str, keep_fields: Sequence[str],
               pa.field("embedding", pa.list_(VECTOR_DTYPES[vector_dtype][1], dim), nullable=False),
               pa.field("text_sha256", pa.string()),
               pa.field("tokens", pa.int32())]
+    fields += [pa.field(name, typ) for name, typ in CHUNK_COLUMNS]
     fields += [pa.field(name, pa.string()) for name in keep_fields]
     return pa.schema(fields, metadata={k: str(v) for k, v in metadata.items()})
 
@@ -68,10 +76,20 @@ def vectors_to_table(records: Sequence[dict], schema: pa.Schema) -> pa.Table:
         "text_sha256": pa.array([r.get("text_sha256") for r in records], pa.string()),
         "tokens": pa.array([r.get("tokens") for r in records], pa.int32()),
     }
-    for name in schema.names[4:]:
+    for name, typ in CHUNK_COLUMNS:
+        if name in schema.names:
+            columns[name] = pa.array([_chunk_value(r, name) for r in records], typ)
+    for name in [n for n in schema.names if n not in CORE_COLUMNS + _CHUNK_NAMES]:
         columns[name] = pa.array(
             [_field_as_string((r.get("fields") or {}).get(name)) for r in records], pa.string())
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+def _chunk_value(record: dict, name: str) -> Any:
+    """A chunk column of a record; records without them are one-window documents."""
+    if name in record:
+        return record[name]
+    return {"doc_id": record.get("id"), "chunk": 0, "chunks": 1, "tokens_cut": 0}.get(name)
 
 
 def duplicates_to_table(records: Sequence[dict]) -> pa.Table:
@@ -154,11 +172,20 @@ def table_to_records(table: pa.Table) -> Iterator[dict]:
            else [None] * table.num_rows)
     tokens = (table.column("tokens").to_pylist() if "tokens" in table.column_names
               else [0] * table.num_rows)
-    kept = [c for c in table.column_names if c not in CORE_COLUMNS]
+    kept = [c for c in table.column_names if c not in CORE_COLUMNS + _CHUNK_NAMES]
     kept_values = {c: table.column(c).to_pylist() for c in kept}
-    for i, doc_id in enumerate(ids):
-        yield {"id": doc_id, "embedding": matrix[i], "text_sha256": sha[i],
-               "tokens": tokens[i] or 0, "fields": {c: kept_values[c][i] for c in kept}}
+    # files written before chunking have no chunk columns: each row is a whole document
+    chunk_values = {c: table.column(c).to_pylist() for c in _CHUNK_NAMES
+                    if c in table.column_names}
+    for i, vid in enumerate(ids):
+        rec = {"id": vid, "embedding": matrix[i], "text_sha256": sha[i],
+               "tokens": tokens[i] or 0, "fields": {c: kept_values[c][i] for c in kept},
+               "doc_id": vid, "chunk": 0, "chunks": 1, "char_start": None, "char_end": None,
+               "tokens_cut": 0}
+        for c, values in chunk_values.items():
+            rec[c] = values[i] if values[i] is not None or c in ("chunk", "char_start",
+                                                                  "char_end") else rec[c]
+        yield rec
 
 
 def read_vectors(pattern: str) -> Iterable[pa.Table]:

@@ -169,11 +169,12 @@ def publish(pointer: str, snapshot: str) -> None:
 
 def _previous_vectors(table) -> Iterable[tuple[str, dict]]:
     for rec in table_to_records(table):
-        yield rec["id"], rec
+        yield rec["doc_id"], rec
 
 
 def read_previous(p: beam.Pipeline, prev: PreviousSnapshot):
-    """(id, record-or-None) of every document the previous snapshot knows."""
+    """(doc_id, record-or-None) of every vector row (every chunk) the previous snapshot has,
+    and (id, None) for its duplicates."""
     vectors = (p
                | "ReadPreviousVectors" >> beam.io.ReadFromParquetBatched(
                    FileSystems.join(prev.path, "vectors-*.parquet"))

@@ -43,7 +43,9 @@ from beam_e5.io.sinks import (
     read_vectors,
     table_to_records,
 )
+from beam_e5.jobs.embed import keep_chunks_of
 from beam_e5.jobs.summary import RunSummary
+from beam_e5.records import is_chunk_row, is_document_row
 from beam_e5.transforms.semantic_dedupe import SemanticDedupe, SemanticDedupeConfig
 
 
@@ -128,19 +130,29 @@ def _run_dedupe(job: DedupeJob, schema: pa.Schema, beam_args: list[str]) -> RunS
     checked = records | "SetAside" >> beam.Map(lambda r: (set_aside(r), r))
     valid = (checked | "Valid" >> beam.Filter(lambda rr: rr[0] is None)
              | "ValidRecords" >> beam.Map(lambda rr: rr[1]))
-    invalid = (checked | "Invalid" >> beam.Filter(lambda rr: rr[0] is not None)
-               | "InvalidToErrors" >> beam.Map(lambda rr: _aside_to_error(rr[1], rr[0])))
-    result = valid | "SemanticDedupe" >> SemanticDedupe(job.semantic)
-    _ = result.kept | "WriteVectors" >> WriteVectors(job.output.output, schema)
+    invalid_rows = checked | "Invalid" >> beam.Filter(lambda rr: rr[0] is not None)
+    invalid = invalid_rows | "InvalidToErrors" >> beam.Map(lambda rr: _aside_to_error(rr[1], rr[0]))
+    # counts balance in documents: an invalid window row is in errors-*.jsonl, not counted
+    invalid_docs = invalid_rows | "InvalidDocs" >> beam.Filter(lambda rr: is_document_row(rr[1]))
+    # decided per document (its one row, or the document row of a chunked one); the window
+    # rows of a kept document are kept with it, those of a duplicate dropped with it
+    docs = valid | "DocumentRows" >> beam.Filter(is_document_row)
+    result = docs | "SemanticDedupe" >> SemanticDedupe(job.semantic)
+    chunks = valid | "ChunkRows" >> beam.Filter(is_chunk_row)
+    kept_chunks = keep_chunks_of(result.kept, chunks)
+    _ = ((result.kept, kept_chunks) | "KeptRows" >> beam.Flatten()
+         | "WriteVectors" >> WriteVectors(job.output.output, schema))
     _ = result.duplicates | "WriteDuplicates" >> WriteDuplicates(job.output.output)
     _ = invalid | "WriteErrors" >> WriteErrors(job.output.output)
-    record_counts(p, {"read": records, "written": result.kept, "invalid": invalid,
-                      "semantic_duplicates": result.duplicates}, job.output.output)
+    record_counts(p, {"read": records | "ReadDocs" >> beam.Filter(is_document_row),
+                      "written": result.kept, "invalid": invalid_docs,
+                      "semantic_duplicates": result.duplicates, "chunk_rows": kept_chunks},
+                  job.output.output)
     p.run().wait_until_finish()
     raw = read_counts(job.output.output)
     counts = {"read": raw["read"], "invalid": raw["invalid"], "exact_duplicates": 0,
               "semantic_duplicates": raw["semantic_duplicates"], "embedded": 0,
-              "written": raw["written"]}
+              "written": raw["written"], "chunk_rows": raw.get("chunk_rows", 0)}
     if counts["read"] != counts["written"] + counts["semantic_duplicates"] + counts["invalid"]:
         raise RuntimeError(f"counts do not balance: {counts}; this is a bug, please report it")
     summary = RunSummary(counts, time.time() - start)
@@ -195,7 +207,8 @@ def run_explain(pattern: str, out_dir: str, sample_size: int, max_vectors: Optio
 
     check_explain_installed()
     vectors_input_schema(pattern)
-    records = (rec for table in read_vectors(pattern) for rec in table_to_records(table))
+    records = (rec for table in read_vectors(pattern) for rec in table_to_records(table)
+               if is_document_row(rec))
     chosen = sample_by_id(records, max_vectors, seed)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return explain(np.stack([r["embedding"] for r in chosen]), [r["id"] for r in chosen],

@@ -1,10 +1,14 @@
-"""The embed pipeline: read -> exact dedupe -> embed -> semantic dedupe -> write.
+"""The embed pipeline: read -> exact dedupe -> embed (chunked) -> semantic dedupe -> write.
 
 One stage function per step builds the Beam graph; :func:`run_embed` validates everything
 before the pipeline starts, runs it, then writes ``manifest.json`` last (atomically), with
 counts that must balance::
 
     read == written + exact_duplicates + semantic_duplicates + invalid
+
+in documents. A long document embedded in several windows is one document there; its window
+rows are counted beside (``chunk_rows``, ``chunked_documents``), and semantic dedupe decides
+on its document row and keeps or drops all of its rows together.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import dataclasses
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import apache_beam as beam
@@ -53,8 +57,10 @@ from beam_e5.io.snapshots import (
     same_signature,
 )
 from beam_e5.jobs.summary import RunSummary, summarize
+from beam_e5.model.chunking import LongTextConfig
 from beam_e5.model.config import EncoderConfig, EncoderSpec, check_device_here
 from beam_e5.model.fingerprint import model_signature
+from beam_e5.records import is_chunk_row, is_document_row
 from beam_e5.transforms.embed_texts import EmbedTexts
 from beam_e5.transforms.exact_dedupe import ExactDedupe
 from beam_e5.transforms.reembed_split import (
@@ -82,6 +88,7 @@ class EmbedJob:
     semantic: Optional[SemanticDedupeConfig] = None
     previous: Optional[str] = None  # a snapshot dir or publish pointer: re-embed incrementally
     publish: Optional[str] = None  # pointer file moved to this run's output after success
+    long_text: LongTextConfig = field(default_factory=LongTextConfig)
     # --output postgresql://...?table=NAME: vectors go to PostgreSQL, and ``output`` above is
     # the --report-dir (manifest, errors, duplicates, deleted ids)
     pg: Optional[PgSinkConfig] = None
@@ -147,7 +154,9 @@ class Streams:
     errors: Any
     counts: dict[str, Any]
     deleted: Any = None
-    carried: Any = None  # postgresql:// reembed: rows whose vector stays in the database
+    sums: dict[str, Any] = field(default_factory=dict)  # streams of ints to total
+    # postgresql:// reembed: documents whose rows (all their windows) stay in the database
+    carried: Any = None
 
 
 def _with_text_field(doc: dict) -> dict:
@@ -191,25 +200,62 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob) ->
         docs = split[TO_EMBED] | "DocsToEmbed" >> beam.Map(lambda cd: cd[1])
     embedded, embed_errors = (docs
                               | "PrepareForEmbedding" >> beam.Map(_for_embedding)
-                              | "Embed" >> EmbedTexts(spec, with_errors=True))
+                              | "Embed" >> EmbedTexts(spec, with_errors=True,
+                                                      long_text=job.long_text))
     errors.append(embed_errors)
-    counts.update(embedded=embedded, embed_errors=embed_errors)
+    counts.update(embedded=embedded | "EmbeddedDocs" >> beam.Filter(is_document_row),
+                  embed_errors=embed_errors)
     in_db = carried if pg_run is not None else None  # carried inside the database
+    if carried is not None:
+        counts["carried"] = carried | "CarriedDocs" >> beam.Filter(is_document_row)
     if carried is not None and in_db is None:
         embedded = (embedded, carried) | "WithCarried" >> beam.Flatten()
     written = embedded
     if job.semantic is not None:
-        semantic = embedded | "SemanticDedupe" >> SemanticDedupe(job.semantic)
-        written = semantic.kept
+        # decided per document, on its document row; its window rows follow it
+        semantic = (embedded | "DocumentRows" >> beam.Filter(is_document_row)
+                    | "SemanticDedupe" >> SemanticDedupe(job.semantic))
+        chunks = embedded | "ChunkRows" >> beam.Filter(is_chunk_row)
+        written = ((semantic.kept, keep_chunks_of(semantic.kept, chunks))
+                   | "KeptRows" >> beam.Flatten())
         duplicates.append(semantic.duplicates)
         counts["semantic_duplicates"] = semantic.duplicates
-    counts["written"] = (written if in_db is None
-                         else (written, in_db) | "WrittenWithCarried" >> beam.Flatten())
+    written_docs = written | "WrittenDocs" >> beam.Filter(is_document_row)
+    chunk_rows = written | "WrittenChunks" >> beam.Filter(is_chunk_row)
+    sums = {}
+    if in_db is not None:
+        # one record per carried document stands for all its rows, which stay in the table
+        written_docs = (written_docs, in_db | "CarriedInDbDocs" >> beam.Filter(is_document_row)
+                        ) | "WrittenWithCarried" >> beam.Flatten()
+        sums["carried_chunk_rows"] = in_db | "CarriedChunkRows" >> beam.Map(carried_chunk_rows)
+    sums["tokens_cut"] = written_docs | "TokensCut" >> beam.Map(
+        lambda r: int(r.get("tokens_cut") or 0))
+    counts["written"] = written_docs
+    counts["chunk_rows"] = chunk_rows
+    counts["chunked_documents"] = written_docs | "Chunked" >> beam.Filter(
+        lambda r: (r.get("chunks") or 1) > 1)
+    counts["truncated_documents"] = written_docs | "Truncated" >> beam.Filter(
+        lambda r: (r.get("tokens_cut") or 0) > 0)
     return Streams(
         written=written,
         duplicates=tuple(duplicates) | "AllDuplicates" >> beam.Flatten(pipeline=p),
         errors=tuple(errors) | "AllErrors" >> beam.Flatten(pipeline=p),
-        counts=counts, deleted=deleted, carried=in_db)
+        counts=counts, deleted=deleted, sums=sums, carried=in_db)
+
+
+def carried_chunk_rows(doc: dict) -> int:
+    """Window rows a document carried inside the database has besides its document row."""
+    chunks = int(doc.get("chunks") or 1)
+    return chunks if chunks > 1 else 0
+
+
+def keep_chunks_of(kept_docs, chunk_rows):
+    """The window rows of the documents in ``kept_docs`` (by ``doc_id``)."""
+    return ({"kept": kept_docs | "KeptIds" >> beam.Map(lambda r: (r["id"], True)),
+             "chunks": chunk_rows | "ChunksByDoc" >> beam.Map(lambda r: (r["doc_id"], r))}
+            | "JoinKept" >> beam.CoGroupByKey()
+            | "KeptChunks" >> beam.FlatMap(
+                lambda kv: kv[1]["chunks"] if kv[1]["kept"] else []))
 
 
 def write_streams(p: beam.Pipeline, streams: Streams, job: EmbedJob,
@@ -229,7 +275,7 @@ def write_streams(p: beam.Pipeline, streams: Streams, job: EmbedJob,
              | "DeletedToJson" >> beam.Map(deleted_to_json)
              | "WriteDeleted" >> beam.io.WriteToText(FileSystems.join(out, "deleted"),
                                                      file_name_suffix=".jsonl"))
-    record_counts(p, streams.counts, out)
+    record_counts(p, streams.counts, out, streams.sums)
     record_problems(streams.errors, out)
 
 
@@ -257,9 +303,12 @@ def manifest_counts(raw: dict[str, int]) -> dict[str, int]:
         "embedded": raw["embedded"],
         "written": raw["written"],
     }
-    for name in ("carried", "new", "reembedded", "deleted"):
+    for name in ("carried", "new", "reembedded", "deleted", "chunk_rows", "chunked_documents",
+                 "truncated_documents", "tokens_cut"):
         if name in raw:
             counts[name] = raw[name]
+    if "carried_chunk_rows" in raw:  # postgresql:// reembed: window rows kept in the table
+        counts["chunk_rows"] = counts.get("chunk_rows", 0) + raw["carried_chunk_rows"]
     balance = (counts["written"] + counts["exact_duplicates"] + counts["semantic_duplicates"]
                + counts["invalid"])
     if counts["read"] != balance:
@@ -275,7 +324,8 @@ def validate_job(job: EmbedJob, beam_args: Optional[list[str]] = None) -> Resolv
     reader_input = validate_reader_config(job.reader)
     spec = job.encoder.resolve()
     check_device_here(job.encoder, beam_runner(beam_args or []))
-    signature = {**model_signature(spec), "vector_dtype": job.output.vector_dtype}
+    signature = {**model_signature(spec), "vector_dtype": job.output.vector_dtype,
+                 **job.long_text.signature()}
     if job.pg is not None:
         claim = prepare_output(job.output)  # the --report-dir
         try:
@@ -353,9 +403,11 @@ def _check_and_publish(job: EmbedJob, resolved: ResolvedJob, summary: RunSummary
             + (f", and {target}" if target else ""))
     written = summary.counts["written"]
     if resolved.pg_run is not None:
-        check_table_publishable(job.pg.target.name, written, resolved.pg_run.published_rows(),
-                                job.publish_min_ratio)
-        manifest["pg"] = resolved.pg_run.publish(written, resolved.signature, manifest)
+        # documents against documents (a chunked document is several rows in the table)
+        check_table_publishable(job.pg.target.name, written,
+                                resolved.pg_run.published_documents(), job.publish_min_ratio)
+        rows = written + summary.counts.get("chunk_rows", 0)  # document rows + window rows
+        manifest["pg"] = resolved.pg_run.publish(rows, resolved.signature, manifest)
         write_manifest(job.output.output, manifest)  # again, with the load and index figures
     elif job.publish:
         check_publishable(job.publish, written, job.publish_min_ratio)
@@ -370,8 +422,8 @@ def check_table_publishable(name: str, written: int, before: Optional[int],
                         "the table it served. Check --input (an empty export?)")
     if before and min_ratio > 0 and written < min_ratio * before:
         raise RunFailed(
-            f"not publishing: the run wrote {written:,} rows, fewer than --publish-min-ratio "
-            f"{min_ratio:g} x the {before:,} that {name} serves now, which stays in service. "
+            f"not publishing: the run wrote {written:,} documents, fewer than "
+            f"--publish-min-ratio {min_ratio:g} x the {before:,} that {name} serves now, which stays in service. "
             "If the corpus really shrank, rerun with --publish-min-ratio 0")
 
 
@@ -414,7 +466,7 @@ def job_options(job: EmbedJob) -> dict[str, Any]:
             "output": plain(job.output), "exact_dedupe": job.exact_dedupe,
             "semantic": plain(job.semantic), "previous": redact(job.previous) or None,
             "publish": job.publish, "publish_min_ratio": job.publish_min_ratio,
-            "pg": job.pg.options() if job.pg else None}
+            "pg": job.pg.options() if job.pg else None, "long_text": plain(job.long_text)}
 
 
 __all__ = ["EmbedJob", "build_embed_graph", "run_embed", "validate_job", "ConfigError"]

@@ -30,7 +30,8 @@ class Neighbour:
     label: str  # the run's kept fields, "name=value" joined
 
 
-BUILT_IN_COLUMNS = ("id", "embedding", "text_sha256", "tokens")
+BUILT_IN_COLUMNS = ("id", "embedding", "text_sha256", "tokens", "doc_id", "chunk", "chunks",
+                    "char_start", "char_end", "tokens_cut")
 
 
 def load_vectors(output_dir: str) -> tuple[list[str], np.ndarray, list[str]]:
@@ -46,7 +47,13 @@ def load_vectors(output_dir: str) -> tuple[list[str], np.ndarray, list[str]]:
     values = [table.column(c).to_pylist() for c in kept]
     labels = ["  ".join(f"{c}={v[i]}" for c, v in zip(kept, values) if v[i] is not None)
               for i in range(table.num_rows)]
-    return table.column("id").to_pylist(), matrix, labels
+    ids = table.column("id").to_pylist()
+    if "chunk" in table.column_names:  # a chunk row: where its text lies in the document
+        where = zip(table.column("chunk").to_pylist(), table.column("chunks").to_pylist(),
+                    table.column("char_start").to_pylist(), table.column("char_end").to_pylist())
+        labels = [(f"{lab}  chars {s}:{e}".strip() if c is not None and n > 1 else lab)
+                  for lab, (c, n, s, e) in zip(labels, where)]
+    return ids, matrix, labels
 
 
 def nearest(query_vector: np.ndarray, ids: list[str], matrix: np.ndarray,
@@ -78,11 +85,15 @@ def run_neighbours(vectors_dir: str, encoder: EncoderConfig, query: str, k: int,
     enc = Encoder.load(encoder.resolve())
     qvec, _ = enc.encode([query])
     result = nearest(qvec[0], ids, matrix, labels, k)
-    texts = corpus_texts(corpus, {n.id for n in result}) if corpus else {}
+    texts = corpus_texts(corpus, {n.id.rsplit("#", 1)[0] for n in result}) if corpus else {}
     print(f"{len(ids):,} vectors; top {k} for query {query!r} "
           f"(prefix {enc.prefix!r}, model {encoder.model}):")
     for rank, n in enumerate(result, 1):
-        snippet = " ".join(texts.get(n.id, "").split())[:110]
+        text = texts.get(n.id) or texts.get(n.id.rsplit("#", 1)[0], "")
+        if "  chars " in n.label:  # a chunk: its own characters
+            start, end = n.label.rsplit("  chars ", 1)[1].split(":")
+            text = text[int(start):int(end)]
+        snippet = " ".join(text.split())[:110]
         print(f"{rank:>2}. {n.score:.4f}  {n.id}  {n.label}".rstrip())
         if snippet:
             print(f"      {snippet}")

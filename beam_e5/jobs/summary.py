@@ -77,6 +77,14 @@ class RunSummary:
             ]
         else:
             lines.append(f"  no inference; {s['seconds']:.1f} s")
+        if c.get("chunked_documents"):
+            lines.append(f"  long documents: {c['chunked_documents']:,} chunked into windows "
+                         f"({c.get('chunk_rows', 0):,} chunk vectors beside the document "
+                         "vectors)")
+        if c.get("truncated_documents") or c.get("tokens_cut"):
+            lines.append(f"  WARNING: {c.get('truncated_documents', 0):,} documents truncated, "
+                         f"{c.get('tokens_cut', 0):,} tokens cut and not embedded (their rows "
+                         "say how many in tokens_cut); --long-text chunk embeds all of them")
         for extra in ("carried", "reembedded", "new", "deleted"):
             if extra in c:
                 lines.append(f"  {extra}: {c[extra]:,}")

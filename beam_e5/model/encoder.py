@@ -13,13 +13,22 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import Callable, NamedTuple, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
 
 from beam_e5.errors import ConfigError
 from beam_e5.model.batching import plan_micro_batches
+from beam_e5.model.chunking import (
+    ChunkSpan,
+    LongTextConfig,
+    chunk_spans,
+    document_vector,
+    split_prefix,
+    text_offsets,
+    truncate_span,
+)
 from beam_e5.model.config import EncoderSpec
 from beam_e5.model.loading import local_model_path
 from beam_e5.model.onnx_backend import describe_backend
@@ -27,11 +36,6 @@ from beam_e5.model.pooling import l2_normalize, pool
 
 LOG = logging.getLogger(__name__)
 
-# Texts are cut to this many characters per allowed token before tokenising, so a 10 MB
-# document costs no more than a long one. If the cut text does not overflow the max length
-# by a clear margin, the full text is tokenised instead, so the result never changes.
-CHARS_PER_TOKEN_CUT = 16
-OVERFLOW_MARGIN_TOKENS = 64
 # What one forward call costs beyond its tokens, priced in tokens: it decides how far the
 # micro-batch planner trades padding for fewer, larger calls. Small on CPU; on a GPU a
 # small batch leaves the device idle, so calls are dearer.
@@ -51,6 +55,10 @@ class EncodeStats:
     seconds: float = 0.0
     tokens_per_text: list[int] = field(default_factory=list)
     truncated_per_text: list[bool] = field(default_factory=list)
+    windows: int = 0  # forward-pass rows: one per chunk (one per text unless chunked)
+    chunked: int = 0  # texts cut into more than one window
+    tokens_cut: int = 0  # text tokens no window holds (truncate mode)
+    failed: int = 0  # texts over the limit in fail mode
     # per text: (tokens of the text itself, how many of them are the unknown token)
     content_per_text: list[tuple[int, int]] = field(default_factory=list)
 
@@ -59,6 +67,43 @@ class EncodeStats:
 class Tokenized:
     ids: list[list[int]]
     truncated: list[bool]
+
+
+class ChunkVector(NamedTuple):
+    """One window of a document: its vector and where its text lies in the document."""
+
+    vector: np.ndarray  # float32 (dim,), L2-normalised
+    tokens: int  # real tokens the model saw for this window (prefix and specials included)
+    text_tokens: int  # the document's tokens in this window
+    char_start: int
+    char_end: int
+
+
+@dataclass
+class DocumentVectors:
+    """What one document became: its vector, its windows, and what was cut or refused."""
+
+    vector: Optional[np.ndarray]  # the one window's vector, or the token-weighted mean
+    chunks: list[ChunkVector]
+    text_tokens: int  # the document's own tokens (no prefix, no specials)
+    tokens_cut: int = 0
+    error: str = ""
+
+    @property
+    def tokens(self) -> int:
+        return sum(c.tokens for c in self.chunks)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one document is fed to the model: its token ids and the windows over them."""
+
+    ids: list[int]  # prefix + text tokens, no special tokens
+    prefix_tokens: int
+    spans: list[ChunkSpan]
+    text_tokens: int
+    tokens_cut: int = 0
+    error: str = ""
 
 
 def pick_device(requested: str) -> torch.device:
@@ -119,10 +164,8 @@ class Encoder:
         self.eos_id = tokenizer.eos_token_id
         self.left_padding = getattr(tokenizer, "padding_side", "right") == "left"
         self.dim = int(model.config.hidden_size)
+        self._frame_ids: Optional[tuple[list[int], list[int]]] = None
         self.unk_id = tokenizer.unk_token_id
-        self._framing_ids = set(tokenizer.all_special_ids) - {self.unk_id}
-        self._prefix_tokens = (len(tokenizer(self.prefix, add_special_tokens=False)["input_ids"])
-                               if self.prefix else 0)
         # Every forward pass runs on this one thread, one at a time: the model already uses
         # every core (or the GPU), and passes from many Beam worker threads would each grow
         # their own malloc arena by a batch's activations, so peak memory would rise with the
@@ -187,86 +230,161 @@ class Encoder:
                  describe_backend(backend, cfg.backend))
         return cls(spec, tokenizer, model, device, dtype, backend)
 
-    # -- tokenisation -------------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str]) -> Tokenized:
-        """Prefix, cut overlong texts cheaply, tokenise with truncation to the max length."""
-        budget = self.max_length - 1 if self.profile.append_eos else self.max_length
-        limit = budget * CHARS_PER_TOKEN_CUT
+    # -- tokenisation ----------------------------------------------------------------
+    def _frame(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer puts before and after a text ([CLS] ... [SEP])."""
+        if self._frame_ids is None:
+            probe = "hello"
+            with_sp = list(self.tokenizer(probe)["input_ids"])
+            bare = list(self.tokenizer(probe, add_special_tokens=False)["input_ids"])
+            head: list[int] = []
+            tail: list[int] = []
+            for i in range(len(with_sp) - len(bare) + 1):
+                if with_sp[i:i + len(bare)] == bare:
+                    head, tail = with_sp[:i], with_sp[i + len(bare):]
+                    break
+            self._frame_ids = (head, tail)
+        return self._frame_ids
+
+    def _window_ids(self, plan: _Plan, span: ChunkSpan) -> list[int]:
+        head, tail = self._frame()
+        k = plan.prefix_tokens
+        ids = head + plan.ids[:k] + plan.ids[k + span.token_start:k + span.token_end] + tail
+        if self.profile.append_eos and self.eos_id is not None and (not ids or ids[-1] != self.eos_id):
+            ids.append(self.eos_id)
+        return ids
+
+    def text_budget(self, prefix_tokens: int) -> int:
+        """Text tokens one window holds: max length less special tokens and the prefix."""
+        head, tail = self._frame()
+        eos = 1 if self.profile.append_eos and (not tail or tail[-1] != self.eos_id) else 0
+        return self.max_length - len(head) - len(tail) - eos - prefix_tokens
+
+    def plan_documents(self, texts: Sequence[str],
+                       long_text: Union[LongTextConfig, Sequence[LongTextConfig]]) -> list[_Plan]:
+        """Tokenise each prefixed text once (with character offsets) and choose its windows.
+        ``long_text``: one config for all texts, or one per text."""
         full = [self.prefix + t for t in texts]
-        cut = [t[:limit] for t in full]
-        ids, truncated = self._tokenize(cut, budget)
-        redo = [i for i, t in enumerate(full)
-                if len(t) > limit and truncated[i] < OVERFLOW_MARGIN_TOKENS]
-        if redo:
-            redo_ids, redo_trunc = self._tokenize([full[i] for i in redo], budget)
-            for j, i in enumerate(redo):
-                ids[i], truncated[i] = redo_ids[j], redo_trunc[j]
-        if self.profile.append_eos and self.eos_id is not None:
-            ids = [x if x and x[-1] == self.eos_id else x + [self.eos_id] for x in ids]
-        return Tokenized(ids, [t > 0 for t in truncated])
+        if not full:
+            return []
+        modes = ([long_text] * len(full) if isinstance(long_text, LongTextConfig)
+                 else list(long_text))
+        if not getattr(self.tokenizer, "is_fast", False):
+            return [self._plan_slow(t, m) for t, m in zip(full, modes)]
+        enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True,
+                             return_attention_mask=False, return_token_type_ids=False,
+                             verbose=False)
+        plans = []
+        for text, ids, offsets, long_text in zip(texts, enc["input_ids"], enc["offset_mapping"],
+                                                 modes):
+            k = split_prefix(offsets, len(self.prefix))
+            offs = text_offsets(offsets[k:], len(self.prefix))
+            n = len(ids) - k
+            budget = max(1, self.text_budget(k))
+            window = long_text.window(budget)
+            if n <= budget or long_text.mode == "truncate":
+                span = truncate_span(text, offs, budget)
+                plans.append(_Plan(list(ids), k, [span], n, max(0, n - budget)))
+            elif long_text.mode == "fail":
+                plans.append(_Plan(list(ids), k, [], n, error=(
+                    f"the text has {n} tokens, over the limit of {budget} (max length "
+                    f"{self.max_length} less special and prefix tokens); --long-text fail "
+                    "refuses it: use --long-text chunk to embed all of it, or truncate")))
+            else:
+                spans = chunk_spans(text, offs, window, long_text.overlap_for(window))
+                plans.append(_Plan(list(ids), k, spans, n))
+        return plans
 
-    def _tokenize(self, texts: list[str], max_length: int) -> tuple[list[list[int]], list[int]]:
-        """Token ids and, per text, how many tokens were cut off (0: not truncated)."""
-        enc = self.tokenizer(texts, truncation=True, max_length=max_length, padding=False,
-                             return_attention_mask=False, return_token_type_ids=False)
-        encodings = getattr(enc, "encodings", None)
-        if encodings:
-            over = [sum(len(o.ids) for o in e.overflowing) for e in encodings]
-        else:  # slow tokenizer: a text is 'truncated' when it fills the limit
-            over = [OVERFLOW_MARGIN_TOKENS if len(x) >= max_length else 0
-                    for x in enc["input_ids"]]
-        return [list(x) for x in enc["input_ids"]], over
+    def _plan_slow(self, full: str, long_text: LongTextConfig) -> _Plan:
+        """A slow (Python) tokenizer has no offsets: truncate only, offsets unknown."""
+        ids = list(self.tokenizer(full, add_special_tokens=False)["input_ids"])
+        k = len(self.tokenizer(self.prefix, add_special_tokens=False)["input_ids"]) \
+            if self.prefix else 0
+        n = len(ids) - k
+        budget = max(1, self.text_budget(k))
+        if n > budget and long_text.mode != "truncate":
+            return _Plan(ids, k, [], n, error=(
+                f"the text has {n} tokens, over the limit of {budget}, and this model's "
+                "tokenizer is not a fast one, so it cannot be chunked; use --long-text "
+                "truncate"))
+        return _Plan(ids, k, [ChunkSpan(0, min(n, budget), 0, len(full) - len(self.prefix))],
+                     n, max(0, n - budget))
 
-    def content_tokens(self, texts: Sequence[str], ids: list[list[int]]) -> list[tuple[int, int]]:
-        """Per text: (its own tokens, unknown ones among them), prefix and special tokens
-        not counted. Estimated from ``ids``; texts near zero or holding unknown tokens are
-        tokenised again on their own (few), so the count that decides is exact."""
-        out = []
-        check = []
-        for i, x in enumerate(ids):
-            unknown = sum(1 for t in x if t == self.unk_id) if self.unk_id is not None else 0
-            content = sum(1 for t in x if t not in self._framing_ids) - self._prefix_tokens
-            out.append((content, unknown))
-            if unknown or content <= 1:
-                check.append(i)
-        if check:
-            budget = self.max_length * CHARS_PER_TOKEN_CUT
-            enc = self.tokenizer([texts[i][:budget] for i in check], add_special_tokens=False,
-                                 truncation=True, max_length=self.max_length,
-                                 return_attention_mask=False, return_token_type_ids=False)
-            for i, x in zip(check, enc["input_ids"]):
-                unknown = sum(1 for t in x if t == self.unk_id) if self.unk_id is not None else 0
-                out[i] = (len(x), unknown)
-        return out
+    def tokenize(self, texts: Sequence[str]) -> Tokenized:
+        """Prefix and tokenise, truncated to the max length (special tokens included)."""
+        plans = self.plan_documents(texts, LongTextConfig("truncate"))
+        return Tokenized([self._window_ids(p, p.spans[0]) for p in plans],
+                         [p.tokens_cut > 0 for p in plans])
+
+    def content_tokens(self, plan: _Plan) -> tuple[int, int]:
+        """(the text's own tokens, unknown ones among them), prefix and special tokens not
+        counted: exact, from the whole text's tokens (every window of it, not just one)."""
+        own = plan.ids[plan.prefix_tokens:]
+        unknown = sum(1 for t in own if t == self.unk_id) if self.unk_id is not None else 0
+        return len(own), unknown
 
     # -- inference ----------------------------------------------------------------------
     def encode(self, texts: Sequence[str],
                on_progress: Optional[Callable[[int, int], None]] = None,
                ) -> tuple[np.ndarray, EncodeStats]:
-        """Vectors (len(texts), dim) float32 in input order, and the stats of the call.
+        """Vectors (len(texts), dim) float32 in input order, each text truncated to the max
+        length, and the stats of the call. (:meth:`encode_documents` chunks instead.)
 
         ``on_progress(texts, real_tokens)`` is called after each micro-batch is launched.
         """
+        docs, stats = self.encode_documents(texts, LongTextConfig("truncate"), on_progress)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for i, d in enumerate(docs):
+            out[i] = d.vector
+        return out, stats
+
+    def encode_documents(self, texts: Sequence[str],
+                         long_text: Union[LongTextConfig, Sequence[LongTextConfig]],
+                         on_progress: Optional[Callable[[int, int], None]] = None,
+                         ) -> tuple[list[DocumentVectors], EncodeStats]:
+        """Each text tokenised once, cut into windows as ``long_text`` says, every window of
+        the call micro-batched together (sorted by length), vectors back per document."""
         start = time.perf_counter()
         stats = EncodeStats(texts=len(texts))
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out, stats
-        tok = self.tokenize(texts)
-        lengths = [len(x) for x in tok.ids]
-        stats.tokens_per_text = lengths
+        plans = self.plan_documents(texts, long_text)
+        windows: list[list[int]] = []
+        owner: list[tuple[int, ChunkSpan]] = []
+        for d, plan in enumerate(plans):
+            for span in plan.spans:
+                windows.append(self._window_ids(plan, span))
+                owner.append((d, span))
+        lengths = [len(x) for x in windows]
+        out = np.empty((len(windows), self.dim), dtype=np.float32)
+        if windows:
+            batch_plan = plan_micro_batches(lengths, self.spec.config.max_batch_tokens,
+                                            self.spec.config.max_batch_size,
+                                            BATCH_OVERHEAD_TOKENS.get(self.device.type, 32))
+            self._inference_thread.submit(self._run_plan, batch_plan, windows, lengths, out,
+                                          stats, on_progress).result()
+            stats.micro_batches = len(batch_plan) + stats.oom_splits
+        chunks: list[list[ChunkVector]] = [[] for _ in plans]
+        for w, (d, span) in enumerate(owner):
+            chunks[d].append(ChunkVector(out[w], lengths[w], span.tokens, span.char_start,
+                                         span.char_end))
+        docs = []
+        for plan, cs in zip(plans, chunks):
+            if plan.error:
+                docs.append(DocumentVectors(None, [], plan.text_tokens, 0, plan.error))
+                continue
+            vector = cs[0].vector if len(cs) == 1 else document_vector(
+                np.stack([c.vector for c in cs]), [c.text_tokens for c in cs])
+            docs.append(DocumentVectors(vector, cs, plan.text_tokens, plan.tokens_cut))
+        stats.windows = len(windows)
         stats.real_tokens = sum(lengths)
-        stats.truncated_per_text = tok.truncated
-        stats.truncated = sum(tok.truncated)
-        stats.content_per_text = self.content_tokens(texts, tok.ids)
-        plan = plan_micro_batches(lengths, self.spec.config.max_batch_tokens,
-                                  self.spec.config.max_batch_size,
-                                  BATCH_OVERHEAD_TOKENS.get(self.device.type, 32))
-        self._inference_thread.submit(self._run_plan, plan, tok.ids, lengths, out, stats,
-                                      on_progress).result()
-        stats.micro_batches = len(plan) + stats.oom_splits
+        stats.tokens_per_text = [d.tokens for d in docs]
+        stats.truncated_per_text = [d.tokens_cut > 0 for d in docs]
+        stats.truncated = sum(stats.truncated_per_text)
+        stats.tokens_cut = sum(d.tokens_cut for d in docs)
+        stats.chunked = sum(len(d.chunks) > 1 for d in docs)
+        stats.failed = sum(bool(d.error) for d in docs)
+        stats.content_per_text = [self.content_tokens(p) for p in plans]
         stats.seconds = time.perf_counter() - start
-        return out, stats
+        return docs, stats
 
     def _run_plan(self, plan: list, ids: list[list[int]], lengths: list[int], out: np.ndarray,
                   stats: EncodeStats, on_progress: Optional[Callable[[int, int], None]]) -> None:
@@ -315,4 +433,4 @@ def _pad_id(tokenizer) -> int:
     return 0
 
 
-__all__ = ["Encoder", "EncodeStats", "pick_device", "pick_dtype", "run_splitting_on_oom"]
+__all__ = ["ChunkVector", "DocumentVectors", "Encoder", "EncodeStats", "pick_device", "pick_dtype", "run_splitting_on_oom"]

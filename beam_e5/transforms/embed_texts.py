@@ -5,7 +5,16 @@
 Input elements are ``(id, text)`` tuples or dicts holding ``text_field`` (and any other
 fields, which are carried through). Output elements are dicts with ``id`` (or the input
 dict's fields, minus the text), ``embedding`` (float32 numpy vector, L2-normalised),
-``tokens`` (real tokens fed to the model) and ``truncated``.
+``tokens`` (real tokens fed to the model), ``truncated`` and the chunk columns:
+
+* ``doc_id``: the input's id; ``chunk`` (0-based) and ``chunks`` (windows of the document);
+  ``char_start``/``char_end``: ``text[char_start:char_end]`` is what the window holds;
+  ``tokens_cut``: text tokens no window held (``long_text="truncate"`` only).
+* A text that fits the model's window gives one row: its own ``id``, ``chunk`` 0, ``chunks`` 1.
+* A longer text (``long_text="chunk"``, the default) gives one row per window, ``id``
+  ``DOCID#N``, and one document row, ``id`` ``DOCID``, whose vector is the token-weighted mean
+  of its windows (L2-normalised), with ``chunk``, ``char_start`` and ``char_end`` None.
+  ``long_text="truncate"`` embeds the first window only; ``"fail"`` sends it to errors.
 
 Beam RAG items (``apache_beam.ml.rag.types.EmbeddableItem``, alias ``Chunk``) are accepted
 too and come out as items: ``content.text`` embedded, ``embedding.dense_embedding`` filled,
@@ -19,12 +28,13 @@ vector: the handler retries a failing batch text by text, so only the culprit fa
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
 from beam_e5.io.reader_formats import lone_surrogate
+from beam_e5.model.chunking import LongTextConfig
 from beam_e5.model.config import EncoderConfig, EncoderSpec
 from beam_e5.records import MAX_RAW_RECORD_CHARS, ErrorRecord
 from beam_e5.transforms.handler import E5ModelHandler, Embedding
@@ -78,18 +88,47 @@ class _ToRequest(beam.DoFn):
         yield key, text
 
 
+CHUNK_ID_SEPARATOR = "#"
+
+
+def chunk_id(doc_id: str, chunk: int) -> str:
+    """The vector id of window ``chunk`` of a document cut into several: ``DOCID#N``."""
+    return f"{doc_id}{CHUNK_ID_SEPARATOR}{chunk}"
+
+
 def _key_record(key: Any) -> dict:
     if is_rag_item(key):
         return rag_item_record(key)
     return dict(key) if isinstance(key, dict) else {"id": key}
 
 
-def _to_record(emb: Embedding) -> Any:
+def to_records(emb: Embedding) -> Iterator[Any]:
+    """The output rows of one embedded text: one row, or chunk rows and a document row.
+
+    A Beam RAG item comes out as one item whatever its length: Beam's chunker already split
+    the text, so it normally fits one window; the handler embeds items in ``truncate`` mode
+    (the first window of one that does not fit, as Beam's own embedders do), never as chunk
+    rows the RAG writer would not expect."""
     if is_rag_item(emb.key):
-        return with_dense_embedding(emb.key, emb.vector)
+        yield with_dense_embedding(emb.key, emb.vector)
+        return
     base = dict(emb.key) if isinstance(emb.key, dict) else {"id": emb.key}
-    base.update(embedding=emb.vector, tokens=emb.tokens, truncated=emb.truncated)
-    return base
+    doc_id = base.get("id")
+    chunks = emb.chunks
+    if len(chunks) <= 1:
+        c = chunks[0] if chunks else None
+        yield {**base, "embedding": emb.vector, "tokens": emb.tokens,
+               "truncated": emb.truncated, "tokens_cut": emb.tokens_cut, "doc_id": doc_id,
+               "chunk": 0, "chunks": 1, "char_start": c.char_start if c else None,
+               "char_end": c.char_end if c else None}
+        return
+    for i, c in enumerate(chunks):
+        yield {**base, "id": chunk_id(doc_id, i), "embedding": c.vector, "tokens": c.tokens,
+               "truncated": False, "tokens_cut": 0, "doc_id": doc_id, "chunk": i,
+               "chunks": len(chunks), "char_start": c.char_start, "char_end": c.char_end}
+    yield {**base, "embedding": emb.vector, "tokens": emb.tokens, "truncated": False,
+           "tokens_cut": 0, "doc_id": doc_id, "chunk": None, "chunks": len(chunks),
+           "char_start": None, "char_end": None}
 
 
 class _SplitResults(beam.DoFn):
@@ -100,7 +139,7 @@ class _SplitResults(beam.DoFn):
 
     def process(self, emb: Embedding):
         if not emb.error:
-            yield _to_record(emb)
+            yield from to_records(emb)
             return
         record = _key_record(emb.key)
         if not self._with_errors:
@@ -124,11 +163,21 @@ class EmbedTexts(beam.PTransform):
     """Embed texts with an E5/GTE-style encoder loaded once per worker process."""
 
     def __init__(self, encoder: Union[EncoderConfig, EncoderSpec], text_field: str = "text",
-                 with_errors: bool = False) -> None:
+                 with_errors: bool = False,
+                 long_text: Union[LongTextConfig, str, None] = None) -> None:
         super().__init__()
         self._spec = encoder.resolve() if isinstance(encoder, EncoderConfig) else encoder
         self._text_field = text_field
         self._with_errors = with_errors
+        if isinstance(long_text, str):
+            long_text = LongTextConfig(long_text)
+        self._long_text: LongTextConfig = long_text or LongTextConfig()
+        # the model's window less [CLS]/[SEP]-style tokens; the prefix is checked per text
+        self._long_text.check_budget(self._spec.profile.max_length - 2)
+
+    @property
+    def long_text(self) -> LongTextConfig:
+        return self._long_text
 
     @property
     def spec(self) -> EncoderSpec:
@@ -138,7 +187,7 @@ class EmbedTexts(beam.PTransform):
         requests, bad_input = (
             pcoll | "ToRequest" >> beam.ParDo(_ToRequest(self._text_field)).with_outputs(
                 ERRORS_TAG, main="requests"))
-        inference = RunInference(E5ModelHandler(self._spec))
+        inference = RunInference(E5ModelHandler(self._spec, self._long_text))
         if not self._with_errors:
             _ = bad_input | "FailOnBadInput" >> beam.Map(_raise_bad_input)
             return (requests | "RunInference" >> inference

@@ -18,9 +18,11 @@ from typing import Any, Iterable, NamedTuple, Optional, Sequence
 import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.ml.rag.types import EmbeddableItem
 
+from beam_e5.model.chunking import LongTextConfig
 from beam_e5.model.config import EncoderSpec
-from beam_e5.model.encoder import Encoder
+from beam_e5.model.encoder import ChunkVector, Encoder
 from beam_e5.model.tokens import degenerate_reason, mostly_unknown
 
 METRICS_NAMESPACE = "beam_e5"
@@ -29,11 +31,15 @@ LOG = logging.getLogger("beam_e5.progress")
 
 
 class Embedding(NamedTuple):
+    """One input text's result: its document vector and, per window, its chunk vectors."""
+
     key: Any
     vector: Optional[np.ndarray]  # float32 (dim,), L2-normalised; None when ``error``
     tokens: int  # real tokens the model saw (prefix and special tokens included)
     truncated: bool
     error: str = ""  # why this one text has no vector (the rest of its batch is unaffected)
+    tokens_cut: int = 0  # text tokens no window held (--long-text truncate)
+    chunks: tuple[ChunkVector, ...] = ()  # one per window; a single one unless chunked
 
 
 class _EncoderMetrics:
@@ -46,6 +52,10 @@ class _EncoderMetrics:
         self.padded_tokens = counter("padded_tokens")
         self.micro_batches = counter("micro_batches")
         self.truncated = counter("truncated_texts")
+        self.tokens_cut = counter("tokens_cut")
+        self.chunked = counter("chunked_texts")
+        self.chunks = counter("chunks_embedded")
+        self.too_long = counter("too_long_texts")
         self.oom_splits = counter("oom_splits")
         self.failed = counter("failed_texts")
         self.mostly_unknown = counter("mostly_unknown_texts")
@@ -76,19 +86,21 @@ class _Progress:
         if now - self.last >= PROGRESS_EVERY_S:
             self.last = now
             secs = now - self.start
-            LOG.info("beam-e5: embedded %d docs, %d tokens (%.1f docs/s, %.0f tokens/s)",
+            LOG.info("beam-e5: embedded %d windows (a text, or a chunk of a long one), %d tokens "
+                     "(%.1f windows/s, %.0f tokens/s)",
                      self.texts, self.tokens, self.texts / secs, self.tokens / secs)
 
 
 class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
     """Loads the encoder once per worker process and embeds batches of ``(key, text)``."""
 
-    def __init__(self, spec: EncoderSpec) -> None:
+    def __init__(self, spec: EncoderSpec, long_text: Optional[LongTextConfig] = None) -> None:
         size = spec.config.beam_batch_size
         # A fixed batch size: adaptive batching starts at 1 element, which would defeat
         # length sorting inside the batch. Bundle ends still flush partial batches.
         super().__init__(min_batch_size=size, max_batch_size=size)
         self._spec = spec
+        self._long_text = long_text or LongTextConfig()
         self._metrics: Optional[_EncoderMetrics] = None
         self._progress: Optional[_Progress] = None
 
@@ -120,30 +132,39 @@ class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
     def _embed(self, batch: Sequence[tuple[Any, str]], model: Encoder) -> list[Embedding]:
         if self._progress is None:
             self._progress = _Progress()
-        vectors, stats = model.encode([text for _, text in batch], self._progress.update)
+        # a Beam RAG item is one vector, never chunk rows: Beam's chunker already split the
+        # text, and like Beam's own embedders the rare item over the window is truncated
+        truncate = LongTextConfig("truncate")
+        modes = [truncate if isinstance(key, EmbeddableItem) else self._long_text
+                 for key, _ in batch]
+        docs, stats = model.encode_documents([text for _, text in batch], modes,
+                                             self._progress.update)
         metrics = self._get_metrics()
-        metrics.texts.inc(stats.texts)
+        metrics.texts.inc(stats.texts - stats.failed)
         metrics.real_tokens.inc(stats.real_tokens)
         metrics.padded_tokens.inc(stats.padded_tokens)
         metrics.micro_batches.inc(stats.micro_batches)
         metrics.truncated.inc(stats.truncated)
+        metrics.tokens_cut.inc(stats.tokens_cut)
+        metrics.chunked.inc(stats.chunked)
+        metrics.chunks.inc(stats.windows)
+        metrics.too_long.inc(stats.failed)
         metrics.oom_splits.inc(stats.oom_splits)
         metrics.encode_ms.update(int(stats.seconds * 1000))
-        finite = np.isfinite(vectors).all(axis=1)
         content = stats.content_per_text or [(1, 0)] * len(batch)
         out = []
-        for i, (key, _) in enumerate(batch):
-            degenerate = degenerate_reason(*content[i])
-            if degenerate:
-                out.append(self._failed(key, degenerate))
-            elif not finite[i]:
+        for (key, _), doc, (own, unknown) in zip(batch, docs, content):
+            degenerate = "" if doc.error else degenerate_reason(own, unknown)
+            if doc.error or degenerate:
+                out.append(self._failed(key, doc.error or degenerate))
+            elif not all(np.isfinite(c.vector).all() for c in doc.chunks):
                 out.append(self._failed(key, "the model produced a non-finite (NaN or inf) "
                                              "vector; try --dtype float32"))
             else:
-                if mostly_unknown(*content[i]):
+                if mostly_unknown(own, unknown):
                     metrics.mostly_unknown.inc()
-                out.append(Embedding(key, vectors[i], stats.tokens_per_text[i],
-                                     stats.truncated_per_text[i]))
+                out.append(Embedding(key, doc.vector, doc.tokens, doc.tokens_cut > 0, "",
+                                     doc.tokens_cut, tuple(doc.chunks)))
         return out
 
     def _get_metrics(self) -> _EncoderMetrics:

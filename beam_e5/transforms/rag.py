@@ -33,6 +33,7 @@ from apache_beam.ml.rag.types import Embedding as RagEmbedding
 from apache_beam.ml.transforms.base import EmbeddingsManager, _TextEmbeddingHandler
 
 from beam_e5.errors import ConfigError
+from beam_e5.model.chunking import LongTextConfig
 from beam_e5.model.config import EncoderConfig, EncoderSpec
 from beam_e5.model.encoder import Encoder
 from beam_e5.model.profiles import ProfileOverrides
@@ -85,7 +86,8 @@ class _E5TextModelHandler(ModelHandler[str, np.ndarray, Encoder]):
     def __init__(self, spec: EncoderSpec, min_batch_size: int | None,
                  max_batch_size: int | None) -> None:
         super().__init__()
-        self._inner = E5ModelHandler(spec)
+        # one vector per text, the first window of an over-long one (as Beam's own embedders)
+        self._inner = E5ModelHandler(spec, LongTextConfig("truncate"))
         self._max_batch_size = max_batch_size or spec.config.beam_batch_size
         self._min_batch_size = min_batch_size or self._max_batch_size
 

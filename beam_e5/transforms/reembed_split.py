@@ -2,7 +2,8 @@
 
 Categories (for the manifest):
 
-* ``carried``: vector copied from the previous snapshot (no inference);
+* ``carried``: vectors copied from the previous snapshot (no inference): every row of the
+  document, its chunk rows and document row when it was cut into windows;
 * ``new``: id absent from the previous snapshot (neither its vectors nor its duplicates);
 * ``reembedded``: any other document sent to the model: changed text, a previous duplicate
   that now needs a vector, or every document when the model signature changed;
@@ -10,7 +11,8 @@ Categories (for the manifest):
   documents; written to ``deleted-*.jsonl``.
 
 ``carried + new + reembedded`` are the unique documents; ``new + reembedded`` is what the
-model sees.
+model sees. The previous snapshot's rows are grouped by ``doc_id``; the chunking settings
+are part of the model signature, so carried chunks were cut the way this run would cut them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import json
 from typing import Any
 
 import apache_beam as beam
+
+from beam_e5.records import is_document_row
 
 __all__ = ["CARRIED", "DELETED", "NEW", "REEMBEDDED", "TO_EMBED", "deleted_to_json",
            "split_by_previous"]
@@ -41,13 +45,15 @@ class _SplitByPrevious(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(DELETED, {"id": doc_id})
             return
         doc = docs[0]
-        old = next((r for r in previous if r is not None), None)
-        if (self._same_model and old is not None
-                and old["text_sha256"] == doc["text_sha256"]):
-            yield beam.pvalue.TaggedOutput(CARRIED, {
-                "id": doc_id, "text_sha256": doc["text_sha256"], "source": doc["source"],
-                "fields": doc.get("fields") or {}, "embedding": old["embedding"],
-                "tokens": old["tokens"], "truncated": False})
+        old = [r for r in previous if r is not None]
+        head = next((r for r in old if is_document_row(r)), None)
+        if (self._same_model and head is not None
+                and head["text_sha256"] == doc["text_sha256"]):
+            for r in old:
+                yield beam.pvalue.TaggedOutput(CARRIED, {
+                    **r, "text_sha256": doc["text_sha256"], "source": doc["source"],
+                    "fields": doc.get("fields") or {}, "doc_id": doc_id,
+                    "truncated": bool(r.get("tokens_cut"))})
             return
         category = REEMBEDDED if previous else NEW
         yield beam.pvalue.TaggedOutput(TO_EMBED, (category, doc))
@@ -56,7 +62,7 @@ class _SplitByPrevious(beam.DoFn):
 def split_by_previous(unique_docs, present_ids, previous, same_model: bool):
     """Outputs ``carried`` (embedded records), ``to_embed`` ((category, doc)), ``deleted``.
 
-    ``previous`` is ``(id, record-or-None)`` from :func:`beam_e5.io.snapshots.read_previous`;
+    ``previous`` is ``(doc_id, record-or-None)`` from :func:`beam_e5.io.snapshots.read_previous`;
     ``present_ids`` are the ids of all valid documents read (duplicates included), so an id
     that became an exact duplicate is not 'deleted'.
     """

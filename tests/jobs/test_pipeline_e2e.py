@@ -29,8 +29,10 @@ def corpus_path(tmp_path_factory):
 
 
 def _args(inp, out, model):
+    # truncate: one vector per document keeps this 5,000-document run short (chunked runs:
+    # tests/jobs/test_runners.py and tests/jobs/test_long_documents.py)
     return ["embed", "--input", inp, "--output", out, "--model", model, "--max-length", "64",
-            "--keep-fields", "collection"]
+            "--keep-fields", "collection", "--long-text", "truncate"]
 
 
 def _vectors(tables):
@@ -55,6 +57,11 @@ def test_local_run_balances_and_is_clean(local_run, corpus_path):
     assert c["exact_duplicates"] >= 0.04 * N_DOCS  # planted duplicates were found
     vectors = _vectors([pq.read_table(f) for f in out.glob("vectors-*.parquet")])
     assert len(vectors) == c["written"]
+    # nothing is cut silently: the manifest and each truncated row say how much
+    assert c["truncated_documents"] > 0 and c["tokens_cut"] > c["truncated_documents"]
+    cut = pa.concat_tables([pq.read_table(f) for f in out.glob("vectors-*.parquet")]).column(
+        "tokens_cut").to_pylist()
+    assert sum(cut) == c["tokens_cut"] and sum(x > 0 for x in cut) == c["truncated_documents"]
     norms = np.linalg.norm(np.stack(list(vectors.values())), axis=1)
     assert np.all(np.abs(norms - 1) <= 1e-5)
     dups = pa.concat_tables([pq.read_table(f) for f in out.glob("duplicates-*.parquet")])

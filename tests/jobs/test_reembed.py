@@ -20,13 +20,26 @@ from beam_e5.model.config import EncoderConfig
 from tools.localtext import build_local_corpus, write_jsonl
 
 pytestmark = pytest.mark.slow
-FAST = ["--max-length", "32"]
+# truncate: one window per document keeps these runs short; chunked re-embedding is tested
+# in tests/jobs/test_long_documents.py
+FAST = ["--max-length", "32", "--long-text", "truncate"]
+
+
+def _table(out: Path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(f) for f in sorted(out.glob("vectors-*.parquet"))])
 
 
 def _vectors(out: Path) -> dict[str, np.ndarray]:
-    table = pa.concat_tables([pq.read_table(f) for f in sorted(out.glob("vectors-*.parquet"))])
+    """Every row (chunk rows DOCID#N included) by id."""
+    table = _table(out)
     emb = table.column("embedding").to_numpy(zero_copy_only=False)
     return dict(zip(table.column("id").to_pylist(), emb))
+
+
+def _doc_of(out: Path) -> dict[str, str]:
+    """Row id -> document id."""
+    table = _table(out)
+    return dict(zip(table.column("id").to_pylist(), table.column("doc_id").to_pylist()))
 
 
 def _manifest(out: Path) -> dict:
@@ -68,11 +81,17 @@ def test_reembed_counts_and_carried_vectors(corpora, snapshots):
     assert c["read"] == 1010 == c["written"] + c["exact_duplicates"] + c["semantic_duplicates"] \
         + c["invalid"]
     assert m["stats"]["texts_embedded"] == 80  # only new and changed texts reach the model
+    assert c["truncated_documents"] > 100 and c["chunk_rows"] == 0
     old, cur = _vectors(root / "s1"), _vectors(root / "s2")
-    assert set(cur) == (set(old) - deleted) | new
-    for doc_id, vec in cur.items():
-        if doc_id not in edited and doc_id not in new:
-            assert vec.tobytes() == old[doc_id].tobytes()  # byte-identical carry-over
+    old_doc, cur_doc = _doc_of(root / "s1"), _doc_of(root / "s2")
+    assert set(cur_doc.values()) == (set(old_doc.values()) - deleted) | new
+    carried_rows = 0
+    for vid, vec in cur.items():
+        if cur_doc[vid] not in edited and cur_doc[vid] not in new:
+            # every row (each chunk and the document row) carried byte for byte
+            assert vec.tobytes() == old[vid].tobytes()
+            carried_rows += 1
+    assert carried_rows == sum(1 for d in old_doc.values() if d not in edited | deleted)
     listed = {json.loads(line)["id"] for f in (root / "s2").glob("deleted-*.jsonl")
               for line in f.read_text().splitlines()}
     assert listed == deleted

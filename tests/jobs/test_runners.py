@@ -77,6 +77,7 @@ def test_the_reference_run_found_what_was_planted(runs):
     assert any(d[0] == "zz-copy" and d[2] == "exact" for d in dups)
     assert any(d[0] == "zz-near" and d[2] == "semantic" for d in dups)
     assert counts["invalid"] == 1 and counts["read"] == 153
+    assert counts["chunked_documents"] > 0 and counts["chunk_rows"] > 0  # chunking is on
 
 
 def test_local_runner_fails_the_job_rather_than_retry(tmp_path):

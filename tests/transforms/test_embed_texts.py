@@ -15,12 +15,13 @@ from beam_e5.model.encoder import Encoder
 from beam_e5.transforms.embed_texts import EmbedTexts
 
 
-def _run(elements, spec, tmp_path, options=(), with_errors=False):
+def _run(elements, spec, tmp_path, options=(), with_errors=False, long_text=None):
     """Run EmbedTexts; return (records, errors, result). Outputs go through files so the
     test works with worker processes too."""
     out = tmp_path / "out"
     p = beam.Pipeline(options=PipelineOptions(list(options)))
-    res = p | beam.Create(elements, reshuffle=True) | EmbedTexts(spec, with_errors=with_errors)
+    res = p | beam.Create(elements, reshuffle=True) | EmbedTexts(spec, with_errors=with_errors,
+                                                              long_text=long_text)
     embedded, errors = res if with_errors else (res, None)
     _ = (embedded
          | "J1" >> beam.Map(lambda r: json.dumps({**r, "embedding": r["embedding"].tolist(),
@@ -45,8 +46,11 @@ def minilm_spec(minilm_dir):  # noqa: F811
 @pytest.mark.slow
 def test_tuples_in_order_independent_results_match_direct_encoding(minilm_spec, tmp_path):
     texts = mixed_length_texts(60)
-    records, _, result = _run([(f"d{i}", t) for i, t in enumerate(texts)], minilm_spec, tmp_path)
+    records, _, result = _run([(f"d{i}", t) for i, t in enumerate(texts)], minilm_spec, tmp_path,
+                              long_text="truncate")
     assert sorted(r["id"] for r in records) == sorted(f"d{i}" for i in range(60))
+    assert all((r["chunk"], r["chunks"], r["char_start"]) == (0, 1, 0) for r in records)
+    assert sum(r["tokens_cut"] > 0 for r in records) == sum(r["truncated"] for r in records) > 0
     assert {r["dtype"] for r in records} == {"float32"}
     ref, _ = Encoder.load(minilm_spec).encode(texts)
     for r in records:
@@ -57,6 +61,37 @@ def test_tuples_in_order_independent_results_match_direct_encoding(minilm_spec, 
     assert metric_counter(result, "padded_tokens") >= metric_counter(result, "real_tokens")
     assert metric_counter(result, "micro_batches") >= 4  # 60 texts / 16 per Beam batch
     assert metric_distribution_count(result, "load_model_latency_milli_secs") == 1
+
+
+def test_long_texts_become_chunk_rows_and_a_document_row(minilm_spec, tmp_path):
+    texts = mixed_length_texts(60)
+    records, _, result = _run([(f"d{i}", t) for i, t in enumerate(texts)], minilm_spec, tmp_path)
+    docs = [r for r in records if r["chunk"] is None or r["chunks"] == 1]
+    assert sorted(r["id"] for r in docs) == sorted(f"d{i}" for i in range(60))
+    chunked = [r for r in docs if r["chunks"] > 1]
+    assert chunked and metric_counter(result, "chunked_texts") == len(chunked)
+    assert metric_counter(result, "tokens_cut") == 0
+    for doc in chunked:
+        rows = sorted((r for r in records if r["doc_id"] == doc["id"] and r["chunk"] is not None),
+                      key=lambda r: r["chunk"])
+        assert [r["id"] for r in rows] == [f"{doc['id']}#{k}" for k in range(doc["chunks"])]
+        text = texts[int(doc["id"][1:])]
+        assert rows[0]["char_start"] == len(text) - len(text.lstrip())
+        assert rows[-1]["char_end"] == len(text.rstrip())
+        assert doc["char_start"] is None and doc["tokens"] == sum(r["tokens"] for r in rows)
+        weights = [r["tokens"] - 2 for r in rows]  # text tokens: less [CLS] and [SEP]
+        mean = np.average([np.asarray(r["embedding"]) for r in rows], axis=0, weights=weights)
+        assert float(np.dot(mean / np.linalg.norm(mean), doc["embedding"])) > 0.9999
+    assert metric_counter(result, "chunks_embedded") == sum(
+        1 for r in records if r["chunk"] is not None)
+
+
+def test_long_text_fail_sends_the_document_to_errors(minilm_spec, tmp_path):
+    records, errors, _ = _run([("short", "a short text"), ("long", "word " * 400)],
+                              minilm_spec, tmp_path, with_errors=True, long_text="fail")
+    assert [r["id"] for r in records] == ["short"]
+    assert len(errors) == 1 and errors[0]["id"] == "long"
+    assert "400 tokens, over the limit of 254" in errors[0]["reason"]
 
 
 def test_dicts_carry_fields_and_bad_records_go_to_errors(minilm_spec, tmp_path):
@@ -121,15 +156,15 @@ class _PoisonedEncoder:
         self.encoder, self.raises_on, self.nan_on = encoder, raises_on, nan_on
         self.calls = 0
 
-    def encode(self, texts, on_progress=None):
+    def encode_documents(self, texts, long_text, on_progress=None):
         self.calls += 1
         if self.raises_on in texts:
             raise RuntimeError("tokenizer blew up")
-        vectors, stats = self.encoder.encode(texts, on_progress)
+        docs, stats = self.encoder.encode_documents(texts, long_text, on_progress)
         for i, t in enumerate(texts):
             if t == self.nan_on:
-                vectors[i] = np.nan
-        return vectors, stats
+                docs[i].chunks[0].vector[:] = np.nan
+        return docs, stats
 
 
 def test_one_bad_text_fails_alone_not_its_batch(minilm_dir):  # noqa: F811
@@ -166,3 +201,23 @@ def test_failed_texts_reach_the_dead_letter_output():
     with pytest.raises(Exception, match="could not embed 'bad'"):
         with beam.Pipeline() as p:
             _ = p | beam.Create(results[1:]) | beam.ParDo(_SplitResults(False))
+
+
+def test_unknown_and_empty_checks_count_every_window_of_a_chunked_text(minilm_spec):
+    """The [UNK]/no-token checks see the whole text, not one window: a long text of nothing
+    but [UNK] fails as one document; a long text with [UNK] only past its first window is
+    embedded (chunk rows) and counted as readable; failures stay per text in the batch."""
+    from beam_e5.model.chunking import LongTextConfig
+    from beam_e5.transforms.handler import E5ModelHandler
+
+    handler = E5ModelHandler(minilm_spec, LongTextConfig("chunk"))
+    model = handler.load_model()
+    words = " ".join(mixed_length_texts(40)).split()
+    readable = " ".join(words[:600])
+    batch = [("unk", "\U0001F600 " * 700), ("tail", readable + " \U0001F600" * 50),
+             ("empty", "\u200b" * 900), ("ok", "a short text")]
+    out = {e.key: e for e in handler.run_inference(batch, model)}
+    assert "unknown token" in out["unk"].error and out["unk"].vector is None
+    assert "tokenises to nothing" in out["empty"].error
+    assert not out["tail"].error and len(out["tail"].chunks) > 1
+    assert not out["ok"].error and len(out["ok"].chunks) == 1
