@@ -39,3 +39,19 @@ def mixed_length_texts(n: int) -> list[str]:
         else:
             texts.append(p)
     return texts
+
+
+def write_nightly_corpora(root) -> tuple[set[str], set[str], set[str]]:
+    """``root/v1.jsonl`` (1,000 real-text documents) and ``root/v2.jsonl``: the next night's
+    corpus with 5% of them edited, 2% deleted and 3% new. Returns (edited, deleted, new) ids."""
+    from tools.localtext import build_local_corpus, write_jsonl
+
+    docs = build_local_corpus(1100, seed=3, max_chars=600, duplicate_fraction=0.0)
+    base, extra = docs[:1000], docs[1000:1030]
+    write_jsonl(base, root / "v1.jsonl")
+    edited = {d["id"] for d in base[100:150]}  # 5% edited
+    deleted = {d["id"] for d in base[500:520]}  # 2% deleted
+    v2 = [dict(d, text=d["text"] + " (revised)") if d["id"] in edited else d
+          for d in base if d["id"] not in deleted] + extra  # 3% new
+    write_jsonl(v2, root / "v2.jsonl")
+    return edited, deleted, {d["id"] for d in extra}

@@ -24,6 +24,7 @@ import psycopg
 import pytest
 from model_fixtures import tiny_models  # noqa: F401
 from pg_fixtures import pg_database, pg_server  # noqa: F401
+from realtext import write_nightly_corpora
 
 from beam_e5.cli import main
 from beam_e5.io.pgvector import connect
@@ -55,15 +56,7 @@ def _published(uri: str) -> tuple[str, str, dict]:
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory):
     root = tmp_path_factory.mktemp("pg-reembed")
-    docs = build_local_corpus(1100, seed=3, max_chars=600, duplicate_fraction=0.0)
-    base, extra = docs[:1000], docs[1000:1030]
-    write_jsonl(base, root / "v1.jsonl")
-    edited = {d["id"] for d in base[100:150]}  # 5% edited
-    deleted = {d["id"] for d in base[500:520]}  # 2% deleted
-    v2 = [dict(d, text=d["text"] + " (revised)") if d["id"] in edited else d
-          for d in base if d["id"] not in deleted] + extra  # 3% new
-    write_jsonl(v2, root / "v2.jsonl")
-    return root, edited, deleted, {d["id"] for d in extra}
+    return (root, *write_nightly_corpora(root))
 
 
 def test_reembed_into_the_published_table(corpora, pg_database, tiny_models, tmp_path,

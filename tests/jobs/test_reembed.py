@@ -12,12 +12,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from beam_e5.model.fingerprint import weights_fingerprint
 from model_fixtures import minilm_dir, tiny_models  # noqa: F401
+from realtext import write_nightly_corpora
 
 from beam_e5.cli import main
 from beam_e5.model.config import EncoderConfig
-from tools.localtext import build_local_corpus, write_jsonl
+from beam_e5.model.fingerprint import weights_fingerprint
 
 pytestmark = pytest.mark.slow
 # truncate: one window per document keeps these runs short; chunked re-embedding is tested
@@ -49,15 +49,7 @@ def _manifest(out: Path) -> dict:
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory):
     root = tmp_path_factory.mktemp("reembed")
-    docs = build_local_corpus(1100, seed=3, max_chars=600, duplicate_fraction=0.0)
-    base, extra = docs[:1000], docs[1000:1030]
-    write_jsonl(base, root / "v1.jsonl")
-    edited = {d["id"] for d in base[100:150]}  # 5% edited
-    deleted = {d["id"] for d in base[500:520]}  # 2% deleted
-    v2 = [dict(d, text=d["text"] + " (revised)") if d["id"] in edited else d
-          for d in base if d["id"] not in deleted] + extra  # 3% new
-    write_jsonl(v2, root / "v2.jsonl")
-    return root, edited, deleted, {d["id"] for d in extra}
+    return (root, *write_nightly_corpora(root))
 
 
 @pytest.fixture(scope="module")
