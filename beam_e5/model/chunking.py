@@ -194,6 +194,12 @@ class _Boundaries:
             return ChunkSpan(start, end, pos, pos)
         return ChunkSpan(start, end, min(s for s, _ in chars), max(e for _, e in chars))
 
+    def earliest(self, lo: int, hi: int, at_least: int) -> Optional[int]:
+        for b in range(lo, hi + 1):
+            if self.cls[b] >= at_least:
+                return b
+        return None
+
     def latest(self, lo: int, hi: int, at_least: int) -> Optional[int]:
         for b in range(hi, lo - 1, -1):
             if self.cls[b] >= at_least:
@@ -246,6 +252,11 @@ def chunk_spans(text: str, offsets: Sequence[Sequence[int]], window: int,
         hi = start + window
         floor = end + 1  # each window ends after the previous one
         lo = max(start + overlap + 1, floor)  # room for the next window's overlap
+        # ... counted from the first character boundary after ``start``, where the next
+        # window can begin (a character split into several byte tokens has none inside)
+        first = bounds.earliest(start + 1, hi, CHAR)
+        if first is not None and overlap:
+            lo = max(lo, min(first + overlap, hi))
         end = (bounds.latest(max(lo, hi - max(window // 4, 1)), hi, SENTENCE)
                or bounds.latest(lo, hi, WORD) or bounds.latest(lo, hi, CHAR)
                or bounds.latest(floor, hi, CHAR) or hi)

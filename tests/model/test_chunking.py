@@ -243,6 +243,16 @@ def test_properties(words, window, data, byte_level):
         check_invariants(text, offs, spans, window, overlap)
 
 
+def test_overlap_holds_when_the_first_word_is_multi_byte_characters():
+    """Found by test_properties in CI: a window that ended right after '北京' (6 byte tokens)
+    left no character boundary 4 tokens back, and the next window started with no overlap.
+    The window now ends where the next one can overlap it."""
+    text = "北京 Москва"
+    offs = bytelevel(text)
+    spans = chunk_spans(text, offs, 16, 4)
+    check_invariants(text, offs, spans, 16, 4)
+
+
 @settings(max_examples=100, deadline=None)
 @given(words=st.lists(WORDS, min_size=1, max_size=40), window=st.integers(4, 16),
        data=st.data())
