@@ -169,6 +169,23 @@ def test_neighbours_finds_the_document_itself(corpus, minilm_dir, tmp_path, caps
     assert " ".join(piece.split())[:60] in printed
 
 
+def test_neighbours_prints_the_text_of_ids_that_hold_a_hash(minilm_dir, tmp_path,  # noqa: F811
+                                                            capsys):
+    """Source ids like ``man1/tar.1.gz#9`` are whole-document ids, not chunk ids."""
+    rows = [{"id": "man1/tar.1.gz#9", "text": "tar saves many files together into an archive"},
+            {"id": "common-licenses/GPL-1#6", "text": "You may copy and distribute copies"},
+            {"id": "plain", "text": "rotating log files every night"}]
+    path = _write_jsonl(tmp_path / "hash-ids.jsonl", rows)
+    out = tmp_path / "out"
+    assert main(["embed", "--input", path, "--output", str(out), "--model", minilm_dir]) == 0
+    capsys.readouterr()
+    assert main(["neighbours", "--vectors", str(out), "--model", minilm_dir, "--corpus", path,
+                 "--query", rows[0]["text"], "--k", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert " 1. 1.0000  man1/tar.1.gz#9" in printed
+    assert "      " + rows[0]["text"] in printed
+
+
 @pytest.mark.slow
 def test_embed_with_semantic_dedupe_then_dedupe_command(corpus, minilm_dir, tmp_path,  # noqa: F811
                                                         capsys):

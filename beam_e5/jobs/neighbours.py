@@ -85,11 +85,14 @@ def run_neighbours(vectors_dir: str, encoder: EncoderConfig, query: str, k: int,
     enc = Encoder.load(encoder.resolve())
     qvec, _ = enc.encode([query])
     result = nearest(qvec[0], ids, matrix, labels, k)
-    texts = corpus_texts(corpus, {n.id.rsplit("#", 1)[0] for n in result}) if corpus else {}
+    # a chunk row is DOCID#N (and says "chars a:b"); any other row's id is the document's
+    # own, which may hold '#' itself (man1/tar.1.gz#9)
+    doc_ids = [n.id.rsplit("#", 1)[0] if "  chars " in n.label else n.id for n in result]
+    texts = corpus_texts(corpus, set(doc_ids)) if corpus else {}
     print(f"{len(ids):,} vectors; top {k} for query {query!r} "
           f"(prefix {enc.prefix!r}, model {encoder.model}):")
-    for rank, n in enumerate(result, 1):
-        text = texts.get(n.id) or texts.get(n.id.rsplit("#", 1)[0], "")
+    for rank, (n, doc_id) in enumerate(zip(result, doc_ids), 1):
+        text = texts.get(doc_id, "")
         if "  chars " in n.label:  # a chunk: its own characters
             start, end = n.label.rsplit("  chars ", 1)[1].split(":")
             text = text[int(start):int(end)]
