@@ -468,12 +468,6 @@ class PgRun:
         return WriteToPgvector(self.dsn, self.qualified(self.carry_table), schema,
                                self.cfg.batch_rows, without_embedding=True)
 
-    def published_rows(self) -> Optional[int]:
-        """Rows of the table the name serves now (None: nothing published yet)."""
-        if self.published is None:
-            return None
-        return self._count_qualified(self.qualified(self.published.table))
-
     def published_documents(self) -> Optional[int]:
         """Documents of the table the name serves now: its rows less the window rows of
         documents cut into several (None: nothing published yet)."""
@@ -494,9 +488,6 @@ class PgRun:
 
     def _published_chunked(self) -> bool:
         return CHUNKED_COLUMNS <= self.published_columns()
-
-    def _count_qualified(self, qualified: str) -> int:
-        return conn_count(self._conn, qualified)
 
     def read_published(self) -> ReadPublished:
         if self.published is None:
