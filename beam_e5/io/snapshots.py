@@ -21,10 +21,9 @@ from beam_e5.errors import ConfigError, RunFailed
 from beam_e5.io.outputs import MANIFEST, read_manifest
 from beam_e5.io.sinks import table_to_records
 
-__all__ = ["PreviousSnapshot", "check_min_ratio", "check_not_live", "check_pointer_location",
-           "check_publishable",
-           "load_previous", "publish", "read_pointer", "read_previous", "resolve_snapshot",
-           "same_signature"]
+__all__ = ["PreviousSnapshot", "check_guards", "check_min_ratio", "check_not_live",
+           "check_pointer_location", "check_publishable", "load_previous", "publish",
+           "read_pointer", "read_previous", "resolve_snapshot", "same_signature"]
 
 
 MAX_POINTER_BYTES = 4096
@@ -108,18 +107,23 @@ def published_count(pointer: str) -> Optional[int]:
 
 
 def check_publishable(pointer: str, written: int, min_ratio: float) -> None:
-    """Publish guards: never a run without documents, never one that shrank below
-    ``min_ratio`` times the snapshot it replaces (0 turns that guard off)."""
+    """Publish guards of a ``--publish`` pointer (see :func:`check_guards`)."""
+    check_guards(written, published_count(pointer), min_ratio,
+                 f"{pointer} keeps naming the snapshot it names now")
+
+
+def check_guards(written: int, before: Optional[int], min_ratio: float, kept: str) -> None:
+    """Publish guards, whatever is published: never a run without documents, never one that
+    shrank below ``min_ratio`` times the ``before`` documents it replaces (0 turns that guard
+    off). ``kept`` says what stays in service when a guard refuses."""
     if written <= 0:
-        raise RunFailed(f"not publishing: the run wrote 0 documents, and {pointer} keeps "
-                        "naming the snapshot it named. Check --input (an empty export?)")
-    before = published_count(pointer)
+        raise RunFailed(f"not publishing: the run wrote 0 documents, and {kept}. "
+                        "Check --input (an empty export?)")
     if before and min_ratio > 0 and written < min_ratio * before:
         raise RunFailed(
             f"not publishing: the run wrote {written:,} documents, fewer than "
-            f"--publish-min-ratio {min_ratio:g} x the {before:,} of the snapshot {pointer} "
-            "names now, which stays in service. If the corpus really shrank, rerun with "
-            "--publish-min-ratio 0 (or publish this run: beam-e5 writes nothing else)")
+            f"--publish-min-ratio {min_ratio:g} x the {before:,} it would replace, and {kept}. "
+            "If the corpus really shrank, rerun with --publish-min-ratio 0")
 
 
 def check_min_ratio(value: float) -> None:

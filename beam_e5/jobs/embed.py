@@ -50,6 +50,7 @@ from beam_e5.io.snapshots import (
     check_min_ratio,
     check_not_live,
     check_pointer_location,
+    check_guards,
     check_publishable,
     load_previous,
     publish,
@@ -404,27 +405,14 @@ def _check_and_publish(job: EmbedJob, resolved: ResolvedJob, summary: RunSummary
     written = summary.counts["written"]
     if resolved.pg_run is not None:
         # documents against documents (a chunked document is several rows in the table)
-        check_table_publishable(job.pg.target.name, written,
-                                resolved.pg_run.published_documents(), job.publish_min_ratio)
+        check_guards(written, resolved.pg_run.published_documents(), job.publish_min_ratio,
+                     f"{job.pg.target.name} keeps serving the table it serves now")
         rows = written + summary.counts.get("chunk_rows", 0)  # document rows + window rows
         manifest["pg"] = resolved.pg_run.publish(rows, resolved.signature, manifest)
         write_manifest(job.output.output, manifest)  # again, with the load and index figures
     elif job.publish:
         check_publishable(job.publish, written, job.publish_min_ratio)
         publish(job.publish, job.output.output)
-
-
-def check_table_publishable(name: str, written: int, before: Optional[int],
-                            min_ratio: float) -> None:
-    """The publish guards of a postgresql:// output (as :func:`check_publishable`)."""
-    if written <= 0:
-        raise RunFailed(f"not publishing: the run wrote 0 documents, and {name} keeps serving "
-                        "the table it served. Check --input (an empty export?)")
-    if before and min_ratio > 0 and written < min_ratio * before:
-        raise RunFailed(
-            f"not publishing: the run wrote {written:,} documents, fewer than "
-            f"--publish-min-ratio {min_ratio:g} x the {before:,} that {name} serves now, which stays in service. "
-            "If the corpus really shrank, rerun with --publish-min-ratio 0")
 
 
 def _run_and_record(job: EmbedJob, resolved: ResolvedJob, beam_args: list[str]
