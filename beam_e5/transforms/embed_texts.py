@@ -112,7 +112,7 @@ def to_records(emb: Embedding) -> Iterator[Any]:
     if is_rag_item(emb.key):
         yield with_dense_embedding(emb.key, emb.vector)
         return
-    base = dict(emb.key) if isinstance(emb.key, dict) else {"id": emb.key}
+    base = _key_record(emb.key)
     doc_id = base.get("id")
     chunks = emb.chunks
     if len(chunks) <= 1:
