@@ -43,10 +43,9 @@ from beam_e5.io.sinks import (
     read_vectors,
     table_to_records,
 )
-from beam_e5.jobs.embed import keep_chunks_of
 from beam_e5.jobs.summary import RunSummary
-from beam_e5.records import is_chunk_row, is_document_row
-from beam_e5.transforms.semantic_dedupe import SemanticDedupe, SemanticDedupeConfig
+from beam_e5.records import is_document_row
+from beam_e5.transforms.semantic_dedupe import SemanticDedupeConfig, dedupe_documents
 
 
 @dataclass(frozen=True)
@@ -134,12 +133,8 @@ def _run_dedupe(job: DedupeJob, schema: pa.Schema, beam_args: list[str]) -> RunS
     invalid = invalid_rows | "InvalidToErrors" >> beam.Map(lambda rr: _aside_to_error(rr[1], rr[0]))
     # counts balance in documents: an invalid window row is in errors-*.jsonl, not counted
     invalid_docs = invalid_rows | "InvalidDocs" >> beam.Filter(lambda rr: is_document_row(rr[1]))
-    # decided per document (its one row, or the document row of a chunked one); the window
-    # rows of a kept document are kept with it, those of a duplicate dropped with it
-    docs = valid | "DocumentRows" >> beam.Filter(is_document_row)
-    result = docs | "SemanticDedupe" >> SemanticDedupe(job.semantic)
-    chunks = valid | "ChunkRows" >> beam.Filter(is_chunk_row)
-    kept_chunks = keep_chunks_of(result.kept, chunks)
+    result = dedupe_documents(valid, job.semantic)
+    kept_chunks = result.kept_chunks
     _ = ((result.kept, kept_chunks) | "KeptRows" >> beam.Flatten()
          | "WriteVectors" >> WriteVectors(job.output.output, schema))
     _ = result.duplicates | "WriteDuplicates" >> WriteDuplicates(job.output.output)

@@ -73,7 +73,7 @@ from beam_e5.transforms.reembed_split import (
     deleted_to_json,
     split_by_previous,
 )
-from beam_e5.transforms.semantic_dedupe import SemanticDedupe, SemanticDedupeConfig
+from beam_e5.transforms.semantic_dedupe import SemanticDedupeConfig, dedupe_documents
 
 LOG = logging.getLogger(__name__)
 
@@ -197,7 +197,8 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob) ->
         for category in (NEW, REEMBEDDED):
             counts[category] = split[TO_EMBED] | f"Only_{category}" >> beam.Filter(
                 lambda cd, c=category: cd[0] == c)
-        counts.update(carried=carried, deleted=deleted)
+        counts.update(carried=carried | "CarriedDocs" >> beam.Filter(is_document_row),
+                      deleted=deleted)
         docs = split[TO_EMBED] | "DocsToEmbed" >> beam.Map(lambda cd: cd[1])
     embedded, embed_errors = (docs
                               | "PrepareForEmbedding" >> beam.Map(_for_embedding)
@@ -207,18 +208,12 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob) ->
     counts.update(embedded=embedded | "EmbeddedDocs" >> beam.Filter(is_document_row),
                   embed_errors=embed_errors)
     in_db = carried if pg_run is not None else None  # carried inside the database
-    if carried is not None:
-        counts["carried"] = carried | "CarriedDocs" >> beam.Filter(is_document_row)
     if carried is not None and in_db is None:
         embedded = (embedded, carried) | "WithCarried" >> beam.Flatten()
     written = embedded
     if job.semantic is not None:
-        # decided per document, on its document row; its window rows follow it
-        semantic = (embedded | "DocumentRows" >> beam.Filter(is_document_row)
-                    | "SemanticDedupe" >> SemanticDedupe(job.semantic))
-        chunks = embedded | "ChunkRows" >> beam.Filter(is_chunk_row)
-        written = ((semantic.kept, keep_chunks_of(semantic.kept, chunks))
-                   | "KeptRows" >> beam.Flatten())
+        semantic = dedupe_documents(embedded, job.semantic)
+        written = (semantic.kept, semantic.kept_chunks) | "KeptRows" >> beam.Flatten()
         duplicates.append(semantic.duplicates)
         counts["semantic_duplicates"] = semantic.duplicates
     written_docs = written | "WrittenDocs" >> beam.Filter(is_document_row)
@@ -248,15 +243,6 @@ def carried_chunk_rows(doc: dict) -> int:
     """Window rows a document carried inside the database has besides its document row."""
     chunks = int(doc.get("chunks") or 1)
     return chunks if chunks > 1 else 0
-
-
-def keep_chunks_of(kept_docs, chunk_rows):
-    """The window rows of the documents in ``kept_docs`` (by ``doc_id``)."""
-    return ({"kept": kept_docs | "KeptIds" >> beam.Map(lambda r: (r["id"], True)),
-             "chunks": chunk_rows | "ChunksByDoc" >> beam.Map(lambda r: (r["doc_id"], r))}
-            | "JoinKept" >> beam.CoGroupByKey()
-            | "KeptChunks" >> beam.FlatMap(
-                lambda kv: kv[1]["chunks"] if kv[1]["kept"] else []))
 
 
 def write_streams(p: beam.Pipeline, streams: Streams, job: EmbedJob,

@@ -46,6 +46,7 @@ from apache_beam.metrics import Metrics
 
 from beam_e5.dedupe import core
 from beam_e5.errors import ConfigError
+from beam_e5.records import is_chunk_row, is_document_row
 
 NAMESPACE = "beam_e5"
 MIN_SAMPLE_PER_CELL = 10  # 'auto' never asks k-means for more centroids than sample/10
@@ -450,3 +451,29 @@ class SemanticDedupe(beam.PTransform):
             | "JoinBest" >> beam.CoGroupByKey()
             | "SplitKept" >> beam.ParDo(SplitKeptFn()).with_outputs("duplicates", main="kept")
         )
+
+
+class DocumentDedupe(NamedTuple):
+    """What :func:`dedupe_documents` decided: PCollections of rows."""
+
+    kept: Any  # the document rows kept (a document's only row, or its document row)
+    kept_chunks: Any  # the window rows of the kept documents
+    duplicates: Any  # DuplicateRecord dicts, one per dropped document
+
+
+def dedupe_documents(rows, config: SemanticDedupeConfig) -> DocumentDedupe:
+    """Semantic dedupe decided per document, on its document row; the window rows of a
+    kept document are kept with it, those of a duplicate are dropped with it."""
+    result = (rows | "DocumentRows" >> beam.Filter(is_document_row)
+              | "SemanticDedupe" >> SemanticDedupe(config))
+    chunks = rows | "ChunkRows" >> beam.Filter(is_chunk_row)
+    return DocumentDedupe(result.kept, keep_chunks_of(result.kept, chunks), result.duplicates)
+
+
+def keep_chunks_of(kept_docs, chunk_rows):
+    """The window rows of the documents in ``kept_docs`` (by ``doc_id``)."""
+    return ({"kept": kept_docs | "KeptIds" >> beam.Map(lambda r: (r["id"], True)),
+             "chunks": chunk_rows | "ChunksByDoc" >> beam.Map(lambda r: (r["doc_id"], r))}
+            | "JoinKept" >> beam.CoGroupByKey()
+            | "KeptChunks" >> beam.FlatMap(
+                lambda kv: kv[1]["chunks"] if kv[1]["kept"] else []))
