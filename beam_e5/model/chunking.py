@@ -31,6 +31,7 @@ first token to the last character of its last token (surrounding whitespace excl
 from __future__ import annotations
 
 import unicodedata
+from operator import itemgetter
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -278,10 +279,40 @@ def chunk_spans(text: str, offsets: Sequence[Sequence[int]], window: int,
         start = nxt
 
 
-def truncate_span(text: str, offsets: Sequence[Sequence[int]], window: int) -> ChunkSpan:
-    """The first ``window`` tokens of a document (what ``truncate`` embeds)."""
-    bounds = _Boundaries(text, _clean_offsets(offsets, len(text)))
-    return bounds.span(0, min(window, bounds.n))
+def truncate_span(text: str, offsets: Sequence[Sequence[int]], window: int,
+                  prefix_chars: int = 0) -> ChunkSpan:
+    """The first ``window`` tokens of a document (what ``truncate`` embeds, and the one span
+    of a document that fits).
+
+    ``offsets`` may be into ``prefix + text``: ``prefix_chars`` shifts them (as
+    :func:`text_offsets` does). A cut at a fixed token needs no boundary analysis, so this
+    is one pass over the kept tokens: it runs for every document, chunked or not.
+    """
+    end = min(window, len(offsets))
+    length = len(text)
+    kept = offsets[:end]
+    if kept:  # the usual case, at C speed: the first token starts first, the last ends last
+        (s0, e0), (s1, e1) = kept[0], kept[-1]
+        if s0 == min(map(itemgetter(0), kept)) and e1 == max(map(itemgetter(1), kept)):
+            lo, first_end = _clamp(s0 - prefix_chars, length), _clamp(e0 - prefix_chars, length)
+            last_start, hi = _clamp(s1 - prefix_chars, length), _clamp(e1 - prefix_chars, length)
+            if first_end > lo and hi > last_start:  # both hold characters of the text
+                return ChunkSpan(0, end, lo, hi)
+    lo, hi = length, -1
+    for s, e in kept:
+        if e > s:
+            s = min(max(s - prefix_chars, 0), length)
+            e = min(max(e - prefix_chars, 0), length)
+            if e > s:
+                if s < lo:
+                    lo = s
+                if e > hi:
+                    hi = e
+    return ChunkSpan(0, end, lo, hi) if hi >= 0 else ChunkSpan(0, end, 0, 0)
+
+
+def _clamp(x: int, length: int) -> int:
+    return 0 if x < 0 else length if x > length else x
 
 
 def split_prefix(offsets: Sequence[Sequence[int]], prefix_chars: int) -> int:

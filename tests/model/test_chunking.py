@@ -186,6 +186,46 @@ def test_truncate_span_is_the_first_window():
     assert sp.char_end == offs[19][1]
 
 
+def _first_window_reference(text, offsets, window, prefix_chars):
+    """The span of the first ``window`` tokens by the general rule: shift the offsets into
+    the text, drop tokens without characters, take the smallest start and largest end."""
+    kept = text_offsets(offsets, prefix_chars)[:window]
+    chars = [(min(s, len(text)), min(e, len(text))) for s, e in kept]
+    chars = [(s, e) for s, e in chars if e > s]
+    if not chars:
+        return (0, min(window, len(offsets)), 0, 0)
+    return (0, min(window, len(offsets)), min(s for s, _ in chars), max(e for _, e in chars))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), prefix_chars=st.integers(0, 4), window=st.integers(1, 12))
+def test_truncate_span_equals_the_general_rule(data, prefix_chars, window):
+    """The one-pass span (with its in-order shortcut) agrees with the general rule on
+    offsets in order, out of order, zero-width, and reaching into the prefix or past the end."""
+    text = data.draw(st.text(alphabet="ab .", min_size=1, max_size=20))
+    bound = len(text) + prefix_chars + 2
+    pair = st.tuples(st.integers(0, bound), st.integers(-1, 4)).map(lambda p: (p[0], p[0] + p[1]))
+    offsets = data.draw(st.lists(pair, max_size=15))
+    sp = truncate_span(text, offsets, window, prefix_chars)
+    assert (sp.token_start, sp.token_end, sp.char_start, sp.char_end) == \
+        _first_window_reference(text, offsets, window, prefix_chars)
+
+
+@pytest.mark.parametrize("offsets, window, prefix_chars", [
+    ([(0, 1), (2, 5), (3, 4)], 5, 0),  # the last token does not end last
+    ([(2, 3), (0, 1), (4, 6)], 5, 0),  # the first token does not start first
+    ([(0, 0), (2, 4), (5, 5)], 5, 0),  # zero-width first and last tokens
+    ([(0, 3), (3, 9), (9, 12)], 5, 3),  # the first token lies in the prefix
+    ([(3, 5), (5, 20)], 5, 3),  # the last token reaches past the text
+    ([(0, 2), (2, 4), (4, 6)], 2, 0),  # cut by the window
+])
+def test_truncate_span_hand_built(offsets, window, prefix_chars):
+    text = "abcdefgh"
+    sp = truncate_span(text, offsets, window, prefix_chars)
+    assert (sp.token_start, sp.token_end, sp.char_start, sp.char_end) == \
+        _first_window_reference(text, offsets, window, prefix_chars)
+
+
 def test_prefix_split_and_shift():
     prefix = "passage: "
     text = prefix + "hello world"

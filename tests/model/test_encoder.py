@@ -11,6 +11,7 @@ from beam_e5.model.config import EncoderConfig
 from beam_e5.model.encoder import (
     Encoder,
     EncodeStats,
+    pad_batch,
     pick_device,
     run_splitting_on_oom,
 )
@@ -154,6 +155,15 @@ def test_pickle_only_weights_refused_unless_opted_in(tmp_path):
     with pytest.raises(ConfigError, match="pickle"):
         EncoderConfig(str(tmp_path)).resolve()
     assert EncoderConfig(str(tmp_path), allow_pickle_weights=True).resolve().dim == 16
+
+
+def test_pad_batch_right_and_left():
+    ids, mask = pad_batch([[5, 6, 7], [8], [9, 10]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0], [9, 10, 0]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]]
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=2, left=True)
+    assert ids.tolist() == [[5, 6, 7], [2, 2, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert ids.dtype == mask.dtype == np.int64
 
 
 def test_secure_defaults():
