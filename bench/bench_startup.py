@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,6 +108,7 @@ def run_pipeline(args: argparse.Namespace, env: dict, out: Path) -> dict:
     marks["exit_s"] = time.perf_counter() - start
     manifest = json.loads((out / "manifest.json").read_text())
     marks["job_s"] = manifest["stats"]["seconds"]
+    marks["encode_s"] = manifest["stats"]["encode_seconds"]
     (out.parent / "pipeline.log").write_text("\n".join(lines) + "\n")
     return marks
 
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="default: the packaged all-MiniLM-L6-v2")
     p.add_argument("--beam-batch-size", type=int, default=512)
     p.add_argument("--pipeline-args", default="", help="more beam-e5 embed options")
+    p.add_argument("--rounds", type=int, default=3, help="bare encoder / pipeline pairs")
     p.add_argument("--workdir", default=None)
     p.add_argument("--cache", default=None)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -147,19 +150,35 @@ def main(argv: list[str] | None = None) -> int:
                     f"model_cache_dir={args.cache!r}).resolve())"], env=env, check=True)
     result = {"imports_s": {m: import_seconds(m, env) for m in PACKAGES}}
     print("imports (fresh interpreter each):", json.dumps(result["imports_s"]), flush=True)
-    out = subprocess.run([sys.executable, __file__, "--child", "--corpus", args.corpus,
-                          "--model", args.model, "--cache", args.cache, "--beam-batch-size",
-                          str(args.beam_batch_size)], env=env, capture_output=True, text=True,
-                         check=True).stdout
-    result["encoder"] = json.loads(out.split("RESULT ", 1)[1])
-    print("encoder:", json.dumps(result["encoder"]), flush=True)
-    result["pipeline"] = run_pipeline(args, env, work / "out")
-    print("pipeline:", json.dumps(result["pipeline"]), flush=True)
-    docs, enc, pipe = result["encoder"]["docs"], result["encoder"], result["pipeline"]
-    print(f"docs/s: bare encoder (steady) {enc['steady_docs_per_s']:.1f}, pipeline job "
-          f"{docs / pipe['job_s']:.1f} ({docs / pipe['job_s'] / enc['steady_docs_per_s']:.0%}), "
-          f"whole command {docs / pipe['exit_s']:.1f}; first vectors at "
-          f"{pipe.get('first_vectors_s', float('nan')):.1f} s after process start")
+    # alternate bare encoder and pipeline, so both see the same machine (shared and noisy)
+    result["rounds"] = []
+    for r in range(args.rounds):
+        out = subprocess.run([sys.executable, __file__, "--child", "--corpus", args.corpus,
+                              "--model", args.model, "--cache", args.cache,
+                              "--beam-batch-size", str(args.beam_batch_size)], env=env,
+                             capture_output=True, text=True, check=True).stdout
+        enc = json.loads(out.split("RESULT ", 1)[1])
+        pipe = run_pipeline(args, env, work / "out")
+        docs = enc["docs"]
+        row = {"encoder": enc, "pipeline": pipe,
+               "job_vs_encoder": docs / pipe["job_s"] / enc["steady_docs_per_s"],
+               "command_vs_encoder": docs / pipe["exit_s"] / enc["steady_docs_per_s"],
+               "job_vs_encoder_in_job": pipe["encode_s"] / pipe["job_s"]}
+        result["rounds"].append(row)
+        print(f"round {r + 1}: encoder:", json.dumps(enc), flush=True)
+        print(f"round {r + 1}: pipeline:", json.dumps(pipe), flush=True)
+        print(f"round {r + 1}: docs/s: bare encoder (steady) {enc['steady_docs_per_s']:.1f}, "
+              f"pipeline job {docs / pipe['job_s']:.1f} ({row['job_vs_encoder']:.0%}), whole "
+              f"command {docs / pipe['exit_s']:.1f} ({row['command_vs_encoder']:.0%}); the "
+              f"job's own encoder calls took {row['job_vs_encoder_in_job']:.0%} of the job; "
+              f"first vectors at {pipe.get('first_vectors_s', float('nan')):.1f} s after "
+              "process start", flush=True)
+    for key in ("job_vs_encoder", "command_vs_encoder", "job_vs_encoder_in_job"):
+        result[key + "_median"] = statistics.median(row[key] for row in result["rounds"])
+    print("medians over {} rounds: pipeline job / bare encoder {:.0%}, whole command / bare "
+          "encoder {:.0%}, encoder calls / job {:.0%}".format(
+              args.rounds, result["job_vs_encoder_median"], result["command_vs_encoder_median"],
+              result["job_vs_encoder_in_job_median"]))
     (work / "result.json").write_text(json.dumps(result, indent=2))
     print(f"log: {work / 'pipeline.log'}")
     return 0

@@ -102,6 +102,8 @@ def test_embed_writes_vectors_duplicates_errors_manifest(corpus, minilm_dir, tmp
     assert manifest["options"]["exact_dedupe"] is True
     assert manifest["stats"]["real_tokens"] > 0
     assert manifest["stats"]["model_loads"] == 1
+    # the encoder's own seconds: some, and no more than the job took (one worker)
+    assert 0 < manifest["stats"]["encode_seconds"] <= manifest["stats"]["seconds"]
     assert not (out / "_counts").exists()
 
 

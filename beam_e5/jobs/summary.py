@@ -45,6 +45,8 @@ class RunSummary:
             "truncated_texts": self.metrics.get("truncated_texts", 0),
             "model_loads": self.metrics.get("model_loads", 0),
             "mostly_unknown_texts": self.metrics.get("mostly_unknown_texts", 0),
+            # seconds inside the encoder's calls, summed over worker threads and processes
+            "encode_seconds": round(self.metrics.get("encode_ms", 0) / 1000, 3),
         }
 
     def warnings(self) -> list[str]:
@@ -62,6 +64,7 @@ class RunSummary:
 
     def render(self) -> str:
         c, s = self.counts, self.stats()
+        secs = max(self.seconds, 1e-9)
         lines = [
             "beam-e5 summary",
             f"  read {c['read']:,} = written {c['written']:,} + exact duplicates "
@@ -74,6 +77,9 @@ class RunSummary:
                 f"({s['truncated_texts']:,} truncated) in {s['seconds']:.1f} s",
                 f"  {s['docs_per_s']:,.1f} docs/s, {s['tokens_per_s']:,.0f} tokens/s, "
                 f"padding ratio {s['padding_ratio']:.1%}, {s['micro_batches']:,} micro-batches",
+                f"  encoder calls {s['encode_seconds']:.1f} s ({s['encode_seconds'] / secs:.0%} "
+                "of the job's time, summed over workers; the rest is reading, start-up, "
+                "dedupe and writing)",
             ]
         else:
             lines.append(f"  no inference; {s['seconds']:.1f} s")
@@ -100,8 +106,18 @@ def model_loads(result: Any, namespace: str = METRICS_NAMESPACE) -> int:
                if (d.committed or d.attempted) is not None)
 
 
+def encode_ms(result: Any, namespace: str = METRICS_NAMESPACE) -> int:
+    """Milliseconds spent in the encoder's calls, summed over every worker (the handler's
+    ``encode_batch_ms`` distribution)."""
+    query = result.metrics().query(
+        MetricsFilter().with_namespace(namespace).with_name("encode_batch_ms"))
+    return sum((d.committed or d.attempted).sum for d in query["distributions"]
+               if (d.committed or d.attempted) is not None)
+
+
 def summarize(result: Any, counts: dict[str, int], seconds: float) -> RunSummary:
     metrics = counter_values(result)
     values = {k: metrics.get(k, 0) for k in SUMMED_METRICS}
     values["model_loads"] = model_loads(result)
+    values["encode_ms"] = encode_ms(result)
     return RunSummary(counts, seconds, values)

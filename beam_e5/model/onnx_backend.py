@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -65,12 +66,10 @@ _BUILD_LOCK = threading.Lock()
 
 
 def onnx_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401  (the exporter needs it)
-    except ImportError:
-        return False
-    return True
+    """ONNX Runtime and the exporter are installed. Looked up, not imported: importing
+    onnxscript costs over a second, and a worker whose graph is cached never needs it."""
+    return all(importlib.util.find_spec(name) is not None
+               for name in ("onnxruntime", "onnxscript"))
 
 
 def pick_backend(requested: str, device_type: str, model_type: Optional[str],
