@@ -252,15 +252,17 @@ def test_fine_probes_of_divided_coarse_cells():
     axes = np.eye(4, dtype=np.float64)  # coarse cell 5 divided into four fine cells
     vec = np.array([0.8, 0.6, 0.0, 0.0], dtype=np.float32)
     coarse = [(5, 0.9, axes), (7, 0.3, None)]  # home coarse 5, probes undivided coarse 7
-    # fine cells met: floor probes + 1 = 4 cells, ranked over both coarse cells, ties to
-    # the lower (coarse, fine): (5, 2) and (5, 3) both have similarity 0
+    # fine cells met: probes + 1 = 4 cells, ranked over both coarse cells, ties to the
+    # lower (coarse, fine): (5, 2) and (5, 3) both have similarity 0
     assert core.fine_probes(vec, coarse, probes=3, margin=0.05) == ((5, 0), [(5, 1), (5, 2),
                                                                             (7, 0)])
     assert core.fine_probes(vec, coarse, probes=1, margin=0.05) == ((5, 0), [(5, 1)])
-    # every cell within the margin of the best, capped by max_probes (home included)
+    # no margin at the fine level (the coarse level had it), and max_probes never cuts
+    # below probes + 1
     tie = np.array([0.6, 0.58, 0.55, 0.0], dtype=np.float32)
-    assert core.fine_probes(tie, coarse, 1, 0.1) == ((5, 0), [(5, 1), (5, 2)])
-    assert core.fine_probes(tie, coarse, 1, 0.1, max_probes=2) == ((5, 0), [(5, 1)])
+    assert core.fine_probes(tie, coarse, 1, 0.1) == ((5, 0), [(5, 1)])
+    assert core.fine_probes(vec, coarse, 3, 0.05, max_probes=2) == ((5, 0), [(5, 1), (5, 2),
+                                                                            (7, 0)])
     # a fine cell of another coarse cell nearer than the home's: probed first, the home
     # stays in the home coarse cell
     nearer = [(5, 0.9, axes), (7, 0.3, np.array([[0.8, 0.6, 0.0, 0.0], [0, 0, 0, 1.0]]))]
@@ -284,12 +286,12 @@ def test_fine_probes_without_division_is_assign_cells():
             assert fine == ((home, 0), [(c, 0) for c in others])
 
 
-def test_fine_probes_bounded_by_max_probes_in_all():
-    """Dense fine cells all within the margin: still max_probes cells per vector in all,
-    not max_probes per coarse cell."""
+def test_fine_probes_fixed_however_dense_the_fine_cells():
+    """Dense fine cells all within the margin in four coarse cells: probes + 1 cells per
+    vector in all (the margin widened the probes per coarse cell before)."""
     rng = np.random.default_rng(3)
     vec = unit(rng.normal(size=16))
     coarse = [(c, 0.5, unit(vec + 0.01 * rng.normal(size=(40, 16))).astype(np.float64))
               for c in range(4)]
     home, others = core.fine_probes(vec, coarse, probes=3, margin=0.05, max_probes=12)
-    assert home[0] == 0 and len(others) == 11 and home not in others
+    assert home[0] == 0 and len(others) == 3 and home not in others
