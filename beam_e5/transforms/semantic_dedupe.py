@@ -22,17 +22,20 @@ Cells grow with the corpus without a global sample that grows with it: the globa
 fits at most ``sample_size / 10`` coarse cells on ``sample_size`` vectors; with
 ``num_cells='auto'``, every coarse cell whose homes exceed ``2 * probes`` target-sized cells
 is divided again by its own k-means on at most ``sample_size`` of its homes (in parallel, one
-coarse cell per worker at a time). A vector's home is the nearest fine cell of its home coarse
-cell, and its probes are chosen among the fine cells of all the coarse cells it probes
-(:func:`core.fine_probes`), at most ``max_probes`` cells in all (not per coarse cell), so a
-vector travels to at most ``max_probes`` cells however many there are. The placement is
-computed twice (count, then route) instead of materialising the placed copies. So the
-total sample, the number of cells and the work grow linearly with the corpus (cells stay
-near ``target_cell_size``) up to ``(sample_size / 10) ** 2`` cells, 4 million with the
-defaults, while the memory of any one step stays bounded by ``sample_size`` vectors, a
-cell's work unit (at most ``max_cell_size`` rows and columns), or the centroids of the
-coarse cells a worker meets. Reported pairs are always exact (precision 1.0); recall is >= 0.99 with the
-default probes and probe_margin on the synthetic and real-text tests and the benchmark
+coarse cell per worker at a time). A vector's home is the nearest fine cell of its home
+coarse cell, and it probes the next ``probes`` fine cells among those of all the coarse
+cells it probes (:func:`core.fine_probes`): ``probes + 1`` copies per vector however many
+cells there are (it was up to ``max_probes`` fine cells per probed coarse cell: copies per
+vector grew with the corpus, 12.5 -> 27 from 10k to 80k vectors in the two-level benchmark).
+The placement is computed twice (count, then route) instead of materialising the placed
+copies. So the total sample, the number of cells and the copies grow linearly with the
+corpus (cells stay near ``target_cell_size`` homes on average) up to ``(sample_size / 10)
+** 2`` cells, 4 million with the defaults; the pairs compared grow faster as far as cells
+grow unequal (docs/benchmarks.md, two-level cells). The memory of any one step stays
+bounded by ``sample_size`` vectors, a cell's work unit (at most ``max_cell_size`` rows and
+columns), or the centroids of the coarse cells a worker meets. Reported pairs are always
+exact (precision 1.0); recall is >= 0.99 with the default probes and probe_margin on the
+synthetic and real-text tests and the benchmark
 (tests/transforms/test_semantic_dedupe.py, tests/dedupe/test_dedupe_realtext.py, bench/bench_dedupe.py).
 """
 
@@ -72,11 +75,13 @@ class SemanticDedupeConfig:
         one level.
     target_cell_size: average home-cell size 'auto' aims for; work grows linearly
         with corpus size at a fixed cell size.
-    probes: cells each vector is compared in (its home and the next probes - 1).
+    probes: cells each vector is compared in (its home and the next probes - 1); with
+        two levels, coarse cells so, then probes + 1 fine cells among theirs.
     max_probes: at most this many cells per vector (home included) however many fall
         within ``probe_margin``: bounds the work on crowded embeddings.
     probe_margin: also probe every cell whose centroid similarity is within this
-        margin of the best one (protects recall near cell borders).
+        margin of the best one (protects recall near cell borders; with two levels, at
+        the coarse level).
     max_cell_size: cells with more members are split into chunks and every chunk
         pair is its own work unit (no hot key).
     block_size: rows/columns per float32 matrix product inside a work unit.
