@@ -1,15 +1,17 @@
 """Scaling benchmark of semantic dedupe: n and 4n clustered vectors, same settings.
 
 Prints, for each size, wall time, pairs compared (the ``dedupe_candidate_pairs``
-metric), cells and duplicates found, the brute-force pair count n^2/2 and the 4n/n
-ratios.  With ``num_cells='auto'`` cells keep a fixed average size, so pairs and
+metric), cells and duplicates found, the brute-force pair count n^2/2, the copies of
+each vector placed in cells (home + probes), the largest cell, the process's peak RSS so
+far (the n run comes first, so the 4n line's peak is the 4n run's) and the 4n/n ratios.  With ``num_cells='auto'`` cells keep a fixed average size, so pairs and
 time should grow about 4x (brute force would grow 16x).
 
     python bench/bench_dedupe.py --n 20000            # Beam DirectRunner
     python bench/bench_dedupe.py --n 20000 --mode core  # per-cell compute path only (one level)
     # the two-level regime (coarse cells capped by the sample, each divided again), scaled
-    # down 1000x: 25k -> 100k vectors with a 200-vector sample behave like 25M -> 100M
-    python bench/bench_dedupe.py --n 25000 --sample-size 200 --target-cell-size 100 --check
+    # down: a 2,000-vector sample (200 coarse cells) and 10-home cells; 20k -> 80k vectors
+    # have 100 -> 400 homes per coarse cell, as 20M -> 80M have with the defaults
+    python bench/bench_dedupe.py --n 20000 --sample-size 2000 --target-cell-size 10 --check
 
 Data are generated inside the pipeline (shards of a seeded generator), so the
 pipeline graph stays small whatever n is.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -83,8 +86,11 @@ def run_beam(n: int, args: argparse.Namespace, cfg: SemanticDedupeConfig) -> dic
                  for f in Path(tmp).glob("dups*") for line in f.read_text().splitlines()}
     metrics = res.metrics().query(MetricsFilter().with_namespace("beam_e5"))
     stats = {m.key.metric.name: m.committed for m in metrics["counters"]}
+    sizes = [m.committed for m in metrics["distributions"]
+             if m.key.metric.name == "dedupe_largest_cell"]
     return {"seconds": elapsed, "pairs": stats.get("dedupe_candidate_pairs", 0),
             "cells": stats.get("dedupe_cells", 0),
+            "copies": sum(d.sum for d in sizes), "largest": max((d.max for d in sizes), default=0),
             "duplicates": stats.get("semantic_duplicates", 0), "found": found}
 
 
@@ -110,8 +116,15 @@ def run_core(n: int, args: argparse.Namespace, cfg: SemanticDedupeConfig) -> dic
         for key, cand in core.best_earlier(vecs[rows], vecs[members], keys, keys[: len(members)],
                                            cfg.threshold, cfg.block_size, True).items():
             best[key] = core.better(best[key], cand) if key in best else cand
+    copies = sum(len(m) + len(probes.get(c, [])) for c, m in homes.items())
     return {"seconds": time.perf_counter() - started, "pairs": pairs, "cells": len(homes),
+            "copies": copies, "largest": 0,
             "duplicates": len(best), "found": {(k[0], c[2]) for k, c in best.items()}}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def record_id(index: int, shard_size: int = 5_000) -> str:
@@ -163,7 +176,9 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(stats)
         print(f"n={n:>8} time={stats['seconds']:8.1f}s pairs_compared={stats['pairs']:>14,} "
               f"brute_force_pairs={n * (n - 1) // 2:>14,} cells={stats['cells']:>5} "
-              f"duplicates={stats['duplicates']:>7}", flush=True)
+              f"duplicates={stats['duplicates']:>7} copies_per_vector={stats['copies'] / n:.2f} "
+              f"largest_cell={stats['largest']} peak_rss_so_far={peak_rss_mib():,.0f}MiB",
+              flush=True)
         if args.check and n == args.n:
             print(check_line(n, args, cfg, stats["found"]), flush=True)
     small, big = rows

@@ -6,30 +6,36 @@ earlier document (in the ``keep`` order) has cosine similarity >= ``threshold``.
 Pipeline (no step collects the corpus or all pairs on one worker)::
 
     points --CombineGlobally(sample by id hash, fit k-means)--> centroids (side input)
-    points --assign home cell + probed cells--> (coarse cell, member)
-           --homes: CombinePerKey(sample, fit k-means) per big coarse cell--> sub-centroids
-           --assign fine cells in each coarse cell (multimap side input)--> (cell, member)
-           --count per cell (side input)--> split big cells into chunks
-           --(cell, chunk i, chunk j) work units--> GroupByKey
-           --blocked cosine, exact check--> (d, (similarity, order key of e, e)) per unit
+    points --coarse home + probed coarse cells, one element per vector--> coarse
+    coarse --homes: CombinePerKey(sample, fit k-means) per big coarse cell--> fine centroids
+    coarse --place in cells (fine centroids: multimap side input), keys only--> count per cell
+    coarse --place in cells again, route by cell size (side input)--> (cell, chunk i, chunk j)
+           --GroupByKey--> blocked cosine, exact check --> (d, (similarity, key of e, e))
            --CombinePerKey(pick best)--> CoGroupByKey with records --> kept / duplicates
 
 Each vector lives in one *home* cell (nearest centroid) and is compared, as a probe,
 with the homes of its next ``probes - 1`` cells and of every cell within
-``probe_margin`` of its best, so a pair is found when either one probes the other's
-home.
+``probe_margin`` of its best, at most ``max_probes`` cells in all, so a pair is found when
+either one probes the other's home.
 
 Cells grow with the corpus without a global sample that grows with it: the global k-means
 fits at most ``sample_size / 10`` coarse cells on ``sample_size`` vectors; with
 ``num_cells='auto'``, every coarse cell whose homes exceed ``2 * probes`` target-sized cells
 is divided again by its own k-means on at most ``sample_size`` of its homes (in parallel, one
-coarse cell per worker at a time), and its members are assigned fine cells and probes inside
-it the same way. So the total sample, the number of cells and the work grow linearly with
-the corpus (cells stay near ``target_cell_size``) up to ``(sample_size / 10) ** 2`` cells,
-4 million with the defaults, while the memory of any one step stays bounded by
-``sample_size`` vectors, a cell's work unit, or the centroids of the coarse cells a worker
-meets. Reported pairs are always exact (precision 1.0); recall is >= 0.99 with the
-default probes and probe_margin on the synthetic and real-text tests and the benchmark
+coarse cell per worker at a time). A vector's home is the nearest fine cell of its home
+coarse cell, and it probes the next ``probes`` fine cells among those of all the coarse
+cells it probes (:func:`core.fine_probes`): ``probes + 1`` copies per vector however many
+cells there are (it was up to ``max_probes`` fine cells per probed coarse cell: copies per
+vector grew with the corpus, 12.5 -> 27 from 10k to 80k vectors in the two-level benchmark).
+The placement is computed twice (count, then route) instead of materialising the placed
+copies. So the total sample, the number of cells and the copies grow linearly with the
+corpus (cells stay near ``target_cell_size`` homes on average) up to ``(sample_size / 10)
+** 2`` cells, 4 million with the defaults; the pairs compared grow faster as far as cells
+grow unequal (docs/benchmarks.md, two-level cells). The memory of any one step stays
+bounded by ``sample_size`` vectors, a cell's work unit (at most ``max_cell_size`` rows and
+columns), or the centroids of the coarse cells a worker meets. Reported pairs are always
+exact (precision 1.0); recall is >= 0.99 with the default probes and probe_margin on the
+synthetic and real-text tests and the benchmark
 (tests/transforms/test_semantic_dedupe.py, tests/dedupe/test_dedupe_realtext.py, bench/bench_dedupe.py).
 """
 
@@ -69,11 +75,13 @@ class SemanticDedupeConfig:
         one level.
     target_cell_size: average home-cell size 'auto' aims for; work grows linearly
         with corpus size at a fixed cell size.
-    probes: cells each vector is compared in (its home and the next probes - 1).
+    probes: cells each vector is compared in (its home and the next probes - 1); with
+        two levels, coarse cells so, then probes + 1 fine cells among theirs.
     max_probes: at most this many cells per vector (home included) however many fall
         within ``probe_margin``: bounds the work on crowded embeddings.
     probe_margin: also probe every cell whose centroid similarity is within this
-        margin of the best one (protects recall near cell borders).
+        margin of the best one (protects recall near cell borders; with two levels, at
+        the coarse level).
     max_cell_size: cells with more members are split into chunks and every chunk
         pair is its own work unit (no hot key).
     block_size: rows/columns per float32 matrix product inside a work unit.
@@ -228,34 +236,38 @@ class FitCellsFn(beam.CombineFn):
         return heapq.nsmallest(self._config.sample_size, items, key=lambda item: item[:2])
 
 
-class AssignCellsFn(beam.DoFn):
-    """Emits ``(cell, (is_home, point))`` for the home cell and every probed cell."""
+Coarse = tuple[Point, tuple[tuple[int, float], ...]]  # point, ((coarse cell, similarity), ...)
+
+
+class CoarseCellsFn(beam.DoFn):
+    """``point -> (point, ((home, similarity), (probed cell, similarity), ...))``: one
+    element per vector, whatever the number of cells it probes."""
 
     def __init__(self, config: SemanticDedupeConfig) -> None:
         self._config = config
 
     def process(self, point: Point, model: CellModel):
-        home, others = core.assign_cells(
-            point[2], model.centroids, self._config.probes, self._config.probe_margin,
-            self._config.max_probes,
-        )
-        yield home, (True, point)
-        for cell in others:
-            yield cell, (False, point)
+        cfg = self._config
+        yield point, tuple(core.coarse_probes(point[2], model.centroids, cfg.probes,
+                                              cfg.probe_margin, cfg.max_probes))
 
 
-def _home_point(element: tuple[int, tuple[bool, Point]]) -> list[tuple[int, Point]]:
-    cell, (is_home, point) = element
-    return [(cell, point)] if is_home else []
+def _coarse_home(element: Coarse) -> tuple[int, Point]:
+    point, coarse = element
+    return coarse[0][0], point
 
 
-class AssignFineCellsFn(beam.DoFn):
-    """``(coarse, (is_home, point))`` -> ``((coarse, fine), (is_home there, point))``.
+class CellsOfFn(beam.DoFn):
+    """Base of the two steps that place a vector in its cells, ``[(cell, is_home)]``.
 
-    The fine centroids come from a multimap side input, fetched per coarse cell; each
-    instance keeps the ones it fetched (they never change) in an LRU bounded by
-    ``MODEL_CACHE_BYTES``, so a worker holds only the coarse cells it meets, and fetches
-    and decodes each about once instead of once per vector.
+    One level (no ``models``): the coarse cells are the cells, ``(coarse, 0)``. Two
+    levels: :func:`core.fine_probes` over the fine centroids of the coarse cells the
+    vector probes, fetched per coarse cell from a multimap side input; each instance
+    keeps the ones it fetched (they never change) in an LRU bounded by
+    ``MODEL_CACHE_BYTES``, so a worker holds only the coarse cells it meets and fetches
+    and decodes each about once instead of once per vector. The placement is a pure
+    function of the vector, so counting cells and routing to work units can each
+    compute it (the placed copies are never materialised between the two).
     """
 
     MODEL_CACHE_BYTES = 256 << 20
@@ -283,15 +295,27 @@ class AssignFineCellsFn(beam.DoFn):
             self._cached_bytes -= 0 if old is None else old.nbytes
         return True, centroids
 
-    def process(self, element: tuple[int, tuple[bool, Point]], models):
-        coarse, (is_home, point) = element
-        has_homes, centroids = self._centroids(coarse, models)
-        if not has_homes:
-            return
+    def cells(self, element: Coarse, models=None) -> list[tuple[core.Cell, bool]]:
+        point, coarse = element
+        if models is None:
+            return [((coarse[0][0], 0), True)] + [((cell, 0), False) for cell, _ in coarse[1:]]
+        fine = []
+        for cell, sim in coarse:
+            has_homes, centroids = self._centroids(cell, models)
+            if has_homes:  # always true of the home cell: the vector is a home there
+                fine.append((cell, sim, centroids))
         cfg = self._config
-        for fine, home_there in core.fine_cells(is_home, point[2], centroids,
-                                                cfg.probes, cfg.probe_margin, cfg.max_probes):
-            yield (coarse, fine), (home_there, point)
+        home, others = core.fine_probes(point[2], fine, cfg.probes, cfg.probe_margin,
+                                        cfg.max_probes)
+        return [(home, True)] + [(cell, False) for cell in others]
+
+
+class CountCellsFn(CellsOfFn):
+    """Emits the cell of every placed copy (only the key: to count members per cell)."""
+
+    def process(self, element: Coarse, models=None):
+        for cell, _ in self.cells(element, models):
+            yield cell
 
 
 class CellMetricsFn(beam.DoFn):
@@ -301,24 +325,23 @@ class CellMetricsFn(beam.DoFn):
         self._cells = Metrics.counter(NAMESPACE, "dedupe_cells")
         self._largest = Metrics.distribution(NAMESPACE, "dedupe_largest_cell")
 
-    def process(self, cell_size: tuple[int, int]):
+    def process(self, cell_size: tuple[Any, int]):
         self._cells.inc()
         self._largest.update(cell_size[1])
         yield cell_size
 
 
-class ToWorkUnitsFn(beam.DoFn):
-    """Routes a cell member to the work units of its (possibly split) cell."""
+class ToWorkUnitsFn(CellsOfFn):
+    """Places a vector in its cells and routes each copy to the work units of its
+    (possibly split) cell."""
 
-    def __init__(self, config: SemanticDedupeConfig) -> None:
-        self._config = config
-
-    def process(self, element: tuple[int, tuple[bool, Point]], sizes: dict[int, int]):
-        cell, (is_home, point) = element
-        chunks = core.num_chunks(sizes[cell], self._config.max_cell_size)
-        chunk = core.chunk_of(point[0], cell, chunks, self._config.seed)
-        for i, j, slot in core.work_units(is_home, chunk, chunks):
-            yield (cell, i, j), (slot, point)
+    def process(self, element: Coarse, sizes: dict[Any, int], models=None):
+        point = element[0]
+        for cell, is_home in self.cells(element, models):
+            chunks = core.num_chunks(sizes[cell], self._config.max_cell_size)
+            chunk = core.chunk_of(point[0], cell, chunks, self._config.seed)
+            for i, j, slot in core.work_units(is_home, chunk, chunks):
+                yield (cell, i, j), (slot, point)
 
 
 class CompareUnitFn(beam.DoFn):
@@ -420,27 +443,26 @@ class SemanticDedupe(beam.PTransform):
         cfg = self._config
         points = docs | "ToPoint" >> beam.Map(to_point, cfg.keep)
         model = points | "FitCells" >> beam.CombineGlobally(FitCellsFn(cfg))
-        members = points | "AssignCells" >> beam.ParDo(
-            AssignCellsFn(cfg), beam.pvalue.AsSingleton(model)
+        coarse = points | "CoarseCells" >> beam.ParDo(
+            CoarseCellsFn(cfg), beam.pvalue.AsSingleton(model)
         )
+        fine = ()
         if cfg.num_cells == "auto":  # two levels: big coarse cells divided by their own k-means
             fine_models = (
-                members
-                | "CoarseHomes" >> beam.FlatMap(_home_point)
+                coarse
+                | "CoarseHomes" >> beam.Map(_coarse_home)
                 | "FitFineCells" >> beam.CombinePerKey(FitCellsFn(cfg, fine=True))
             )
-            members = members | "AssignFineCells" >> beam.ParDo(
-                AssignFineCellsFn(cfg), beam.pvalue.AsMultiMap(fine_models)
-            )
+            fine = (beam.pvalue.AsMultiMap(fine_models),)
         sizes = (
-            members
-            | "CellOnly" >> beam.Keys()
+            coarse
+            | "CountCells" >> beam.ParDo(CountCellsFn(cfg), *fine)
             | "CountPerCell" >> beam.combiners.Count.PerElement()
             | "CellMetrics" >> beam.ParDo(CellMetricsFn())
         )
         best = (
-            members
-            | "ToWorkUnits" >> beam.ParDo(ToWorkUnitsFn(cfg), beam.pvalue.AsDict(sizes))
+            coarse
+            | "ToWorkUnits" >> beam.ParDo(ToWorkUnitsFn(cfg), beam.pvalue.AsDict(sizes), *fine)
             | "GroupUnits" >> beam.GroupByKey()
             | "CompareUnits" >> beam.ParDo(CompareUnitFn(cfg))
             | "PickBest" >> beam.CombinePerKey(PickBestFn())

@@ -248,18 +248,50 @@ def test_argument_validation_messages():
     assert core.brute_force_duplicates([], np.zeros((0, 3), np.float32), 0.9) == {}
 
 
-def test_fine_cells_of_a_divided_coarse_cell():
-    centroids = np.eye(4, dtype=np.float64)  # four fine cells along the axes
+def test_fine_probes_of_divided_coarse_cells():
+    axes = np.eye(4, dtype=np.float64)  # coarse cell 5 divided into four fine cells
     vec = np.array([0.8, 0.6, 0.0, 0.0], dtype=np.float32)
-    # a home of the coarse cell: home in fine cell 0, probes the next (1) and none within margin
-    assert core.fine_cells(True, vec, centroids, probes=2, margin=0.05) == [(0, True), (1, False)]
-    # a member that only probes the coarse cell probes its nearest fine cells, home included
-    assert core.fine_cells(False, vec, centroids, probes=2, margin=0.05) == [(0, False),
-                                                                            (1, False)]
-    # within the margin: probed too, capped by max_probes
+    coarse = [(5, 0.9, axes), (7, 0.3, None)]  # home coarse 5, probes undivided coarse 7
+    # fine cells met: probes + 1 = 4 cells, ranked over both coarse cells, ties to the
+    # lower (coarse, fine): (5, 2) and (5, 3) both have similarity 0
+    assert core.fine_probes(vec, coarse, probes=3, margin=0.05) == ((5, 0), [(5, 1), (5, 2),
+                                                                            (7, 0)])
+    assert core.fine_probes(vec, coarse, probes=1, margin=0.05) == ((5, 0), [(5, 1)])
+    # no margin at the fine level (the coarse level had it), and max_probes never cuts
+    # below probes + 1
     tie = np.array([0.6, 0.58, 0.55, 0.0], dtype=np.float32)
-    assert core.fine_cells(True, tie, centroids, 1, 0.1) == [(0, True), (1, False), (2, False)]
-    assert core.fine_cells(True, tie, centroids, 1, 0.1, max_probes=2) == [(0, True), (1, False)]
-    # an undivided coarse cell: everything in fine cell 0, home stays home
-    assert core.fine_cells(True, vec, None, 3, 0.05) == [(0, True)]
-    assert core.fine_cells(False, vec, centroids[:1], 3, 0.05) == [(0, False)]
+    assert core.fine_probes(tie, coarse, 1, 0.1) == ((5, 0), [(5, 1)])
+    assert core.fine_probes(vec, coarse, 3, 0.05, max_probes=2) == ((5, 0), [(5, 1), (5, 2),
+                                                                            (7, 0)])
+    # a fine cell of another coarse cell nearer than the home's: probed first, the home
+    # stays in the home coarse cell
+    nearer = [(5, 0.9, axes), (7, 0.3, np.array([[0.8, 0.6, 0.0, 0.0], [0, 0, 0, 1.0]]))]
+    assert core.fine_probes(vec, nearer, probes=1, margin=0.0) == ((5, 0), [(7, 0)])
+    with pytest.raises(ValueError, match="same dimension"):
+        core.fine_probes(vec[:3], coarse, 1, 0.0)
+
+
+def test_fine_probes_without_division_is_assign_cells():
+    """Undivided coarse cells are cells: the same home and probes as one level."""
+    rng = np.random.default_rng(2)
+    centroids = unit(rng.normal(size=(30, 8))).astype(np.float64)
+    vecs = unit(rng.normal(size=(200, 8)))
+    for probes, margin, max_probes in [(3, 0.05, 12), (1, 0.3, 4), (2, 2.0, 6), (3, 0.0, None)]:
+        for vec in vecs:
+            home, others = core.assign_cells(vec, centroids, probes, margin, max_probes)
+            coarse = core.coarse_probes(vec, centroids, probes, margin, max_probes)
+            assert [c for c, _ in coarse] == [home] + others
+            fine = core.fine_probes(vec, [(c, s, None) for c, s in coarse], probes, margin,
+                                    max_probes)
+            assert fine == ((home, 0), [(c, 0) for c in others])
+
+
+def test_fine_probes_fixed_however_dense_the_fine_cells():
+    """Dense fine cells all within the margin in four coarse cells: probes + 1 cells per
+    vector in all (the margin widened the probes per coarse cell before)."""
+    rng = np.random.default_rng(3)
+    vec = unit(rng.normal(size=16))
+    coarse = [(c, 0.5, unit(vec + 0.01 * rng.normal(size=(40, 16))).astype(np.float64))
+              for c in range(4)]
+    home, others = core.fine_probes(vec, coarse, probes=3, margin=0.05, max_probes=12)
+    assert home[0] == 0 and len(others) == 3 and home not in others
