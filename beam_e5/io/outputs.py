@@ -248,18 +248,21 @@ def record_counts(p: beam.Pipeline, counts: dict[str, Any], output_dir: str,
     """Count each stream inside the pipeline; exact on every runner, unlike metrics.
 
     ``sums``: streams of integers whose total is recorded (tokens cut, for instance).
+    Every stream feeds one ``CombinePerKey(sum)`` keyed by its name (one shuffle, not one
+    global combine per stream: each costs the DirectRunner three stages), seeded with a
+    zero per name so that an empty stream is recorded as 0.
     """
-    per_stream = []
+    sums = sums or {}
+    names = list(counts) + [n for n in sums if n not in counts]
+    keyed = [p | "CountsZero" >> beam.Create([(name, 0) for name in names])]
     for name, pcoll in counts.items():
-        per_stream.append(pcoll
-                          | f"Count_{name}" >> beam.combiners.Count.Globally()
-                          | f"Name_{name}" >> beam.Map(lambda n, k=name: json.dumps({k: n})))
-    for name, pcoll in (sums or {}).items():
-        per_stream.append(pcoll
-                          | f"Sum_{name}" >> beam.CombineGlobally(sum)
-                          | f"Name_{name}" >> beam.Map(lambda n, k=name: json.dumps({k: n})))
-    _ = (tuple(per_stream)
+        keyed.append(pcoll | f"One_{name}" >> beam.Map(lambda _, k=name: (k, 1)))
+    for name, pcoll in sums.items():
+        keyed.append(pcoll | f"Value_{name}" >> beam.Map(lambda v, k=name: (k, int(v))))
+    _ = (tuple(keyed)
          | "AllCounts" >> beam.Flatten(pipeline=p)
+         | "SumCounts" >> beam.CombinePerKey(sum)
+         | "CountToJson" >> beam.MapTuple(lambda k, n: json.dumps({k: n}))
          | "WriteCounts" >> beam.io.WriteToText(FileSystems.join(output_dir, COUNTS_DIR, "counts"),
                                                 file_name_suffix=".jsonl"))
 
