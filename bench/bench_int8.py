@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                       "seconds_rounds": [round(x, 2) for x in times[name]],
                       "cpu_speedup_median": round(statistics.median(cpu_ratios), 3),
                       "cpu_seconds_rounds": [round(x, 2) for x in cpu[name]],
-                      "mean_cos": round(float(cos.mean()), 5), "min_cos": round(float(cos.min()), 5),
+                      "mean_cos": round(float(cos.mean()), 5),
+                      "min_cos": round(float(cos.min()), 5),
                       "top10": round(top10, 4)}
         print(f"{name:26s} {json.dumps(rows[name])}", flush=True)
     (work / "result.json").write_text(json.dumps({"n": len(texts), "rows": rows}, indent=2))

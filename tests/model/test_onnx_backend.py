@@ -48,8 +48,9 @@ def test_onnx_int8_is_close_but_not_identical(minilm_dir, cache, texts, torch_ve
                                      model_cache_dir=cache).resolve())
     vecs, _ = enc.encode(texts)
     cos = np.sum(vecs * torch_vectors, axis=1)
-    # measured about 0.997 mean; quantisation really happened if it is not ~1.0
-    assert 0.99 <= cos.mean() < 0.99999 and cos.min() >= 0.95
+    # per-token int8 measured 0.9988 mean, 0.9933 min here (ORT's per-tensor dynamic
+    # quantiser: about 0.997 mean); quantisation really happened if it is not ~1.0
+    assert 0.998 <= cos.mean() < 0.99999 and cos.min() >= 0.99
 
 
 @pytest.mark.slow
@@ -211,7 +212,7 @@ def test_external_data_graph_matches_torch_and_is_cached(minilm_dir, texts, torc
     if variant == "onnx":
         assert cos.min() >= 0.99999, f"worst cosine {cos.min()} at {cos.argmin()}"
     else:
-        assert 0.99 <= cos.mean() < 0.99999
+        assert 0.998 <= cos.mean() < 0.99999
     loads = []  # cached per machine: a second worker opens it without loading torch
     again = onnx_backend.ensure_graph(minilm_dir, AutoConfig.from_pretrained(minilm_dir), variant,
                                       str(tmp_path), lambda: loads.append(1))
