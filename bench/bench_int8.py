@@ -3,15 +3,18 @@
 One fp32 graph (the default ``onnx`` build, fused attention) against int8 recipes. Each recipe
 starts from one of two fp32 graphs of the same export: ``ort`` (ONNX Runtime's transformer
 optimiser, attention left as MatMuls) or ``fused`` (the graph ``--backend onnx`` ships:
-one fused ``Attention`` operator per layer), and quantises its MatMuls one of two ways:
+one fused ``Attention`` operator per layer), and quantises its MatMuls one of three ways:
 
 - ``dyn``: ONNX Runtime's dynamic quantiser (``MatMulInteger``: int8 weights, per output
-  channel unless ``per-tensor``; activations quantised at run time with ONE scale per tensor,
-  i.e. per micro-batch), with options (``reduce_range``: 7-bit weights) and a set of MatMuls
-  kept in fp32;
+  channel unless ``pt`` (per-tensor); activations quantised at run time with ONE scale per
+  tensor, i.e. per micro-batch), with options (``rr``: ``reduce_range``, 7-bit weights) and a
+  set of MatMuls kept in fp32 (``keep-...``); ``dyn-keep-ffn-down`` was ``onnx-int8`` before;
 - ``nbits8``: ``MatMulNBits`` with 8-bit weights in blocks of 32 along the input dimension and
   ``accuracy_level=4`` (activations quantised to int8 at run time per row and per block of
-  32, int8 dot products): what ``--backend onnx-int8`` ships (see ``onnx_backend.quantize_int8``).
+  32, int8 dot products);
+- ``pertoken``: ``onnx_backend.quantize_int8`` (int8 weights per output column, activations
+  with one scale per token); ``shipped`` = ``pertoken`` on the fused graph, what
+  ``--backend onnx-int8`` builds.
 
 Every variant encodes the same corpus (``tools.localtext``, the benchmark corpus's
 generator) through the same ``Encoder`` (tokenisation, micro-batching, pooling); the variants
@@ -20,7 +23,7 @@ is the median over rounds of the per-round ratio to the fp32 pass of the same ro
 rounds printed), and the same for CPU time (the process's, all threads: less sensitive to
 other work on a shared machine than wall time); quality is deterministic.
 
-    python bench/bench_int8.py --n 1500 --rounds 3 --recipes shipped,dyn-keep-ffn-down
+    python bench/bench_int8.py --n 1500 --rounds 4 --recipes shipped,dyn-keep-ffn-down
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -69,7 +72,9 @@ def nbits8(block: int = 32, accuracy_level: int = 4, symmetric: bool = True):
     def quantise(src: Path, dst: Path, cfg) -> None:
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import (
-            DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer)
+            DefaultWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
 
         config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=symmetric,
                                               accuracy_level=accuracy_level, bits=8)
