@@ -48,8 +48,9 @@ def test_onnx_int8_is_close_but_not_identical(minilm_dir, cache, texts, torch_ve
                                      model_cache_dir=cache).resolve())
     vecs, _ = enc.encode(texts)
     cos = np.sum(vecs * torch_vectors, axis=1)
-    # measured about 0.997 mean; quantisation really happened if it is not ~1.0
-    assert 0.99 <= cos.mean() < 0.99999 and cos.min() >= 0.95
+    # per-token int8 measured 0.9988 mean, 0.9933 min here (ORT's per-tensor dynamic
+    # quantiser: about 0.997 mean); quantisation really happened if it is not ~1.0
+    assert 0.998 <= cos.mean() < 0.99999 and cos.min() >= 0.99
 
 
 @pytest.mark.slow
@@ -211,7 +212,7 @@ def test_external_data_graph_matches_torch_and_is_cached(minilm_dir, texts, torc
     if variant == "onnx":
         assert cos.min() >= 0.99999, f"worst cosine {cos.min()} at {cos.argmin()}"
     else:
-        assert 0.99 <= cos.mean() < 0.99999
+        assert 0.998 <= cos.mean() < 0.99999
     loads = []  # cached per machine: a second worker opens it without loading torch
     again = onnx_backend.ensure_graph(minilm_dir, AutoConfig.from_pretrained(minilm_dir), variant,
                                       str(tmp_path), lambda: loads.append(1))
@@ -272,12 +273,79 @@ def test_fp32_graph_has_one_fused_attention_per_layer(minilm_dir, cache):  # noq
 
 
 @pytest.mark.slow
-def test_int8_graph_quantises_the_qkv_projections(minilm_dir, cache):  # noqa: F811
+def test_int8_graph_keeps_fused_attention_and_quantises_every_weight_matmul(minilm_dir,  # noqa: F811
+                                                                           cache):
+    import json
+
+    import onnx
+
     enc = Encoder.load(EncoderConfig(minilm_dir, backend="onnx-int8",
                                      model_cache_dir=cache).resolve())
-    ops = _graph_ops(enc.model.graph_file)
-    # Attention stays unfused so that its Q, K, V MatMuls are int8 too
-    assert "Attention" not in ops and "MatMulInteger" in ops
+    graph = enc.model.graph_file
+    build = json.loads((graph.parent / onnx_backend.BUILD_FILE).read_text())
+    layers = enc.model.config.num_hidden_layers
+    # the fp32 fused graph's Attention (packed QKV) stays; per layer the attention output
+    # projection and both feed-forward MatMuls are int8, quantised per token
+    assert build["recipe"] == onnx_backend.EXPORT_RECIPE and build["int8_matmuls"] == 3 * layers
+    proto = onnx.load(str(graph))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("Attention") == layers and ops.count("MatMulIntegerToFloat") == 3 * layers
+    assert "DynamicQuantizeLinear" not in ops and "MatMulInteger" not in ops
+    weights = {init.name for init in proto.graph.initializer}
+    assert not [n.name for n in proto.graph.node if n.op_type == "MatMul"
+                and n.input[1] in weights]  # no fp32 weight MatMul left
+
+
+def _matmul_graph(path, weight, second_weight=None):
+    """x [rows, K] -> x @ weight (and x @ second_weight), plus a MatMul of two activations."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    k = weight.shape[0]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="proj"),
+             helper.make_node("MatMul", ["x", "xt"], ["gram"], name="activations"),
+             helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0])]
+    inits = [numpy_helper.from_array(weight, "w")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+               helper.make_tensor_value_info("gram", TensorProto.FLOAT, None)]
+    if second_weight is not None:
+        nodes.append(helper.make_node("MatMul", ["x", "w2"], ["y2"], name="proj2"))
+        inits.append(numpy_helper.from_array(second_weight, "w2"))
+        outputs.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, None))
+    nodes = [nodes[2], nodes[0], nodes[1]] + nodes[3:]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["rows", k])], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    onnx.save(model, str(path))
+
+
+def test_int8_scales_each_token_on_its_own(tmp_path):
+    """One token with activations 1000x larger does not coarsen the others (a single scale
+    for the whole tensor would leave them ~8 steps of 127), and MatMuls reading the same
+    input share its quantisation; MatMuls of two activations stay fp32."""
+    import onnx
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 48)).astype(np.float32) * 0.1
+    w2 = rng.standard_normal((64, 16)).astype(np.float32)
+    x = rng.standard_normal((6, 64)).astype(np.float32)
+    x[3] *= 1000.0
+    _matmul_graph(tmp_path / "fp32.onnx", w, w2)
+    assert onnx_backend.quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx") == 2
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 2 and ops.count("MatMul") == 1
+    assert ops.count("ReduceMax") == 1  # one per-token scale for x, shared by both
+    session = ort.InferenceSession(str(tmp_path / "int8.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    y, gram, y2 = session.run(["y", "gram", "y2"], {"x": x})
+    np.testing.assert_allclose(gram, x @ x.T, rtol=1e-5)
+    for got, ref in ((y, x @ w), (y2, x @ w2)):
+        rel = np.abs(got - ref).max(axis=1) / np.abs(ref).max(axis=1)
+        assert rel.max() < 0.02, rel  # every row, the small ones included
+        cos = np.sum(got * ref, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+        assert cos.min() > 0.9999 and not np.array_equal(got, ref)
 
 
 @pytest.mark.slow
