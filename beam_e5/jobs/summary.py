@@ -98,21 +98,23 @@ class RunSummary:
         return "\n".join(lines)
 
 
+def _distribution_total(result: Any, name: str, field: str,
+                        namespace: str = METRICS_NAMESPACE) -> int:
+    """``field`` (``count`` or ``sum``) of a Beam distribution, over every worker."""
+    query = result.metrics().query(MetricsFilter().with_namespace(namespace).with_name(name))
+    return sum(getattr(d.committed or d.attempted, field) for d in query["distributions"]
+               if (d.committed or d.attempted) is not None)
+
+
 def model_loads(result: Any, namespace: str = METRICS_NAMESPACE) -> int:
     """How many times a worker loaded the model (RunInference's load-latency distribution)."""
-    query = result.metrics().query(
-        MetricsFilter().with_namespace(namespace).with_name("load_model_latency_milli_secs"))
-    return sum((d.committed or d.attempted).count for d in query["distributions"]
-               if (d.committed or d.attempted) is not None)
+    return _distribution_total(result, "load_model_latency_milli_secs", "count", namespace)
 
 
 def encode_ms(result: Any, namespace: str = METRICS_NAMESPACE) -> int:
     """Milliseconds spent in the encoder's calls, summed over every worker (the handler's
     ``encode_batch_ms`` distribution)."""
-    query = result.metrics().query(
-        MetricsFilter().with_namespace(namespace).with_name("encode_batch_ms"))
-    return sum((d.committed or d.attempted).sum for d in query["distributions"]
-               if (d.committed or d.attempted) is not None)
+    return _distribution_total(result, "encode_batch_ms", "sum", namespace)
 
 
 def summarize(result: Any, counts: dict[str, int], seconds: float) -> RunSummary:

@@ -301,8 +301,7 @@ def truncate_span(text: str, offsets: Sequence[Sequence[int]], window: int,
     lo, hi = length, -1
     for s, e in kept:
         if e > s:
-            s = min(max(s - prefix_chars, 0), length)
-            e = min(max(e - prefix_chars, 0), length)
+            s, e = _clamp(s - prefix_chars, length), _clamp(e - prefix_chars, length)
             if e > s:
                 if s < lo:
                     lo = s

@@ -223,9 +223,11 @@ def optimize_graph(src: Path, dst: Path, model_type: str, num_heads: int, hidden
                    fuse_attention: bool = False, external_data: bool = False) -> dict[str, Any]:
     """Fuse the graph for ONNX Runtime; returns what was done (kept in ``build.json``).
 
-    ``fuse_attention`` (the fp32 variant) uses :func:`fuse_for_ort`; if that rewriter fails
-    on an unusual graph, the build goes on with ORT's optimiser (same vectors, slower).
-    Otherwise ORT's transformer optimiser fuses LayerNorm/GELU/bias where it knows the family.
+    ``fuse_attention`` (what both shipped variants build, fp32 and int8) uses
+    :func:`fuse_for_ort`; if that rewriter fails on an unusual graph, the build goes on with
+    ORT's optimiser (same vectors, slower). Otherwise ORT's transformer optimiser fuses
+    LayerNorm/GELU/bias where it knows the family (``bench/bench_int8.py`` builds that graph
+    for the older recipes it compares).
     """
     if fuse_attention:
         try:
