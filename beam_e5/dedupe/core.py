@@ -310,16 +310,21 @@ def assign_cells(
     return home, others
 
 
-def _assign(
-    vector: np.ndarray, centroids: np.ndarray, probes: int, margin: float,
-    max_probes: int | None,
-) -> tuple[int, list[int], np.ndarray]:
+def _centroid_similarities(vector: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Similarity of one vector to each centroid, in float64 (so never batch-dependent)."""
     if vector.shape != (centroids.shape[1],):
         raise ValueError(
             f"embedding has shape {vector.shape} but the centroids have dim "
             f"{centroids.shape[1]}; every embedding must have the same dimension"
         )
-    sims = np.asarray(centroids, dtype=np.float64) @ vector.astype(np.float64)
+    return np.asarray(centroids, dtype=np.float64) @ vector.astype(np.float64)
+
+
+def _assign(
+    vector: np.ndarray, centroids: np.ndarray, probes: int, margin: float,
+    max_probes: int | None,
+) -> tuple[int, list[int], np.ndarray]:
+    sims = _centroid_similarities(vector, centroids)
     ranked = np.argsort(-sims, kind="stable")
     home = int(ranked[0])
     near = int(np.count_nonzero(sims >= sims[home] - margin))  # a prefix of ``ranked``
@@ -378,13 +383,8 @@ def fine_probes(
         if centroids is None or len(centroids) == 1:
             cands = [(-float(sim), int(cell), 0)]
         else:
-            if vector.shape != (centroids.shape[1],):
-                raise ValueError(
-                    f"embedding has shape {vector.shape} but the centroids have dim "
-                    f"{centroids.shape[1]}; every embedding must have the same dimension"
-                )
             divided = True
-            sims = np.asarray(centroids, dtype=np.float64) @ vector.astype(np.float64)
+            sims = _centroid_similarities(vector, centroids)
             cands = [(-float(s), int(cell), f) for f, s in enumerate(sims.tolist())]
         if position == 0:
             home = min(cands)
