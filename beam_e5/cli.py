@@ -57,7 +57,9 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-length", type=int, help="max tokens per text (longer are truncated)")
     g.add_argument("--device", choices=DEVICES, default="auto")
     g.add_argument("--dtype", choices=DTYPES, default="auto",
-                   help="auto: float32 on CPU, bfloat16/float16 on CUDA")
+                   help="auto: float32 on CPU, bfloat16/float16 on CUDA; bfloat16 on a CPU "
+                        "with bf16 instructions is 1.3-1.7x faster (the log says if yours has "
+                        "them)")
     g.add_argument("--max-batch-tokens", type=int, default=8192,
                    help="padded-token budget of one forward pass")
     g.add_argument("--max-batch-size", type=int, default=256, help="max texts per forward pass")

@@ -22,6 +22,10 @@ on every variant alike; the table shows medians over rounds.
   graph is built once before the first round (it is cached per machine, like a downloaded
   model) and the build time is printed, not counted. Their vectors are compared with A's:
   mean and min cosine, and the top-10 nearest-neighbour overlap over the corpus.
+* F: A with ``--dtype bfloat16`` (PyTorch computing in bf16, pooling in fp32): fast on CPUs
+  with bf16 instructions (``avx512_bf16``, ``amx_bf16``, Arm ``bf16``; see
+  ``beam_e5/model/hardware.py``), compared like E. Its bf16 matmul rate is printed beside the
+  fp32 one; its share of the fp32 roofline is shown for scale only.
 
 Job time is comparable across variants: each clock starts after ``torch`` (and, for A and
 B, ``apache_beam``) is imported and before ``transformers`` is (A imports it lazily when the
@@ -76,8 +80,11 @@ VARIANTS = {
     "C": "SentenceTransformer.encode(batch_size=32)",
     "D": "beam-e5 embed --backend onnx (CPU default)",
     "E": "beam-e5 embed --backend onnx-int8",
+    "F": "beam-e5 embed --dtype bfloat16 (PyTorch)",
 }
-BEAM_E5 = {"A": "torch", "D": "onnx", "E": "onnx-int8"}  # variant -> --backend
+BEAM_E5 = {"A": "torch", "D": "onnx", "E": "onnx-int8", "F": "torch"}  # variant -> --backend
+DTYPE = {"F": "bfloat16"}  # variant -> --dtype (others: the default, float32 on CPU)
+APPROXIMATE = ("E", "F")  # not fp32: compared with A (top-10 overlap too), fp32 roofline for scale
 ST_BATCH_SIZE = 32
 
 
@@ -255,6 +262,16 @@ def model_flops_per_token(model: str, lengths: list[int]) -> tuple[float, str, d
 
 # ------------------------------------------------------------------ running the variants --
 
+def bf16_matmul_flops(threads: int, size: int = 2048, seconds: float = 1.5) -> float:
+    """Sustained torch bf16 matmul FLOP/s (what variant F's matmuls can reach)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(size, size, dtype=torch.bfloat16)
+    b = torch.randn(size, size, dtype=torch.bfloat16)
+    return _best_flops(lambda: torch.mm(a, b), size, seconds)
+
+
 def prepare_graph(backend: str, args: argparse.Namespace) -> float:
     """Build (or find) the cached ONNX graph in a subprocess, as a first run would; seconds."""
     code = ("import sys; from beam_e5.model.config import EncoderConfig; from beam_e5.model.encoder import "
@@ -275,7 +292,7 @@ def variant_command(v: str, args: argparse.Namespace, out: Path) -> list[str]:
                 "--long-text", "truncate",  # like B and C: one window per document
                 "--max-length", str(args.max_length), "--torch-threads", str(args.threads),
                 "--max-batch-tokens", str(args.max_batch_tokens), "--backend", BEAM_E5[v],
-                *shlex.split(args.a_args)]
+                *(["--dtype", DTYPE[v]] if v in DTYPE else []), *shlex.split(args.a_args)]
     if v == "B":
         return [py, str(HERE / "mltransform_runner.py"), "--input", args.corpus, "--output",
                 str(out), "--model", args.model, "--max-seq-length", str(args.max_length),
@@ -347,8 +364,8 @@ def neighbour_overlap(a, b, k: int = 10, block: int = 1024) -> float:
 def agreement(variants: list[str], work: Path) -> dict:
     """Cosine between each variant's vectors and C's (else the first variant's), by id.
 
-    Variants D and E (ONNX backends) are also compared with A (the torch fp32 vectors of the
-    same pipeline): mean and min cosine, and top-10 nearest-neighbour overlap.
+    Variants D, E and F are also compared with A (the torch fp32 vectors of the same
+    pipeline): mean and min cosine, and top-10 nearest-neighbour overlap.
     """
     import numpy as np
 
@@ -356,7 +373,7 @@ def agreement(variants: list[str], work: Path) -> dict:
     report = {}
     ref = "C" if "C" in vecs else variants[0]
     pairs = [(v, ref) for v in variants if v != ref]
-    pairs += [(v, "A") for v in ("D", "E") if v in vecs and "A" in vecs and ref != "A"]
+    pairs += [(v, "A") for v in ("D", *APPROXIMATE) if v in vecs and "A" in vecs and ref != "A"]
     for v, ref in pairs:
         common = sorted(set(vecs[v]) & set(vecs[ref]))
         if not common:
@@ -368,7 +385,7 @@ def agreement(variants: list[str], work: Path) -> dict:
         report[f"{v}~{ref}"] = {"common_ids": len(common), "ids_only_in_one":
                                 len(set(vecs[v]) ^ set(vecs[ref])),
                                 "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
-        if v in ("D", "E") and ref == "A":
+        if v in ("D", *APPROXIMATE) and ref in ("A", "C"):
             report[f"{v}~{ref}"]["top10_overlap"] = neighbour_overlap(a, b)
     return report
 
@@ -434,7 +451,7 @@ def print_summary(summary: dict, real: int) -> None:
             notes.append(f"{s['beam_batches']} Beam batches, median size "
                          f"{s['beam_batch_size_median']}")
         print(f"  {v}: " + "; ".join(notes))
-    for ours in ("A", "D", "E"):
+    for ours in ("A", "D", "E", "F"):
         for other in ("B", "C", "A"):
             if ours in summary and other in summary and ours != other:
                 a, o = summary[ours], summary[other]
@@ -457,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="max tokens per text for every variant (default: the model's)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="A,B,C,D,E",
-                    help="comma-separated subset of A,B,C,D,E")
+                    help="comma-separated subset of A,B,C,D,E,F")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="torch threads for every variant and the matmul roofline")
     ap.add_argument("--max-batch-tokens", type=int, default=8192, help="forwarded to A")
@@ -509,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(args.rounds):
         matmul.append(matmul_flops(args.threads))
+        if "F" in variants:
+            matmul[-1]["torch-bf16 (not in the fp32 roofline)"] = bf16_matmul_flops(args.threads)
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         gemm = ", ".join(f"{lib} {f / 1e9:.1f}" for lib, f in matmul[-1].items())
         print(f"round {r + 1}/{args.rounds}: fp32 matmul GFLOP/s {gemm}; "
@@ -520,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{len(texts) / res['seconds']:.1f} docs/s, CPU {res['cpu_seconds']:.1f} s, "
                   f"peak RSS {res['peak_rss_mib']:,.0f} MiB "
                   f"(load avg before {res['loadavg_1m_before']:.2f})", flush=True)
-    best_by_lib = {lib: max(m[lib] for m in matmul) for lib in matmul[0]}
+    best_by_lib = {lib: max(m[lib] for m in matmul) for lib in matmul[0] if "bf16" not in lib}
     peak_lib = max(best_by_lib, key=best_by_lib.get)
     peak = best_by_lib[peak_lib]
     roofline = peak / flops_per_token
@@ -531,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"roofline: fp32 matmul {peak / 1e9:.1f} GFLOP/s ({peak_lib}, best of {len(matmul)} "
           f"rounds; {libs}) / {flops_per_token / 1e6:.2f} MFLOP/token = {roofline:,.0f} real "
           "tokens/s")
-    for v in ("A", "D", "E"):
+    for v in ("A", "D", "E", "F"):
         if v in summary:
             print(f"{v} reaches {summary[v]['roofline_share']:.1%} of the roofline in real "
                   "tokens/s")

@@ -212,6 +212,8 @@ class EncoderSpec:
             "dim": self.dim,
             **{f"profile.{k}": v for k, v in self.profile.as_dict().items()},
             # torch and onnx compute the same function (cosine >= 0.99999, tested), so only
-            # the approximate int8 backend enters the signature (and older snapshots match)
+            # the approximate int8 backend enters the signature (and older snapshots match);
+            # nor does --dtype: bf16/fp16 vectors stay within cosine 0.999 of fp32 (tested;
+            # mean 0.9999), so a snapshot may mix them as it mixes CPU and GPU workers
             **({"backend": self.config.backend} if self.config.backend == "onnx-int8" else {}),
         }

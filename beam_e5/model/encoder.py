@@ -31,6 +31,7 @@ from beam_e5.model.chunking import (
     truncate_span,
 )
 from beam_e5.model.config import EncoderSpec
+from beam_e5.model.hardware import cpu_flags, native_bf16, precision_advice
 from beam_e5.model.loading import local_model_path
 from beam_e5.model.onnx_backend import describe_backend
 from beam_e5.model.pooling import l2_normalize, pool
@@ -227,8 +228,12 @@ class Encoder:
                 backend = "torch"
         if model is None:
             model = load_torch_model().eval().to(device)
+        dtype_name = str(dtype).removeprefix("torch.")
         LOG.info("beam-e5: %s on %s with %s", cfg.model, device,
-                 describe_backend(backend, cfg.backend))
+                 describe_backend(backend, cfg.backend, dtype_name))
+        advice = precision_advice(device.type, dtype_name, cfg.dtype, native_bf16(cpu_flags()))
+        if advice is not None:
+            getattr(LOG, advice[0])(advice[1])
         return cls(spec, tokenizer, model, device, dtype, backend)
 
     # -- tokenisation ----------------------------------------------------------------

@@ -84,9 +84,10 @@ def pick_backend(requested: str, device_type: str, model_type: Optional[str],
     return "torch"
 
 
-def describe_backend(backend: str, requested: str) -> str:
-    """What the log line that names the backend says: the runtime, and how it was chosen."""
-    runtime = {"torch": "PyTorch", "onnx": "ONNX Runtime, fp32",
+def describe_backend(backend: str, requested: str, dtype: str = "float32") -> str:
+    """What the log line that names the backend says: the runtime, its precision (``dtype``
+    is what torch computes in) and how it was chosen."""
+    runtime = {"torch": f"PyTorch, {dtype}", "onnx": "ONNX Runtime, fp32",
                "onnx-int8": "ONNX Runtime, int8 weights"}.get(backend, backend)
     if requested == "auto":
         how = ("default on CPU; --backend torch for PyTorch" if backend == "onnx"

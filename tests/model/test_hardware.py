@@ -1,0 +1,56 @@
+"""CPU feature detection and the precision advice it gives (hand-built /proc/cpuinfo files)."""
+
+import pytest
+
+from beam_e5.model.hardware import cpu_flags, native_bf16, precision_advice
+
+ZEN4 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni avx512_bf16
+processor\t: 1
+flags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni avx512_bf16
+"""
+SKYLAKE = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f avx512bw\n"
+GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\nCPU part\t: 0xd40\n"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "cpuinfo"
+    path.write_text(text)
+    return str(path)
+
+
+def test_cpu_flags_reads_x86_and_arm_files(tmp_path):
+    assert "avx512_bf16" in cpu_flags(write(tmp_path, ZEN4))
+    assert cpu_flags(write(tmp_path, SKYLAKE)) == {"fpu", "sse2", "avx2", "fma", "avx512f",
+                                                  "avx512bw"}
+    assert "bf16" in cpu_flags(write(tmp_path, GRAVITON3))
+    assert cpu_flags(str(tmp_path / "absent")) is None  # macOS, Windows: unknown
+    assert cpu_flags(write(tmp_path, "processor\t: 0\n")) is None
+
+
+@pytest.mark.parametrize("flags,native", [
+    (frozenset({"avx2", "avx512_bf16"}), True),
+    (frozenset({"amx_bf16", "amx_tile"}), True),
+    (frozenset({"asimd", "bf16"}), True),
+    (frozenset({"avx2", "avx512f", "avx512bw"}), False),  # emulated bf16 only
+    (None, None),
+])
+def test_native_bf16(flags, native):
+    assert native_bf16(flags) is native
+
+
+def test_precision_advice():
+    # bf16 asked on a CPU without bf16 instructions: warn, say what to do
+    level, message = precision_advice("cpu", "bfloat16", "bfloat16", False)
+    assert level == "warning" and "drop --dtype bfloat16" in message
+    # the fp32 default on a CPU with them: say what --dtype bfloat16 would give
+    level, message = precision_advice("cpu", "float32", "auto", True)
+    assert level == "info" and "--dtype bfloat16" in message and "0.99995" in message
+    # nothing to say: fp32 asked explicitly, bf16 where it is native, GPUs, unknown CPUs
+    assert precision_advice("cpu", "float32", "float32", True) is None
+    assert precision_advice("cpu", "bfloat16", "bfloat16", True) is None
+    assert precision_advice("cpu", "float32", "auto", False) is None
+    assert precision_advice("cuda", "bfloat16", "auto", False) is None
+    assert precision_advice("cpu", "bfloat16", "bfloat16", None) is None
