@@ -31,7 +31,13 @@ from beam_e5.model.chunking import (
     truncate_span,
 )
 from beam_e5.model.config import EncoderSpec
-from beam_e5.model.hardware import cpu_flags, native_bf16, precision_advice
+from beam_e5.model.hardware import (
+    bound_onednn_cache,
+    cpu_flags,
+    native_bf16,
+    precision_advice,
+    release_free_memory,
+)
 from beam_e5.model.loading import local_model_path
 from beam_e5.model.onnx_backend import describe_backend
 from beam_e5.model.pooling import l2_normalize, pool
@@ -227,6 +233,8 @@ class Encoder:
                             cfg.model, type(e).__name__, e)
                 backend = "torch"
         if model is None:
+            if device.type == "cpu" and dtype == torch.bfloat16:
+                bound_onednn_cache()
             model = load_torch_model().eval().to(device)
         dtype_name = str(dtype).removeprefix("torch.")
         LOG.info("beam-e5: %s on %s with %s", cfg.model, device,
@@ -368,6 +376,8 @@ class Encoder:
                                             BATCH_OVERHEAD_TOKENS.get(self.device.type, 32))
             self._inference_thread.submit(self._run_plan, batch_plan, windows, lengths, out,
                                           stats, on_progress).result()
+            if self.device.type == "cpu":
+                release_free_memory()
             stats.micro_batches = len(batch_plan) + stats.oom_splits
         chunks: list[list[ChunkVector]] = [[] for _ in plans]
         for w, (d, span) in enumerate(owner):

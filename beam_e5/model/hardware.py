@@ -7,13 +7,26 @@ later) PyTorch's bf16 matmul runs at over twice the fp32 rate, so ``--dtype bflo
 (``bench/bench_bf16.py``, ``bench/bench_embed.py`` variant F). Elsewhere bf16 is emulated and
 slower than fp32. The default stays fp32, so a corpus gets the same vectors on every machine;
 the log says when bf16 would pay.
+
+Also here: what keeps a CPU worker's memory flat over a long job (a bounded oneDNN cache for
+bf16, free heap pages handed back after each batch).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import os
 from typing import Optional
 
-__all__ = ["BF16_FLAGS", "cpu_flags", "native_bf16", "precision_advice"]
+__all__ = ["BF16_FLAGS", "ONEDNN_CACHE_CAPACITY", "bound_onednn_cache", "cpu_flags",
+           "native_bf16", "precision_advice", "release_free_memory"]
+
+# oneDNN (PyTorch's bf16 matmul on CPU) caches one primitive per input shape, 1,024 by
+# default; micro-batches come in hundreds of shapes, so that cache alone grew a worker by
+# about 0.6 GB. 128 entries kept the speed (bench figures in docs/benchmarks.md).
+ONEDNN_CACHE_CAPACITY = 128
 
 # /proc/cpuinfo flags that mean bf16 dot products in hardware
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
@@ -58,3 +71,29 @@ def precision_advice(device: str, dtype: str, requested_dtype: str,
                 "vectors on all-MiniLM-L6-v2, see docs/benchmarks.md). float32 stays the "
                 "default so that every machine gives the same vectors")
     return None
+
+
+def bound_onednn_cache(environ=os.environ) -> None:
+    """Cap oneDNN's primitive cache unless the user set it; effective if called before the
+    process's first oneDNN primitive (the encoder's first bf16 forward pass)."""
+    environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE_CAPACITY))
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+def release_free_memory() -> bool:
+    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``); False where the C
+    library has no such call. Micro-batches of ever-different shapes otherwise leave the heap
+    fragmented and the worker's resident memory creeping up batch after batch."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True

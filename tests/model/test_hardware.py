@@ -2,7 +2,16 @@
 
 import pytest
 
-from beam_e5.model.hardware import cpu_flags, native_bf16, precision_advice
+import sys
+
+from beam_e5.model.hardware import (
+    ONEDNN_CACHE_CAPACITY,
+    bound_onednn_cache,
+    cpu_flags,
+    native_bf16,
+    precision_advice,
+    release_free_memory,
+)
 
 ZEN4 = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -54,3 +63,22 @@ def test_precision_advice():
     assert precision_advice("cpu", "float32", "auto", False) is None
     assert precision_advice("cuda", "bfloat16", "auto", False) is None
     assert precision_advice("cpu", "bfloat16", "bfloat16", None) is None
+
+
+def test_onednn_cache_is_bounded_unless_the_user_set_it():
+    environ = {}
+    bound_onednn_cache(environ)
+    assert environ == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(ONEDNN_CACHE_CAPACITY)}
+    mine = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "4096"}
+    bound_onednn_cache(mine)
+    assert mine == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "4096"}
+
+
+def test_release_free_memory_trims_the_glibc_heap():
+    released = release_free_memory()
+    assert isinstance(released, bool)
+    if sys.platform.startswith("linux"):
+        import platform
+
+        if platform.libc_ver()[0] == "glibc":
+            assert released  # malloc_trim found and called
