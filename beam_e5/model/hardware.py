@@ -3,7 +3,7 @@
 On CPUs with bf16 dot-product instructions (x86 ``avx512_bf16`` or ``amx_bf16``: Intel
 Cooper Lake, Sapphire Rapids and later, AMD Zen 4 and later; Arm ``bf16``: Graviton 3 and
 later) PyTorch's bf16 matmul runs at over twice the fp32 rate, so ``--dtype bfloat16`` embeds
-1.3-1.7x faster than the fp32 default at a mean cosine of 0.99995 to the fp32 vectors
+1.25-1.95x faster than the fp32 default (more for larger models) at a mean cosine of 0.99995 to the fp32 vectors
 (``bench/bench_bf16.py``, ``bench/bench_embed.py`` variant F). Elsewhere bf16 is emulated and
 slower than fp32. The default stays fp32, so a corpus gets the same vectors on every machine;
 the log says when bf16 would pay.
@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+from collections.abc import MutableMapping
 from typing import Optional
 
 __all__ = ["BF16_FLAGS", "ONEDNN_CACHE_CAPACITY", "bound_onednn_cache", "cpu_flags",
@@ -67,13 +68,13 @@ def precision_advice(device: str, dtype: str, requested_dtype: str,
                 "float32 default; drop --dtype bfloat16 here")
     if dtype == "float32" and requested_dtype == "auto" and native:
         return ("info", "beam-e5: this CPU computes bf16 natively: --dtype bfloat16 embeds "
-                "about 1.3-1.7x faster (PyTorch bf16; mean cosine 0.99995 to these float32 "
+                "about 1.3-1.9x faster (PyTorch bf16; mean cosine 0.99995 to these float32 "
                 "vectors on all-MiniLM-L6-v2, see docs/benchmarks.md). float32 stays the "
                 "default so that every machine gives the same vectors")
     return None
 
 
-def bound_onednn_cache(environ=os.environ) -> None:
+def bound_onednn_cache(environ: MutableMapping[str, str] = os.environ) -> None:
     """Cap oneDNN's primitive cache unless the user set it; effective if called before the
     process's first oneDNN primitive (the encoder's first bf16 forward pass)."""
     environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE_CAPACITY))

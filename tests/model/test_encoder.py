@@ -216,7 +216,8 @@ def test_bf16_on_cpu_stays_close_to_fp32_and_the_log_says_so(minilm_dir, minilm_
     monkeypatch.setattr(encoder_module, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     texts = mixed_length_texts(200)
     ref, _ = minilm_encoder.encode(texts)
-    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "")  # restored (unset) afterwards
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
     bf16 = Encoder.load(EncoderConfig(minilm_dir, device="cpu", dtype="bfloat16").resolve())
     assert bf16.backend == "torch" and bf16.dtype == torch.bfloat16
     # oneDNN's per-shape cache is bounded before the first bf16 pass (memory stays flat)
