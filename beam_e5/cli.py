@@ -58,7 +58,7 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", choices=DEVICES, default="auto")
     g.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="auto: float32 on CPU, bfloat16/float16 on CUDA; bfloat16 on a CPU "
-                        "with bf16 instructions is 1.3-1.9x faster (the log says if yours has "
+                        "with bf16 instructions is 1.25-1.95x faster (the log says if yours has "
                         "them)")
     g.add_argument("--max-batch-tokens", type=int, default=8192,
                    help="padded-token budget of one forward pass")

@@ -11,8 +11,8 @@ job: every batch brings micro-batches of new shapes. Prints the process's reside
 ``--no-trim`` skips the encoder's own ``release_free_memory`` (glibc ``malloc_trim``) after
 each batch, to show what it saves; ``--ab-trim`` prices it instead: two batches with the
 trim on, the same two with it off, and so on; the second batch of each pair is timed, on
-against off (the first meets the other state's heap); ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` set in the environment
-overrides the encoder's bound on oneDNN's cache (bf16 on CPU).
+against off (the first meets the other state's heap); ``ONEDNN_PRIMITIVE_CACHE_CAPACITY``
+set in the environment overrides the encoder's bound on oneDNN's cache (bf16 on CPU).
 """
 
 from __future__ import annotations

@@ -239,9 +239,11 @@ class Encoder:
         dtype_name = str(dtype).removeprefix("torch.")
         LOG.info("beam-e5: %s on %s with %s", cfg.model, device,
                  describe_backend(backend, cfg.backend, dtype_name))
-        advice = precision_advice(device.type, dtype_name, cfg.dtype, native_bf16(cpu_flags()))
-        if advice is not None:
-            getattr(LOG, advice[0])(advice[1])
+        if device.type == "cpu":
+            advice = precision_advice(device.type, dtype_name, cfg.dtype, cfg.backend,
+                                      native_bf16(cpu_flags()))
+            if advice is not None:
+                LOG.log(*advice)
         return cls(spec, tokenizer, model, device, dtype, backend)
 
     # -- tokenisation ----------------------------------------------------------------
@@ -376,8 +378,6 @@ class Encoder:
                                             BATCH_OVERHEAD_TOKENS.get(self.device.type, 32))
             self._inference_thread.submit(self._run_plan, batch_plan, windows, lengths, out,
                                           stats, on_progress).result()
-            if self.device.type == "cpu":
-                release_free_memory()
             stats.micro_batches = len(batch_plan) + stats.oom_splits
         chunks: list[list[ChunkVector]] = [[] for _ in plans]
         for w, (d, span) in enumerate(owner):
@@ -416,6 +416,10 @@ class Encoder:
                 on_progress(len(rows), sum(lengths[i] for i in rows))
         for rows, vecs in pending:
             out[rows] = vecs.cpu().numpy()
+        if self.device.type == "cpu":
+            # here, between forward passes, not on a caller's thread while another caller's
+            # batch runs: the heap's free pages go back to the OS once per Beam batch
+            release_free_memory()
 
     def _forward(self, ids: list[list[int]], stats: EncodeStats) -> torch.Tensor:
         input_ids, mask = pad_batch(ids, self.pad_id, self.left_padding)

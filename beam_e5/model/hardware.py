@@ -2,9 +2,10 @@
 
 On CPUs with bf16 dot-product instructions (x86 ``avx512_bf16`` or ``amx_bf16``: Intel
 Cooper Lake, Sapphire Rapids and later, AMD Zen 4 and later; Arm ``bf16``: Graviton 3 and
-later) PyTorch's bf16 matmul runs at over twice the fp32 rate, so ``--dtype bfloat16`` embeds
-1.25-1.95x faster than the fp32 default (more for larger models) at a mean cosine of 0.99995 to the fp32 vectors
-(``bench/bench_bf16.py``, ``bench/bench_embed.py`` variant F). Elsewhere bf16 is emulated and
+later) PyTorch's bf16 matmul can run at over twice the fp32 rate. Measured on AMD Zen 4
+(``bench/bench_bf16.py``, ``bench/bench_embed.py`` variant F), ``--dtype bfloat16`` embeds
+1.25-1.95x faster than the fp32 default (more for larger models) at a mean cosine of 0.99995
+to the fp32 vectors; Intel AMX and Arm were not measured. Elsewhere bf16 is emulated and
 slower than fp32. The default stays fp32, so a corpus gets the same vectors on every machine;
 the log says when bf16 would pay.
 
@@ -15,8 +16,8 @@ bf16, free heap pages handed back after each batch).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
+import logging
 import os
 from collections.abc import MutableMapping
 from typing import Optional
@@ -53,39 +54,43 @@ def native_bf16(flags: Optional[frozenset[str]]) -> Optional[bool]:
     return not flags.isdisjoint(BF16_FLAGS)
 
 
-def precision_advice(device: str, dtype: str, requested_dtype: str,
-                     native: Optional[bool]) -> Optional[tuple[str, str]]:
-    """``(level, message)`` to log about the CPU precision, or None.
+def precision_advice(device: str, dtype: str, requested_dtype: str, requested_backend: str,
+                     native: Optional[bool]) -> Optional[tuple[int, str]]:
+    """``(logging level, message)`` to log about the CPU precision, or None.
 
-    ``dtype`` is what runs (``float32``, ``bfloat16``); ``requested_dtype`` what the user
-    asked for (``auto`` included); ``native`` from :func:`native_bf16`.
+    ``dtype`` is what runs (``float32``, ``bfloat16``); ``requested_dtype`` and
+    ``requested_backend`` what the user asked for (``auto`` included); ``native`` from
+    :func:`native_bf16`. An explicit ONNX backend gets no bf16 advice: it computes in fp32
+    (``onnx``) or int8 (``onnx-int8``, faster than bf16) and cannot take ``--dtype``.
     """
     if device != "cpu" or native is None:
         return None
     if dtype == "bfloat16" and not native:
-        return ("warning", "beam-e5: this CPU has no bf16 instructions (avx512_bf16, amx_bf16 "
-                "or Arm bf16), so --dtype bfloat16 is emulated and usually slower than the "
-                "float32 default; drop --dtype bfloat16 here")
-    if dtype == "float32" and requested_dtype == "auto" and native:
-        return ("info", "beam-e5: this CPU computes bf16 natively: --dtype bfloat16 embeds "
-                "about 1.3-1.9x faster (PyTorch bf16; mean cosine 0.99995 to these float32 "
-                "vectors on all-MiniLM-L6-v2, see docs/benchmarks.md). float32 stays the "
-                "default so that every machine gives the same vectors")
+        return (logging.WARNING, "beam-e5: this CPU has no bf16 instructions (avx512_bf16, "
+                "amx_bf16 or Arm bf16), so --dtype bfloat16 is emulated and usually slower "
+                "than the float32 default; drop --dtype bfloat16 here")
+    if (dtype == "float32" and requested_dtype == "auto" and native
+            and requested_backend in ("auto", "torch")):
+        return (logging.INFO, "beam-e5: this CPU computes bf16 natively: --dtype bfloat16 "
+                "embeds about 1.25-1.95x faster (PyTorch bf16; mean cosine 0.99995 to these "
+                "float32 vectors on all-MiniLM-L6-v2, see docs/benchmarks.md). float32 stays "
+                "the default so that every machine gives the same vectors")
     return None
 
 
 def bound_onednn_cache(environ: MutableMapping[str, str] = os.environ) -> None:
-    """Cap oneDNN's primitive cache unless the user set it; effective if called before the
-    process's first oneDNN primitive (the encoder's first bf16 forward pass)."""
-    environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE_CAPACITY))
+    """Cap oneDNN's primitive cache unless the user set it (either of oneDNN's names);
+    effective if called before the process's first oneDNN primitive (the encoder's first
+    bf16 forward pass), and called at model load, before the worker's threads use it."""
+    if not {"ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY"} & set(environ):
+        environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(ONEDNN_CACHE_CAPACITY)
 
 
 @functools.lru_cache(maxsize=1)
 def _malloc_trim():
-    name = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    except OSError:
+    try:  # the process's own symbols: the C library it runs on, found without ldconfig
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):  # TypeError: Windows has no CDLL(None)
         return None
 
 

@@ -243,9 +243,12 @@ def test_fp32_default_on_a_bf16_cpu_names_the_faster_flag(minilm_dir, caplog,  #
 
     caplog.set_level("INFO", logger="beam_e5")
     monkeypatch.setattr(encoder_module, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "")  # restored (unset) afterwards
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
     enc = Encoder.load(EncoderConfig(minilm_dir, backend="torch", device="cpu").resolve())
     assert enc.dtype == torch.float32 and "(PyTorch, float32; --backend torch)" in caplog.text
     assert "this CPU computes bf16 natively: --dtype bfloat16" in caplog.text
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ  # fp32 leaves oneDNN alone
     caplog.clear()
     Encoder.load(EncoderConfig(minilm_dir, backend="torch", device="cpu",
                                dtype="float32").resolve())

@@ -1,8 +1,9 @@
 """CPU feature detection and the precision advice it gives (hand-built /proc/cpuinfo files)."""
 
-import pytest
-
+import logging
 import sys
+
+import pytest
 
 from beam_e5.model.hardware import (
     ONEDNN_CACHE_CAPACITY,
@@ -52,17 +53,21 @@ def test_native_bf16(flags, native):
 
 def test_precision_advice():
     # bf16 asked on a CPU without bf16 instructions: warn, say what to do
-    level, message = precision_advice("cpu", "bfloat16", "bfloat16", False)
-    assert level == "warning" and "drop --dtype bfloat16" in message
+    level, message = precision_advice("cpu", "bfloat16", "bfloat16", "auto", False)
+    assert level == logging.WARNING and "drop --dtype bfloat16" in message
     # the fp32 default on a CPU with them: say what --dtype bfloat16 would give
-    level, message = precision_advice("cpu", "float32", "auto", True)
-    assert level == "info" and "--dtype bfloat16" in message and "0.99995" in message
-    # nothing to say: fp32 asked explicitly, bf16 where it is native, GPUs, unknown CPUs
-    assert precision_advice("cpu", "float32", "float32", True) is None
-    assert precision_advice("cpu", "bfloat16", "bfloat16", True) is None
-    assert precision_advice("cpu", "float32", "auto", False) is None
-    assert precision_advice("cuda", "bfloat16", "auto", False) is None
-    assert precision_advice("cpu", "bfloat16", "bfloat16", None) is None
+    for backend in ("auto", "torch"):
+        level, message = precision_advice("cpu", "float32", "auto", backend, True)
+        assert level == logging.INFO and "--dtype bfloat16" in message and "0.99995" in message
+    # nothing to say: fp32 asked explicitly, bf16 where it is native, GPUs, unknown CPUs,
+    # and explicit ONNX backends (they cannot take --dtype; int8 is faster than bf16)
+    assert precision_advice("cpu", "float32", "float32", "auto", True) is None
+    assert precision_advice("cpu", "bfloat16", "bfloat16", "auto", True) is None
+    assert precision_advice("cpu", "float32", "auto", "auto", False) is None
+    assert precision_advice("cuda", "bfloat16", "auto", "auto", False) is None
+    assert precision_advice("cpu", "bfloat16", "bfloat16", "auto", None) is None
+    assert precision_advice("cpu", "float32", "auto", "onnx", True) is None
+    assert precision_advice("cpu", "float32", "auto", "onnx-int8", True) is None
 
 
 def test_onednn_cache_is_bounded_unless_the_user_set_it():
@@ -72,9 +77,12 @@ def test_onednn_cache_is_bounded_unless_the_user_set_it():
     mine = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "4096"}
     bound_onednn_cache(mine)
     assert mine == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "4096"}
+    legacy = {"DNNL_PRIMITIVE_CACHE_CAPACITY": "64"}  # oneDNN's older name counts too
+    bound_onednn_cache(legacy)
+    assert legacy == {"DNNL_PRIMITIVE_CACHE_CAPACITY": "64"}
 
 
-def test_release_free_memory_trims_the_glibc_heap():
+def test_release_free_memory_calls_malloc_trim_on_glibc():
     released = release_free_memory()
     assert isinstance(released, bool)
     if sys.platform.startswith("linux"):
