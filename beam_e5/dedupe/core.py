@@ -328,10 +328,17 @@ def _assign(
     ranked = np.argsort(-sims, kind="stable")
     home = int(ranked[0])
     near = int(np.count_nonzero(sims >= sims[home] - margin))  # a prefix of ``ranked``
+    count = _probe_count(near, probes, max_probes)
+    return home, sorted(int(c) for c in ranked[1:count]), sims
+
+
+def _probe_count(near: int, probes: int, max_probes: int | None) -> int:
+    """Cells a vector is compared in, home included: ``probes``, or the ``near`` cells
+    within the margin if more, at most ``max_probes`` (never fewer than ``probes``)."""
     count = max(probes, near)
     if max_probes is not None:
         count = min(count, max(max_probes, probes))
-    return home, sorted(int(c) for c in ranked[1:count]), sims
+    return count
 
 
 Cell = tuple[int, int]  # (coarse cell, fine cell); fine cell 0 when the coarse is undivided
@@ -395,10 +402,8 @@ def fine_probes(
         count = probes
     else:
         best = -ranked[0][0]
-        near = sum(1 for c in others if -c[0] >= best - margin)
-        count = max(probes - 1, near)
-        if max_probes is not None:
-            count = min(count, max(max_probes, probes) - 1)
+        near = 1 + sum(1 for c in others if -c[0] >= best - margin)  # home included
+        count = _probe_count(near, probes, max_probes) - 1
     return (home[1], home[2]), sorted((c[1], c[2]) for c in others[:count])
 
 

@@ -239,11 +239,10 @@ class Encoder:
         dtype_name = str(dtype).removeprefix("torch.")
         LOG.info("beam-e5: %s on %s with %s", cfg.model, device,
                  describe_backend(backend, cfg.backend, dtype_name))
-        if device.type == "cpu":
-            advice = precision_advice(device.type, dtype_name, cfg.dtype, cfg.backend,
-                                      native_bf16(cpu_flags()))
-            if advice is not None:
-                LOG.log(*advice)
+        advice = precision_advice(device.type, dtype_name, cfg.dtype, cfg.backend,
+                                  native_bf16(cpu_flags()))
+        if advice is not None:
+            LOG.log(*advice)
         return cls(spec, tokenizer, model, device, dtype, backend)
 
     # -- tokenisation ----------------------------------------------------------------
