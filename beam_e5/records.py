@@ -69,3 +69,5 @@ class DuplicateRecord(TypedDict):
 
 MAX_RAW_RECORD_CHARS = 10_000
 FILE_SCOPE = "file"  # ErrorRecord.scope of an error about a whole input file
+# The namespace of every Beam metric beam-e5 reports (Dataflow's UI groups counters by it).
+METRICS_NAMESPACE = "beam_e5"
