@@ -10,20 +10,31 @@ with status 2 before any pipeline starts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from beam_e5.errors import ConfigError, RunFailed
-from beam_e5.io.outputs import OutputConfig
 from beam_e5.io.pg_uri import is_pg_uri
+from beam_e5.io.rundir import OutputConfig
 from beam_e5.io.sinks import VECTOR_DTYPES
+from beam_e5.io.snapshots import DEFAULT_MIN_RATIO
 from beam_e5.model.config import DEVICES, DTYPES, EncoderConfig
 from beam_e5.model.onnx_backend import BACKENDS
 from beam_e5.model.profiles import FAMILIES, POOLINGS, ROLES, ProfileOverrides
 
 LOG = logging.getLogger("beam_e5")
-INPUT_FORMATS = ("auto", "jsonl", "parquet", "csv", "tsv", "text")
+
+
+def default_of(config: type, name: str) -> Any:
+    """The default of a config dataclass's field: the one place each default is written."""
+    for f in dataclasses.fields(config):
+        if f.name == name:
+            if f.default is dataclasses.MISSING:
+                raise TypeError(f"{config.__name__}.{name} has no plain default")
+            return f.default
+    raise TypeError(f"{config.__name__} has no field {name}")
 
 
 def _bool(value: str) -> bool:
@@ -44,7 +55,7 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", required=True,
                    help="Hugging Face name (intfloat/e5-small-v2), local directory or gs:// dir")
     g.add_argument("--revision", help="Hub revision (branch, tag or commit) to pin")
-    g.add_argument("--role", choices=ROLES, default="passage",
+    g.add_argument("--role", choices=ROLES, default=default_of(EncoderConfig, "role"),
                    help="'passage' for corpus documents, 'query' for queries and symmetric "
                         "tasks (E5 prefixes differ)")
     g.add_argument("--profile", choices=list(FAMILIES),
@@ -54,26 +65,34 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--passage-prefix", help="override the profile's passage prefix")
     g.add_argument("--instruction", help="task description for E5 instruct query prefixes")
     g.add_argument("--pooling", choices=POOLINGS, help="override the profile's pooling")
-    g.add_argument("--max-length", type=int, help="max tokens per text (longer are truncated)")
-    g.add_argument("--device", choices=DEVICES, default="auto")
-    g.add_argument("--dtype", choices=DTYPES, default="auto",
+    g.add_argument("--max-length", type=int,
+                   help="the model's window in tokens (default: the profile's); what happens "
+                        "to longer texts is --long-text's choice")
+    g.add_argument("--device", choices=DEVICES, default=default_of(EncoderConfig, "device"))
+    g.add_argument("--dtype", choices=DTYPES, default=default_of(EncoderConfig, "dtype"),
                    help="auto: float32 on CPU, bfloat16/float16 on CUDA; bfloat16 on a CPU "
-                        "with bf16 instructions is 1.25-1.95x faster (the log says if yours has "
-                        "them)")
-    g.add_argument("--max-batch-tokens", type=int, default=8192,
-                   help="padded-token budget of one forward pass")
-    g.add_argument("--max-batch-size", type=int, default=256, help="max texts per forward pass")
-    g.add_argument("--beam-batch-size", type=int, default=512,
-                   help="texts per Beam batch (sorted by length inside)")
-    g.add_argument("--torch-threads", type=int, default=0,
-                   help="CPU threads for inference (torch or ONNX Runtime); 0: one per core")
-    g.add_argument("--backend", choices=BACKENDS, default="auto",
+                        "with bf16 instructions is faster and near-exact (the log says if "
+                        "yours has them)")
+    g.add_argument("--max-batch-tokens", type=int,
+                   default=default_of(EncoderConfig, "max_batch_tokens"),
+                   help="padded-token budget of one forward pass (default %(default)s)")
+    g.add_argument("--max-batch-size", type=int,
+                   default=default_of(EncoderConfig, "max_batch_size"),
+                   help="max texts per forward pass (default %(default)s)")
+    g.add_argument("--beam-batch-size", type=int,
+                   default=default_of(EncoderConfig, "beam_batch_size"),
+                   help="texts per Beam batch, sorted by length inside (default %(default)s)")
+    g.add_argument("--torch-threads", type=int,
+                   default=default_of(EncoderConfig, "torch_threads"),
+                   help="CPU threads for inference, torch's or ONNX Runtime's; 0: one per core")
+    g.add_argument("--backend", choices=BACKENDS, default=default_of(EncoderConfig, "backend"),
                    help="auto (default): onnx on CPU for encoder models (ONNX Runtime comes "
                         "with every install), torch on GPUs and for decoder models; torch "
                         "(CPU or CUDA); onnx: ONNX Runtime fp32 on CPU, same vectors, faster; "
                         "onnx-int8: int8 weights, fastest, approximate (see docs/benchmarks.md)")
     g.add_argument("--model-cache-dir", default=None,
-                   help="where gs:// models are staged on workers")
+                   help="where gs:// models are staged on workers (default "
+                        f"{default_of(EncoderConfig, 'model_cache_dir')})")
     add_flag(g, "--trust-remote-code", "allow model code from the Hub (off by default)")
     add_flag(g, "--allow-pickle-weights",
              "allow .bin/.pt weights (pickle; off by default: safetensors only)")
@@ -97,9 +116,12 @@ def encoder_config(args: argparse.Namespace) -> EncoderConfig:
 def add_reader_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("input")
     g.add_argument("--input", required=True, help="file, glob or gs:// pattern (comma-separated)")
-    g.add_argument("--input-format", choices=INPUT_FORMATS, default="auto")
-    g.add_argument("--id-field", default="id")
-    g.add_argument("--text-field", default="text")
+    from beam_e5.io.readers import FORMATS, ReaderConfig
+
+    g.add_argument("--input-format", choices=FORMATS,
+                   default=default_of(ReaderConfig, "input_format"))
+    g.add_argument("--id-field", default=default_of(ReaderConfig, "id_field"))
+    g.add_argument("--text-field", default=default_of(ReaderConfig, "text_field"))
     g.add_argument("--title-field", default=None,
                    help="prepended to the text as 'title text' (BEIR corpora)")
     g.add_argument("--keep-fields", default="",
@@ -120,15 +142,17 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--output", required=True,
                    help="directory (local or gs://), or (embed, reembed) a postgresql:// URI "
                         "with ?table=NAME")
-    g.add_argument("--vector-dtype", choices=tuple(VECTOR_DTYPES), default="float32")
+    g.add_argument("--vector-dtype", choices=tuple(VECTOR_DTYPES),
+                   default=default_of(OutputConfig, "vector_dtype"))
     add_flag(g, "--overwrite", "replace a previous run in --output")
 
 
 def add_long_text_args(parser: argparse.ArgumentParser) -> None:
-    from beam_e5.model.chunking import LONG_TEXT_MODES
+    from beam_e5.model.chunking import LONG_TEXT_MODES, LongTextConfig
 
     g = parser.add_argument_group("long documents")
-    g.add_argument("--long-text", choices=LONG_TEXT_MODES, default="chunk",
+    g.add_argument("--long-text", choices=LONG_TEXT_MODES,
+                   default=default_of(LongTextConfig, "mode"),
                    help="a document longer than the model's window: chunk (default: embed all "
                         "of it in overlapping windows, plus a document vector), truncate (the "
                         "first window only; rows say how many tokens were cut) or fail (to "
@@ -145,58 +169,89 @@ def long_text_config(args: argparse.Namespace):
     return LongTextConfig(args.long_text, args.chunk_tokens, args.chunk_overlap)
 
 
-PG_DEFAULTS = {"index": "hnsw", "hnsw_m": 16, "hnsw_ef_construction": 64, "ivfflat_lists": 0,
-               "pg_batch_rows": 2048}
-
-
 def add_pg_args(parser: argparse.ArgumentParser) -> None:
+    from beam_e5.io.pgvector import INDEX_KINDS, PgSinkConfig
+
+    def default(name: str) -> Any:
+        return default_of(PgSinkConfig, name)
+
     g = parser.add_argument_group(
         "PostgreSQL/pgvector output (--output 'postgresql://USER@HOST:PORT/DB?table=NAME')")
     g.add_argument("--report-dir", default=None,
                    help="with a postgresql:// --output: directory (local or gs://) for the "
                         "manifest, errors, duplicates and deleted ids")
-    g.add_argument("--index", choices=("hnsw", "ivfflat", "none"), default=None,
-                   help="vector index built after the load, cosine ops (default hnsw)")
-    g.add_argument("--hnsw-m", type=int, default=None, help="HNSW m (default 16)")
+    g.add_argument("--index", choices=INDEX_KINDS, default=None,
+                   help=f"vector index built after the load, cosine ops (default "
+                        f"{default('index')})")
+    g.add_argument("--hnsw-m", type=int, default=None,
+                   help=f"HNSW m (default {default('hnsw_m')})")
     g.add_argument("--hnsw-ef-construction", type=int, default=None,
-                   help="HNSW ef_construction (default 64)")
+                   help=f"HNSW ef_construction (default {default('hnsw_ef_construction')})")
     g.add_argument("--ivfflat-lists", type=int, default=None,
                    help="IVFFlat lists (default: rows/1000, sqrt(rows) above 1M rows)")
     add_flag(g, "--store-text", "store the embedded text in a 'text' column")
     g.add_argument("--pg-batch-rows", type=int, default=None,
-                   help="rows per binary COPY from a worker (default 2048)")
+                   help=f"rows per binary COPY from a worker (default {default('batch_rows')})")
     g.add_argument("--pg-maintenance-work-mem", default=None,
                    help="maintenance_work_mem for the index build, e.g. 2GB (default: the "
                         "server's)")
 
 
-def pg_config(args: argparse.Namespace):
-    """The pgvector sink's config for a postgresql:// --output, else None (and no pg option)."""
-    given = {name: getattr(args, name) for name in
-             ("report_dir", "index", "hnsw_m", "hnsw_ef_construction", "ivfflat_lists",
-              "pg_batch_rows", "pg_maintenance_work_mem")}
-    if not is_pg_uri(args.output):
-        extra = [n for n, v in given.items() if v is not None] + (
-            ["store_text"] if args.store_text else [])
-        if extra:
-            raise ConfigError(f"--{extra[0].replace('_', '-')} applies to a postgresql:// "
-                              "--output only")
-        return None
-    from beam_e5.io.pgvector import PgSinkConfig
+# the pg flags, by PgSinkConfig field; None (not given) keeps the field's default
+PG_FLAGS = {"report_dir": "report_dir", "index": "index", "hnsw_m": "hnsw_m",
+            "hnsw_ef_construction": "hnsw_ef_construction", "ivfflat_lists": "ivfflat_lists",
+            "pg_batch_rows": "batch_rows", "pg_maintenance_work_mem": "maintenance_work_mem"}
 
-    v = {k: (given[k] if given[k] is not None else PG_DEFAULTS.get(k)) for k in given}
-    return PgSinkConfig(args.output, v["report_dir"] or "", index=v["index"],
-                        hnsw_m=v["hnsw_m"], hnsw_ef_construction=v["hnsw_ef_construction"],
-                        ivfflat_lists=v["ivfflat_lists"], store_text=args.store_text,
-                        batch_rows=v["pg_batch_rows"],
-                        maintenance_work_mem=v["pg_maintenance_work_mem"])
+
+def _given_pg_flags(args: argparse.Namespace) -> dict[str, Any]:
+    given = {dest: getattr(args, dest) for dest in PG_FLAGS if getattr(args, dest) is not None}
+    if args.store_text:
+        given["store_text"] = True
+    return given
+
+
+def pg_output(args: argparse.Namespace):
+    """A postgresql:// --output: the pgvector table, with --report-dir as run directory."""
+    from beam_e5.io.pgvector import PgSinkConfig
+    from beam_e5.io.targets.pgvector import PgvectorOutput
+
+    if args.publish:
+        raise ConfigError("--publish moves a pointer file; with a postgresql:// --output the run "
+                          "publishes by swapping the table behind table=NAME: drop --publish")
+    given = _given_pg_flags(args)
+    fields = {PG_FLAGS.get(dest, dest): value for dest, value in given.items()}
+    sink = PgSinkConfig(args.output, fields.pop("report_dir", ""), **fields)
+    return PgvectorOutput(sink, args.vector_dtype, args.overwrite)
+
+
+def parquet_output(args: argparse.Namespace):
+    """A directory --output (local or gs://): Parquet snapshots, an optional --publish pointer."""
+    from beam_e5.io.targets.parquet import ParquetOutput
+
+    extra = list(_given_pg_flags(args))
+    if extra:
+        raise ConfigError(f"--{extra[0].replace('_', '-')} applies to a postgresql:// "
+                          "--output only")
+    return ParquetOutput(OutputConfig(args.output, args.vector_dtype, args.overwrite),
+                         args.publish)
+
+
+# Which output an --output names: the first whose test accepts it (a new store: one line).
+OUTPUT_KINDS = ((is_pg_uri, pg_output), (lambda output: True, parquet_output))
+
+
+def vector_output(args: argparse.Namespace):
+    return next(build for accepts, build in OUTPUT_KINDS if accepts(args.output))(args)
 
 
 def add_semantic_args(parser: argparse.ArgumentParser, flag: str) -> None:
     g = parser.add_argument_group("semantic dedupe")
     g.add_argument(flag, dest="threshold", type=float, default=None,
                    help="drop a document whose cosine to one with a smaller order key is >= T")
-    g.add_argument("--keep", choices=("id", "longest", "shortest"), default="id",
+    from beam_e5.dedupe.core import KEEP_CHOICES
+    from beam_e5.transforms.semantic_dedupe import SemanticDedupeConfig
+
+    g.add_argument("--keep", choices=KEEP_CHOICES, default=default_of(SemanticDedupeConfig, "keep"),
                    help="which document of a near-duplicate pair survives")
 
 
@@ -214,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
-            ("embed", "read a corpus, dedupe, embed, write Parquet vectors"),
+            ("embed", "read a corpus, dedupe, embed, write vectors (Parquet or PostgreSQL)"),
             ("reembed", "like embed, but carry unchanged vectors over from --previous")):
         embed = sub.add_parser(name, allow_abbrev=False, help=help_text)
         add_reader_args(embed)
@@ -230,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "with a postgresql:// --output, that same URI")
         embed.add_argument("--publish", default=None,
                            help="pointer file (local or gs://) set to --output after success")
-        embed.add_argument("--publish-min-ratio", type=float, default=0.5,
+        embed.add_argument("--publish-min-ratio", type=float, default=DEFAULT_MIN_RATIO,
                            help="refuse to publish a run with fewer documents than this "
                                 "fraction of the snapshot --publish names now (default 0.5; "
                                 "0 turns the guard off); an empty run is never published")
@@ -269,18 +324,16 @@ def setup_logging(verbose: bool) -> None:
 def run_embed_command(args: argparse.Namespace, beam_args: list[str]) -> int:
     from beam_e5.jobs.embed import EmbedJob, run_embed
 
-    pg = pg_config(args)
-    files = pg.report_dir if pg is not None else args.output
-    job = EmbedJob(reader=reader_config(args), encoder=encoder_config(args),
-                   output=OutputConfig(files, args.vector_dtype, args.overwrite),
+    output = vector_output(args)
+    job = EmbedJob(reader=reader_config(args), encoder=encoder_config(args), output=output,
                    exact_dedupe=not args.no_exact_dedupe, semantic=semantic_config(args),
-                   previous=getattr(args, "previous", None), publish=args.publish, pg=pg,
+                   previous=getattr(args, "previous", None),
                    publish_min_ratio=args.publish_min_ratio, long_text=long_text_config(args))
     summary = run_embed(job, beam_args)
     print(summary.render())
-    print(f"  output: {pg.target.redacted if pg is not None else args.output}")
-    if pg is not None:
-        print(f"  report: {pg.report_dir}")
+    print(f"  output: {output.label}")
+    if output.run_dir.output != output.label:
+        print(f"  report: {output.run_dir.output}")
     return 0
 
 

@@ -26,7 +26,7 @@ from model_fixtures import minilm_dir, tiny_models  # noqa: F401
 
 from beam_e5.cli import main
 from beam_e5.errors import ConfigError
-from beam_e5.io.outputs import RUN_MARKER, OutputConfig, claim_output
+from beam_e5.io.rundir import RUN_MARKER, OutputConfig, claim_output
 
 # ------------------------------------------------------------------------ helpers --
 

@@ -98,10 +98,6 @@ def duplicates_to_table(records: Sequence[dict]) -> pa.Table:
         schema=DUPLICATES_SCHEMA)
 
 
-def _join(output_dir: str, name: str) -> str:
-    return FileSystems.join(output_dir, name)
-
-
 class WriteVectors(beam.PTransform):
     """Embedded records -> ``OUTPUT/vectors-SSSSS-of-NNNNN.parquet``."""
 
@@ -116,7 +112,7 @@ class WriteVectors(beam.PTransform):
                 | "Batch" >> beam.BatchElements(min_batch_size=ARROW_BATCH_ROWS,
                                                 max_batch_size=ARROW_BATCH_ROWS)
                 | "ToArrow" >> beam.Map(vectors_to_table, schema)
-                | "Write" >> WriteToParquetBatched(_join(self._output_dir, "vectors"),
+                | "Write" >> WriteToParquetBatched(FileSystems.join(self._output_dir, "vectors"),
                                                    schema=schema, codec="zstd",
                                                    file_name_suffix=".parquet"))
 
@@ -133,7 +129,7 @@ class WriteDuplicates(beam.PTransform):
                 | "Batch" >> beam.BatchElements(min_batch_size=ARROW_BATCH_ROWS,
                                                 max_batch_size=ARROW_BATCH_ROWS)
                 | "ToArrow" >> beam.Map(duplicates_to_table)
-                | "Write" >> WriteToParquetBatched(_join(self._output_dir, "duplicates"),
+                | "Write" >> WriteToParquetBatched(FileSystems.join(self._output_dir, "duplicates"),
                                                    schema=DUPLICATES_SCHEMA, codec="zstd",
                                                    file_name_suffix=".parquet"))
 
@@ -158,7 +154,7 @@ class WriteErrors(beam.PTransform):
     def expand(self, pcoll):
         return (pcoll
                 | "ToJson" >> beam.Map(error_to_json)
-                | "Write" >> beam.io.WriteToText(_join(self._output_dir, "errors"),
+                | "Write" >> beam.io.WriteToText(FileSystems.join(self._output_dir, "errors"),
                                                  file_name_suffix=".jsonl"))
 
 

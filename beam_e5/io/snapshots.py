@@ -18,15 +18,17 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_e5.errors import ConfigError, RunFailed
-from beam_e5.io.outputs import MANIFEST, read_manifest
+from beam_e5.io.rundir import MANIFEST, read_manifest
 from beam_e5.io.sinks import table_to_records
 
 __all__ = ["PreviousSnapshot", "check_guards", "check_min_ratio", "check_not_live",
-           "check_pointer_location", "check_publishable", "load_previous", "publish",
+           "DEFAULT_MIN_RATIO", "check_pointer_location", "load_previous", "publish", "published_count",
            "read_pointer", "read_previous", "resolve_snapshot", "same_signature"]
 
 
 MAX_POINTER_BYTES = 4096
+# refuse to publish fewer documents than this fraction of the snapshot a run replaces
+DEFAULT_MIN_RATIO = 0.5
 
 
 def _local_abs(path: str) -> str:
@@ -97,19 +99,13 @@ def check_pointer_location(pointer: str, output: str) -> None:
         raise ConfigError(f"cannot write --publish {pointer} (no write permission on {parent})")
 
 
-def published_count(pointer: str) -> Optional[int]:
+def published_count(pointer: Optional[str]) -> Optional[int]:
     """``written`` of the snapshot a pointer names now (None if none or unknown)."""
-    target = read_pointer(pointer)
+    target = read_pointer(pointer) if pointer else None
     if not target or not FileSystems.exists(FileSystems.join(target, MANIFEST)):
         return None
     written = (read_manifest(target).get("counts") or {}).get("written")
     return written if isinstance(written, int) else None
-
-
-def check_publishable(pointer: str, written: int, min_ratio: float) -> None:
-    """Publish guards of a ``--publish`` pointer (see :func:`check_guards`)."""
-    check_guards(written, published_count(pointer), min_ratio,
-                 f"{pointer} keeps naming the snapshot it names now")
 
 
 def check_guards(written: int, before: Optional[int], min_ratio: float, kept: str) -> None:

@@ -28,14 +28,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_e5._version import __version__
 from beam_e5.errors import ConfigError
-from beam_e5.io.outputs import (
+from beam_e5.dedupe.explain import INSTALL_HINT
+from beam_e5.io.rundir import (
     OutputConfig,
-    prepare_output,
+    claim_output,
     read_counts,
     record_counts,
     write_manifest,
 )
-from beam_e5.dedupe.explain import INSTALL_HINT
 from beam_e5.io.sinks import (
     WriteDuplicates,
     WriteErrors,
@@ -43,6 +43,7 @@ from beam_e5.io.sinks import (
     read_vectors,
     table_to_records,
 )
+from beam_e5.jobs.counts import check_balance
 from beam_e5.jobs.summary import RunSummary
 from beam_e5.records import is_document_row
 from beam_e5.transforms.semantic_dedupe import SemanticDedupeConfig, dedupe_documents
@@ -110,14 +111,8 @@ def signature_from_metadata(metadata: Optional[dict]) -> dict[str, str]:
 
 def run_dedupe(job: DedupeJob, beam_args: list[str]) -> RunSummary:
     schema = vectors_input_schema(job.input)
-    claim = prepare_output(job.output)
-    try:
-        summary = _run_dedupe(job, schema, beam_args)
-    except BaseException:
-        claim.abandon()
-        raise
-    claim.release()
-    return summary
+    with claim_output(job.output):
+        return _run_dedupe(job, schema, beam_args)
 
 
 def _run_dedupe(job: DedupeJob, schema: pa.Schema, beam_args: list[str]) -> RunSummary:
@@ -145,11 +140,10 @@ def _run_dedupe(job: DedupeJob, schema: pa.Schema, beam_args: list[str]) -> RunS
                   job.output.output)
     p.run().wait_until_finish()
     raw = read_counts(job.output.output)
-    counts = {"read": raw["read"], "invalid": raw["invalid"], "exact_duplicates": 0,
-              "semantic_duplicates": raw["semantic_duplicates"], "embedded": 0,
-              "written": raw["written"], "chunk_rows": raw.get("chunk_rows", 0)}
-    if counts["read"] != counts["written"] + counts["semantic_duplicates"] + counts["invalid"]:
-        raise RuntimeError(f"counts do not balance: {counts}; this is a bug, please report it")
+    counts = check_balance({
+        "read": raw["read"], "invalid": raw["invalid"], "exact_duplicates": 0,
+        "semantic_duplicates": raw["semantic_duplicates"], "embedded": 0,
+        "written": raw["written"], "chunk_rows": raw.get("chunk_rows", 0)})
     summary = RunSummary(counts, time.time() - start)
     write_manifest(job.output.output, {
         "beam_e5_version": __version__, "command": "dedupe", "input": job.input,

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from beam_e5.errors import ConfigError
-from beam_e5.io.outputs import read_manifest
+from beam_e5.io.rundir import read_manifest
 from beam_e5.io.sinks import read_vectors
 from beam_e5.model.config import EncoderConfig
 from beam_e5.model.encoder import Encoder

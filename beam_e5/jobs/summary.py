@@ -7,7 +7,7 @@ from typing import Any
 
 from apache_beam.metrics.metric import MetricsFilter
 
-from beam_e5.transforms.handler import METRICS_NAMESPACE
+from beam_e5.records import METRICS_NAMESPACE
 
 SUMMED_METRICS = ("texts_embedded", "real_tokens", "padded_tokens", "micro_batches",
                   "truncated_texts", "oom_splits", "mostly_unknown_texts")

@@ -1,4 +1,9 @@
-"""The output directory: checks before a run, counts and manifest after it.
+"""The run directory: claimed before a run, counts and manifest written after it.
+
+Every run has one (the Parquet output directory itself, or ``--report-dir`` beside a
+database output): it holds ``manifest.json``, ``errors-*.jsonl``, ``duplicates-*.parquet``
+and ``deleted-*.jsonl``; :func:`claim_output` holds it for the length of a run
+(``with claim_output(cfg):``).
 
 A finished run is the set of files that ``manifest.json`` describes; the manifest is written
 last and atomically (a temporary name, then a rename), so a reader that sees a manifest sees
@@ -50,14 +55,10 @@ class OutputConfig:
                               f"got {self.vector_dtype!r}")
 
 
-def _join(*parts: str) -> str:
-    return FileSystems.join(*parts)
-
-
 def existing_outputs(output_dir: str) -> list[str]:
     """Paths in ``output_dir`` that a previous (complete or crashed) run left."""
-    patterns = ([_join(output_dir, MANIFEST), _join(output_dir, RUN_MARKER)]
-                + [_join(output_dir, p) for p in OUTPUT_PATTERNS])
+    patterns = ([FileSystems.join(output_dir, MANIFEST), FileSystems.join(output_dir, RUN_MARKER)]
+                + [FileSystems.join(output_dir, p) for p in OUTPUT_PATTERNS])
     found = []
     for result in FileSystems.match(patterns, limits=[10_000] * len(patterns)):
         found += [m.path for m in result.metadata_list]
@@ -71,12 +72,30 @@ class OutputClaim:
     """This run's hold on its output directory: the ``_RUNNING`` marker it created.
 
     ``release()`` after success removes the marker; ``abandon()`` after a failure removes the
-    run's partial files too, so the corrected rerun needs no ``--overwrite``.
+    run's partial files too, so the corrected rerun needs no ``--overwrite``. Once the run
+    is ``mark_complete()`` (its manifest written), a later failure only releases it.
     """
 
     def __init__(self, output_dir: str, marker: str) -> None:
         self.output_dir = output_dir
         self.marker = marker
+        self.complete = False
+
+    def mark_complete(self) -> None:
+        self.complete = True
+
+    def end(self, failed: bool) -> None:
+        """Release the directory, or abandon it when the run failed before it was complete."""
+        if failed and not self.complete:
+            self.abandon()
+        else:
+            self.release()
+
+    def __enter__(self) -> "OutputClaim":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.end(failed=exc_type is not None)
 
     def release(self) -> None:
         _delete_all([self.marker])
@@ -176,7 +195,7 @@ def claim_output(cfg: OutputConfig) -> OutputClaim:
     check_output_location(cfg.output)
     if "://" in cfg.output and not FileSystems.exists(cfg.output):
         FileSystems.mkdirs(cfg.output)
-    marker = _join(cfg.output, RUN_MARKER)
+    marker = FileSystems.join(cfg.output, RUN_MARKER)
     if not _create_exclusive(marker):
         owner = _marker_owner(marker)
         who = (f"pid {owner.get('pid')} on {owner.get('host')}, started {owner.get('started')}"
@@ -197,11 +216,6 @@ def claim_output(cfg: OutputConfig) -> OutputClaim:
         claim.release()
         raise
     return claim
-
-
-def prepare_output(cfg: OutputConfig) -> OutputClaim:
-    """Alias of :func:`claim_output` (the claim must be released when the run ends)."""
-    return claim_output(cfg)
 
 
 def _clear_previous_run(cfg: OutputConfig, marker: str) -> None:
@@ -229,7 +243,7 @@ def _delete_all(paths: list[str]) -> None:
 
 def read_counts(output_dir: str) -> dict[str, int]:
     """Merge the per-stream counts written by the pipeline, then remove them."""
-    pattern = _join(output_dir, COUNTS_DIR, "counts*")
+    pattern = FileSystems.join(output_dir, COUNTS_DIR, "counts*")
     paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
     counts: dict[str, int] = {}
     for path in paths:
@@ -238,8 +252,8 @@ def read_counts(output_dir: str) -> dict[str, int]:
                 if line.strip():
                     for k, v in json.loads(line).items():
                         counts[k] = counts.get(k, 0) + int(v)
-    FileSystems.delete([_join(output_dir, COUNTS_DIR)] if FileSystems.exists(
-        _join(output_dir, COUNTS_DIR)) else paths)
+    FileSystems.delete([FileSystems.join(output_dir, COUNTS_DIR)] if FileSystems.exists(
+        FileSystems.join(output_dir, COUNTS_DIR)) else paths)
     return counts
 
 
@@ -280,7 +294,7 @@ def record_problems(errors: Any, output_dir: str) -> None:
 
 def read_problems(output_dir: str) -> list[dict[str, str]]:
     """The whole-file errors recorded by :func:`record_problems` (call before read_counts)."""
-    pattern = _join(output_dir, COUNTS_DIR, "problems*")
+    pattern = FileSystems.join(output_dir, COUNTS_DIR, "problems*")
     problems = []
     paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
     for path in paths:
@@ -293,8 +307,8 @@ def read_problems(output_dir: str) -> list[dict[str, str]]:
 
 def write_manifest(output_dir: str, manifest: dict[str, Any]) -> str:
     """Write ``manifest.json`` atomically (temporary name, then rename)."""
-    final = _join(output_dir, MANIFEST)
-    tmp = _join(output_dir, MANIFEST + ".tmp")
+    final = FileSystems.join(output_dir, MANIFEST)
+    tmp = FileSystems.join(output_dir, MANIFEST + ".tmp")
     with FileSystems.create(tmp) as f:
         f.write(json.dumps(manifest, indent=2, sort_keys=True, default=str).encode("utf-8"))
     FileSystems.rename([tmp], [final])
@@ -302,7 +316,7 @@ def write_manifest(output_dir: str, manifest: dict[str, Any]) -> str:
 
 
 def read_manifest(output_dir: str) -> dict[str, Any]:
-    path = _join(output_dir, MANIFEST)
+    path = FileSystems.join(output_dir, MANIFEST)
     if not FileSystems.exists(path):
         raise ConfigError(f"{output_dir} has no {MANIFEST}: it is not a complete beam-e5 run")
     with FileSystems.open(path) as f:
