@@ -68,6 +68,18 @@ def _shape(value: object) -> str:
     return f"shape {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
 
 
+def check_rows(ids: Sequence[str], vectors: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Return ``(ids as a list, vectors checked by check_matrix)``, or raise ValueError
+    unless there is one unique id per row."""
+    vectors = check_matrix(vectors)
+    ids = list(ids)
+    if len(ids) != len(vectors):
+        raise ValueError(f"got {len(ids)} ids for {len(vectors)} vectors; pass one id per row")
+    if len(set(ids)) != len(ids):
+        raise ValueError("ids must be unique; run exact dedupe or fix the id field first")
+    return ids, vectors
+
+
 # --------------------------------------------------------------- order, hashing --
 
 
@@ -219,12 +231,7 @@ def brute_force_duplicates(
     """
     threshold = check_threshold(threshold)
     check_positive_int("block_size", block_size)
-    vectors = check_matrix(vectors)
-    ids = list(ids)
-    if len(ids) != len(vectors):
-        raise ValueError(f"got {len(ids)} ids for {len(vectors)} vectors; pass one id per row")
-    if len(set(ids)) != len(ids):
-        raise ValueError("ids must be unique; run exact dedupe or fix the id field first")
+    ids, vectors = check_rows(ids, vectors)
     keys = [(i,) for i in ids] if order_keys is None else list(order_keys)
     if len(keys) != len(ids):
         raise ValueError(f"got {len(keys)} order_keys for {len(ids)} ids")

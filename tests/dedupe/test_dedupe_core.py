@@ -15,10 +15,6 @@ from beam_e5.dedupe import core
 THRESHOLDS = (0.85, 0.90, 0.95)
 
 
-
-
-
-
 def planted_corpus(n_base: int, seed: int, clustered: bool, dim: int = 64):
     """Base vectors plus planted near-duplicates (0.86/0.91/0.96), chains, copies, ties."""
     rng = np.random.default_rng(seed)
@@ -222,6 +218,19 @@ def test_fit_centroids_deterministic_and_assign():
     assert floor == others  # the cap never cuts below ``probes``
     with pytest.raises(ValueError, match="same dimension"):
         core.assign_cells(vecs[0][:5], c1, probes=1, margin=0.0)
+
+
+def test_check_rows():
+    vecs = np.eye(2, dtype=np.float32)
+    ids, checked = core.check_rows(("a", "b"), vecs)
+    assert ids == ["a", "b"] and checked.dtype == np.float32 and checked.shape == (2, 2)
+    assert core.check_rows([], np.zeros((0, 4), np.float32))[0] == []
+    with pytest.raises(ValueError, match="got 1 ids for 2 vectors"):
+        core.check_rows(["a"], vecs)
+    with pytest.raises(ValueError, match="ids must be unique"):
+        core.check_rows(["a", "a"], vecs)
+    with pytest.raises(ValueError, match="2-D"):
+        core.check_rows(["a", "b"], [[1.0, 0.0], [0.0, 1.0]])
 
 
 def test_argument_validation_messages():
