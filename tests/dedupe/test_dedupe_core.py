@@ -116,11 +116,12 @@ def test_ties_go_to_smallest_id_and_identical_vectors():
 
 
 def test_pick_best_rule():
-    cands = [(0.91, ("c",), "c"), (0.95, ("d",), "d"), (0.95, ("b",), "b")]
-    assert core.pick_best(cands) == (0.95, ("b",), "b")
+    cands = [core.Candidate(0.91, ("c",), "c"), core.Candidate(0.95, ("d",), "d"),
+             core.Candidate(0.95, ("b",), "b")]
+    assert core.pick_best(cands) == core.Candidate(0.95, ("b",), "b")
     assert core.better(cands[0], cands[1]) == cands[1]
-    longest = [(0.9, (-10, "a"), "a"), (0.9, (-12, "z"), "z")]
-    assert core.pick_best(longest)[2] == "z"
+    longest = [core.Candidate(0.9, (-10, "a"), "a"), core.Candidate(0.9, (-12, "z"), "z")]
+    assert core.pick_best(longest).doc_id == "z"
     with pytest.raises(ValueError, match="at least one"):
         core.pick_best([])
 
@@ -158,7 +159,7 @@ def test_approx_pairs_and_best_earlier_match_naive(triangular):
         sim = core.exact_similarity(rows[r], cols[c])
         if sim >= 0.5:
             d, e = sorted([row_keys[r], col_keys[c]], reverse=True)
-            cand = (sim, e, e[0])
+            cand = core.Candidate(sim, e, e[0])
             want[d] = core.better(want[d], cand) if d in want else cand
     for block in (1, 7, 64):
         got = {(r, c) for r, c, _ in core.approx_pairs(rows, cols, 0.5 - 1e-4, block, triangular)}
