@@ -52,9 +52,8 @@ from apache_beam.metrics import Metrics
 
 from beam_e5.dedupe import core
 from beam_e5.errors import ConfigError
-from beam_e5.records import is_chunk_row, is_document_row
+from beam_e5.records import METRICS_NAMESPACE, is_chunk_row, is_document_row
 
-NAMESPACE = "beam_e5"
 MIN_SAMPLE_PER_CELL = 10  # 'auto' never asks k-means for more centroids than sample/10
 
 
@@ -347,8 +346,8 @@ class CellMetricsFn(beam.DoFn):
     """Records per-cell metrics and passes ``(cell, size)`` on."""
 
     def __init__(self) -> None:
-        self._cells = Metrics.counter(NAMESPACE, "dedupe_cells")
-        self._largest = Metrics.distribution(NAMESPACE, "dedupe_largest_cell")
+        self._cells = Metrics.counter(METRICS_NAMESPACE, "dedupe_cells")
+        self._largest = Metrics.distribution(METRICS_NAMESPACE, "dedupe_largest_cell")
 
     def process(self, cell_size: tuple[Any, int]):
         _, size = cell_size
@@ -379,7 +378,7 @@ class CompareUnitFn(beam.DoFn):
 
     def __init__(self, config: SemanticDedupeConfig) -> None:
         self._config = config
-        self._pairs = Metrics.counter(NAMESPACE, "dedupe_candidate_pairs")
+        self._pairs = Metrics.counter(METRICS_NAMESPACE, "dedupe_candidate_pairs")
 
     def process(self, element: tuple[tuple[int, int, int], list]):
         (_, i, j), members = element
@@ -427,7 +426,7 @@ class SplitKeptFn(beam.DoFn):
     """Joins records with their best candidate: main output kept, tag 'duplicates'."""
 
     def __init__(self) -> None:
-        self._dups = Metrics.counter(NAMESPACE, "semantic_duplicates")
+        self._dups = Metrics.counter(METRICS_NAMESPACE, "semantic_duplicates")
 
     def process(self, element: tuple[str, dict[str, list]]):
         doc_id, joined = element
