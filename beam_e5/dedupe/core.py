@@ -388,11 +388,11 @@ def fine_probes(
     cells, home included: the most similar fine cells among *all* the fine cells of the
     coarse cells it probes (the coarse level's ``margin`` already chose those). No margin
     at the fine level: the fine centroids of a coarse cell are packed into its cone, so
-    an absolute margin takes in more of them as they multiply (in bench/bench_dedupe.py
-    copies per vector rose 4.1 -> 6.9 from 20k to 80k vectors with it, recall unchanged),
-    and one cell more than ``probes`` because fine centroids, fitted on fewer vectors
-    each, place vectors less surely (tests/transforms/test_semantic_dedupe.py). So a
-    vector's copies stay fixed however many cells there are. Ties go to the lower
+    an absolute margin takes in more of them as they multiply and copies per vector grow
+    with the corpus, recall unchanged (docs/benchmarks.md, two-level cells); and one cell
+    more than ``probes`` because fine centroids, fitted on fewer vectors each, place
+    vectors less surely (tests/transforms/test_semantic_dedupe.py). So a vector's copies
+    stay fixed however many cells there are. Ties go to the lower
     ``(coarse, fine)``; computed per vector in float64.
     """
     if not coarse:

@@ -25,18 +25,18 @@ is divided again by its own k-means on at most ``sample_size`` of its homes (in 
 coarse cell per worker at a time). A vector's home is the nearest fine cell of its home
 coarse cell, and it probes the next ``probes`` fine cells among those of all the coarse
 cells it probes (:func:`core.fine_probes`): ``probes + 1`` copies per vector however many
-cells there are (it was up to ``max_probes`` fine cells per probed coarse cell: copies per
-vector grew with the corpus, 12.5 -> 27 from 10k to 80k vectors in the two-level benchmark).
-The placement is computed twice (count, then route) instead of materialising the placed
-copies. So the total sample, the number of cells and the copies grow linearly with the
-corpus (cells stay near ``target_cell_size`` homes on average) up to ``(sample_size / 10)
-** 2`` cells, 4 million with the defaults; the pairs compared grow faster as far as cells
-grow unequal (docs/benchmarks.md, two-level cells). The memory of any one step stays
-bounded by ``sample_size`` vectors, a cell's work unit (at most ``max_cell_size`` rows and
-columns), or the centroids of the coarse cells a worker meets. Reported pairs are always
-exact (precision 1.0); recall is >= 0.99 with the default probes and probe_margin on the
-synthetic and real-text tests and the benchmark
-(tests/transforms/test_semantic_dedupe.py, tests/dedupe/test_dedupe_realtext.py, bench/bench_dedupe.py).
+cells there are (up to ``max_probes`` fine cells per probed coarse cell would let copies per
+vector grow with the corpus: docs/benchmarks.md, two-level cells). The placement is computed
+twice (count, then route) instead of materialising the placed copies. So the total sample,
+the number of cells and the copies grow linearly with the corpus (cells stay near
+``target_cell_size`` homes on average) up to ``(sample_size / 10) ** 2`` cells, 4 million
+with the defaults; the pairs compared grow faster as far as cells grow unequal
+(docs/benchmarks.md, two-level cells). The memory of any one step stays bounded by
+``sample_size`` vectors, a cell's work unit (at most ``max_cell_size`` rows and columns),
+or the centroids of the coarse cells a worker meets. Reported pairs are always exact
+(precision 1.0); recall is >= 0.99 with the default probes and probe_margin on the
+synthetic and real-text tests and the benchmark (tests/transforms/test_semantic_dedupe.py,
+tests/dedupe/test_dedupe_realtext.py, bench/bench_dedupe.py).
 """
 
 from __future__ import annotations
