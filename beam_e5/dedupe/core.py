@@ -21,14 +21,22 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 KEEP_CHOICES = ("id", "longest", "shortest")
 
 OrderKey = tuple  # ends with the document id, see order_key()
-# (similarity, order key of the earlier document e, id of e)
-Candidate = tuple[float, OrderKey, str]
+
+
+class Candidate(NamedTuple):
+    """An earlier document *e* that a later document matches (compared field by field:
+    :func:`better` prefers the higher ``similarity``, then the smaller ``key``)."""
+
+    similarity: float
+    key: OrderKey  # the order key of e
+    doc_id: str  # the id of e
 
 
 # ----------------------------------------------------------------- validation --
@@ -66,6 +74,18 @@ def check_matrix(vectors: np.ndarray, name: str = "vectors") -> np.ndarray:
 
 def _shape(value: object) -> str:
     return f"shape {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
+
+
+def check_rows(ids: Sequence[str], vectors: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Return ``(ids as a list, vectors checked by check_matrix)``, or raise ValueError
+    unless there is one unique id per row."""
+    vectors = check_matrix(vectors)
+    ids = list(ids)
+    if len(ids) != len(vectors):
+        raise ValueError(f"got {len(ids)} ids for {len(vectors)} vectors; pass one id per row")
+    if len(set(ids)) != len(ids):
+        raise ValueError("ids must be unique; run exact dedupe or fix the id field first")
+    return ids, vectors
 
 
 # --------------------------------------------------------------- order, hashing --
@@ -146,11 +166,10 @@ def best_earlier(
 ) -> dict[OrderKey, Candidate]:
     """Per later document of a pair: its best earlier match among the compared pairs.
 
-    Order keys end with the document id.  Returns ``{order key of d: (similarity,
-    order key of e, id of e)}`` with the rule's pick-best (exact similarity >=
-    threshold, highest, ties to the smaller key).  Only candidates within twice the
-    float32 slack of a document's best float32 similarity are verified exactly, so
-    the result equals checking every pair exactly.
+    Order keys end with the document id.  Returns ``{order key of d: Candidate}`` with
+    the rule's pick-best (exact similarity >= threshold, highest, ties to the smaller
+    key).  Only candidates within twice the float32 slack of a document's best float32
+    similarity are verified exactly, so the result equals checking every pair exactly.
     """
     slack = matmul_slack(rows.shape[1])
     pending: dict[tuple[bool, int], tuple[float, list]] = {}
@@ -170,7 +189,7 @@ def best_earlier(
             e_vec, e_key = (rows[e], row_keys[e]) if e_is_row else (cols[e], col_keys[e])
             sim = exact_similarity(d_vec, e_vec)
             if sim >= threshold:
-                cand = (sim, e_key, e_key[-1])
+                cand = Candidate(sim, e_key, e_key[-1])
                 best[d_key] = better(best[d_key], cand) if d_key in best else cand
     return best
 
@@ -187,9 +206,9 @@ def compared_pairs(num_rows: int, num_cols: int, triangular: bool) -> int:
 
 def better(a: Candidate, b: Candidate) -> Candidate:
     """The preferred candidate: higher similarity, then smaller order key."""
-    if a[0] != b[0]:
-        return a if a[0] > b[0] else b
-    return a if a[1] <= b[1] else b
+    if a.similarity != b.similarity:
+        return a if a.similarity > b.similarity else b
+    return a if a.key <= b.key else b
 
 
 def pick_best(candidates: Sequence[Candidate]) -> Candidate:
@@ -219,12 +238,7 @@ def brute_force_duplicates(
     """
     threshold = check_threshold(threshold)
     check_positive_int("block_size", block_size)
-    vectors = check_matrix(vectors)
-    ids = list(ids)
-    if len(ids) != len(vectors):
-        raise ValueError(f"got {len(ids)} ids for {len(vectors)} vectors; pass one id per row")
-    if len(set(ids)) != len(ids):
-        raise ValueError("ids must be unique; run exact dedupe or fix the id field first")
+    ids, vectors = check_rows(ids, vectors)
     keys = [(i,) for i in ids] if order_keys is None else list(order_keys)
     if len(keys) != len(ids):
         raise ValueError(f"got {len(keys)} order_keys for {len(ids)} ids")
@@ -235,7 +249,7 @@ def brute_force_duplicates(
         raise ValueError("every order key must end with its document id, as order_key() does")
     best = best_earlier(ranked, ranked, ranked_keys, ranked_keys, threshold, block_size,
                         triangular=True)
-    return {d[-1]: (cand[2], cand[0]) for d, cand in best.items()}
+    return {d[-1]: (cand.doc_id, cand.similarity) for d, cand in best.items()}
 
 
 # ----------------------------------------------------------------- clustering --
@@ -374,11 +388,11 @@ def fine_probes(
     cells, home included: the most similar fine cells among *all* the fine cells of the
     coarse cells it probes (the coarse level's ``margin`` already chose those). No margin
     at the fine level: the fine centroids of a coarse cell are packed into its cone, so
-    an absolute margin takes in more of them as they multiply (in bench/bench_dedupe.py
-    copies per vector rose 4.1 -> 6.9 from 20k to 80k vectors with it, recall unchanged),
-    and one cell more than ``probes`` because fine centroids, fitted on fewer vectors
-    each, place vectors less surely (tests/transforms/test_semantic_dedupe.py). So a
-    vector's copies stay fixed however many cells there are. Ties go to the lower
+    an absolute margin takes in more of them as they multiply and copies per vector grow
+    with the corpus, recall unchanged (docs/benchmarks.md, two-level cells); and one cell
+    more than ``probes`` because fine centroids, fitted on fewer vectors each, place
+    vectors less surely (tests/transforms/test_semantic_dedupe.py). So a vector's copies
+    stay fixed however many cells there are. Ties go to the lower
     ``(coarse, fine)``; computed per vector in float64.
     """
     if not coarse:

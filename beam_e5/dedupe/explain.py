@@ -92,12 +92,7 @@ def explain(
     (up to float32 rounding at the thresholds).
     """
     figure_cls = _figure_class()
-    vectors = core.check_matrix(vectors)
-    ids = list(ids)
-    if len(ids) != len(vectors):
-        raise ValueError(f"got {len(ids)} ids for {len(vectors)} vectors; pass one id per row")
-    if len(set(ids)) != len(ids):
-        raise ValueError("ids must be unique; run exact dedupe or fix the id field first")
+    ids, vectors = core.check_rows(ids, vectors)
     if len(ids) < 2:
         raise ValueError(f"explain needs at least 2 vectors, got {len(ids)}")
     core.check_positive_int("sample_size", sample_size)

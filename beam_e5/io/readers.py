@@ -56,6 +56,7 @@ from beam_e5.io import reader_validation as rv
 from beam_e5.io.reader_formats import FieldSpec
 from beam_e5.io.reader_validation import FORMATS, InputFile, ResolvedInput
 from beam_e5.io.sinks import CORE_COLUMNS
+from beam_e5.records import METRICS_NAMESPACE
 
 __all__ = [
     "DOCUMENTS",
@@ -75,7 +76,6 @@ __all__ = [
 
 DOCUMENTS = "documents"
 ERRORS = "errors"
-METRICS_NAMESPACE = "beam_e5"
 SPLIT_BYTES = 64 * 1024 * 1024
 
 

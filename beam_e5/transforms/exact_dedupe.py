@@ -14,11 +14,11 @@
    the one with the smallest id (Python string order) is kept and the others become
    ``{"id": other, "duplicate_of": smallest, "similarity": 1.0, "kind": "exact"}``.
 
-The rule itself (pure functions) is in :mod:`beam_e5.dedupe.exact`. The kept record of a same-id group is the one with the smallest ``source``, so the
-output does not depend on the runner or on element order. Counters (namespace
-``beam_e5``): ``exact_duplicates`` (duplicate records, both steps) and ``id_conflicts``
-(records rejected for an id conflict). Every input record ends up exactly once in one
-of the three outputs.
+The rule itself (pure functions) is in :mod:`beam_e5.dedupe.exact`. The kept record of a
+same-id group is the one with the smallest ``source``, so the output does not depend on the
+runner or on element order. Counters (in ``METRICS_NAMESPACE``): ``exact_duplicates``
+(duplicate records, both steps) and ``id_conflicts`` (records rejected for an id conflict).
+Every input record ends up exactly once in one of the three outputs.
 """
 
 from __future__ import annotations
@@ -35,10 +35,9 @@ from beam_e5.dedupe.exact import (
     resolve_id_group,
     resolve_text_group,
 )
+from beam_e5.records import METRICS_NAMESPACE
 
 __all__ = ["DUPLICATES", "ERRORS", "UNIQUE", "ExactDedupe"]
-
-METRICS_NAMESPACE = "beam_e5"
 
 
 class _RouteFn(beam.DoFn):

@@ -24,8 +24,8 @@ from beam_e5.model.chunking import LongTextConfig
 from beam_e5.model.config import EncoderSpec
 from beam_e5.model.encoder import ChunkVector, Encoder
 from beam_e5.model.tokens import degenerate_reason, mostly_unknown
+from beam_e5.records import METRICS_NAMESPACE
 
-METRICS_NAMESPACE = "beam_e5"
 PROGRESS_EVERY_S = 10.0
 LOG = logging.getLogger("beam_e5.progress")
 

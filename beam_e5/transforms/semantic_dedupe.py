@@ -10,7 +10,7 @@ Pipeline (no step collects the corpus or all pairs on one worker)::
     coarse --homes: CombinePerKey(sample, fit k-means) per big coarse cell--> fine centroids
     coarse --place in cells (fine centroids: multimap side input), keys only--> count per cell
     coarse --place in cells again, route by cell size (side input)--> (cell, chunk i, chunk j)
-           --GroupByKey--> blocked cosine, exact check --> (d, (similarity, key of e, e))
+           --GroupByKey--> blocked cosine, exact check --> (d, Candidate e)
            --CombinePerKey(pick best)--> CoGroupByKey with records --> kept / duplicates
 
 Each vector lives in one *home* cell (nearest centroid) and is compared, as a probe,
@@ -25,18 +25,18 @@ is divided again by its own k-means on at most ``sample_size`` of its homes (in 
 coarse cell per worker at a time). A vector's home is the nearest fine cell of its home
 coarse cell, and it probes the next ``probes`` fine cells among those of all the coarse
 cells it probes (:func:`core.fine_probes`): ``probes + 1`` copies per vector however many
-cells there are (it was up to ``max_probes`` fine cells per probed coarse cell: copies per
-vector grew with the corpus, 12.5 -> 27 from 10k to 80k vectors in the two-level benchmark).
-The placement is computed twice (count, then route) instead of materialising the placed
-copies. So the total sample, the number of cells and the copies grow linearly with the
-corpus (cells stay near ``target_cell_size`` homes on average) up to ``(sample_size / 10)
-** 2`` cells, 4 million with the defaults; the pairs compared grow faster as far as cells
-grow unequal (docs/benchmarks.md, two-level cells). The memory of any one step stays
-bounded by ``sample_size`` vectors, a cell's work unit (at most ``max_cell_size`` rows and
-columns), or the centroids of the coarse cells a worker meets. Reported pairs are always
-exact (precision 1.0); recall is >= 0.99 with the default probes and probe_margin on the
-synthetic and real-text tests and the benchmark
-(tests/transforms/test_semantic_dedupe.py, tests/dedupe/test_dedupe_realtext.py, bench/bench_dedupe.py).
+cells there are (up to ``max_probes`` fine cells per probed coarse cell would let copies per
+vector grow with the corpus: docs/benchmarks.md, two-level cells). The placement is computed
+twice (count, then route) instead of materialising the placed copies. So the total sample,
+the number of cells and the copies grow linearly with the corpus (cells stay near
+``target_cell_size`` homes on average) up to ``(sample_size / 10) ** 2`` cells, 4 million
+with the defaults; the pairs compared grow faster as far as cells grow unequal
+(docs/benchmarks.md, two-level cells). The memory of any one step stays bounded by
+``sample_size`` vectors, a cell's work unit (at most ``max_cell_size`` rows and columns),
+or the centroids of the coarse cells a worker meets. Reported pairs are always exact
+(precision 1.0); recall is >= 0.99 with the default probes and probe_margin on the
+synthetic and real-text tests and the benchmark (tests/transforms/test_semantic_dedupe.py,
+tests/dedupe/test_dedupe_realtext.py, bench/bench_dedupe.py).
 """
 
 from __future__ import annotations
@@ -52,12 +52,17 @@ from apache_beam.metrics import Metrics
 
 from beam_e5.dedupe import core
 from beam_e5.errors import ConfigError
-from beam_e5.records import is_chunk_row, is_document_row
+from beam_e5.records import METRICS_NAMESPACE, is_chunk_row, is_document_row
 
-NAMESPACE = "beam_e5"
 MIN_SAMPLE_PER_CELL = 10  # 'auto' never asks k-means for more centroids than sample/10
 
-Point = tuple[str, core.OrderKey, np.ndarray]  # (id, order key, embedding)
+
+class Point(NamedTuple):
+    """One input record as semantic dedupe sees it."""
+
+    doc_id: str
+    key: core.OrderKey  # see core.order_key
+    vector: np.ndarray  # the record's embedding: float32, 1-D
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +163,7 @@ class CellModel(NamedTuple):
 
 
 def to_point(record: dict[str, Any], keep: str) -> Point:
-    """Validate one input record and project it to ``(id, order key, embedding)``."""
+    """Validate one input record and project it to a :class:`Point`."""
     doc_id = record.get("id") if isinstance(record, dict) else None
     if not isinstance(doc_id, str):
         raise ValueError(f"semantic dedupe needs a str 'id' on every record, got {doc_id!r}")
@@ -170,7 +175,7 @@ def to_point(record: dict[str, Any], keep: str) -> Point:
         )
     if not np.isfinite(vec).all():
         raise ValueError(f"record {doc_id!r}: 'embedding' contains NaN or infinite values")
-    return doc_id, core.order_key(doc_id, record.get("tokens"), keep), vec
+    return Point(doc_id, core.order_key(doc_id, record.get("tokens"), keep), vec)
 
 
 def _keyed_by_id(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -181,6 +186,18 @@ def _keyed_by_id(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 # ------------------------------------------------------- sample + centroids --
+
+
+class _Sampled(NamedTuple):
+    """A point in the k-means sample, which keeps the smallest ``(rank, doc_id)``."""
+
+    rank: int  # core.stable_hash of the id
+    doc_id: str
+    vector: np.ndarray
+
+
+def _sample_order(item: _Sampled) -> tuple[int, str]:
+    return item.rank, item.doc_id
 
 
 class FitCellsFn(beam.CombineFn):
@@ -201,7 +218,8 @@ class FitCellsFn(beam.CombineFn):
 
     def add_input(self, acc: tuple[int, list], point: Point) -> tuple[int, list]:
         count, items = acc
-        items.append((core.stable_hash(point[0], self._config.seed), point[0], point[2]))
+        items.append(_Sampled(core.stable_hash(point.doc_id, self._config.seed), point.doc_id,
+                              point.vector))
         if len(items) >= 2 * self._config.sample_size:
             items = self._trim(items)
         return count + 1, items
@@ -215,10 +233,10 @@ class FitCellsFn(beam.CombineFn):
 
     def extract_output(self, acc: tuple[int, list]) -> CellModel:
         count, items = acc
-        items = sorted(self._trim(items), key=lambda item: item[:2])
+        items = sorted(self._trim(items), key=_sample_order)
         if not items:
             return CellModel(None, count)
-        dims = {item[2].shape for item in items}
+        dims = {item.vector.shape for item in items}
         if len(dims) > 1:
             raise ValueError(
                 f"embeddings have different shapes {sorted(dims)}; every embedding must "
@@ -228,33 +246,39 @@ class FitCellsFn(beam.CombineFn):
         cells = cfg.fine_cells_for(count) if self._fine else cfg.cells_for(count)
         if self._fine and cells == 1:
             return CellModel(None, count)
-        sample = np.stack([item[2] for item in items]).astype(np.float32)
+        sample = np.stack([item.vector for item in items]).astype(np.float32)
         centroids = core.fit_centroids(sample, cells, cfg.seed, cfg.kmeans_iterations)
         return CellModel(centroids.astype(np.float64), count)
 
     def _trim(self, items: list) -> list:
-        return heapq.nsmallest(self._config.sample_size, items, key=lambda item: item[:2])
+        return heapq.nsmallest(self._config.sample_size, items, key=_sample_order)
 
 
-Coarse = tuple[Point, tuple[tuple[int, float], ...]]  # point, ((coarse cell, similarity), ...)
+class Coarse(NamedTuple):
+    """A point with the coarse cells it probes, one element per vector however many."""
+
+    point: Point
+    cells: tuple[tuple[int, float], ...]  # (coarse cell, similarity): its home first
+
+    @property
+    def home(self) -> int:
+        return self.cells[0][0]
 
 
 class CoarseCellsFn(beam.DoFn):
-    """``point -> (point, ((home, similarity), (probed cell, similarity), ...))``: one
-    element per vector, whatever the number of cells it probes."""
+    """``point -> Coarse``: the coarse cells of :func:`core.coarse_probes`."""
 
     def __init__(self, config: SemanticDedupeConfig) -> None:
         self._config = config
 
     def process(self, point: Point, model: CellModel):
         cfg = self._config
-        yield point, tuple(core.coarse_probes(point[2], model.centroids, cfg.probes,
-                                              cfg.probe_margin, cfg.max_probes))
+        yield Coarse(point, tuple(core.coarse_probes(point.vector, model.centroids, cfg.probes,
+                                                     cfg.probe_margin, cfg.max_probes)))
 
 
 def _coarse_home(element: Coarse) -> tuple[int, Point]:
-    point, coarse = element
-    return coarse[0][0], point
+    return element.home, element.point
 
 
 class CellsOfFn(beam.DoFn):
@@ -296,17 +320,17 @@ class CellsOfFn(beam.DoFn):
         return True, centroids
 
     def cells(self, element: Coarse, models=None) -> list[tuple[core.Cell, bool]]:
-        point, coarse = element
         if models is None:
-            return [((coarse[0][0], 0), True)] + [((cell, 0), False) for cell, _ in coarse[1:]]
+            return ([((element.home, 0), True)]
+                    + [((cell, 0), False) for cell, _ in element.cells[1:]])
         fine = []
-        for cell, sim in coarse:
+        for cell, sim in element.cells:
             has_homes, centroids = self._centroids(cell, models)
             if has_homes:  # always true of the home cell: the vector is a home there
                 fine.append((cell, sim, centroids))
         cfg = self._config
-        home, others = core.fine_probes(point[2], fine, cfg.probes, cfg.probe_margin,
-                                        cfg.max_probes)
+        home, others = core.fine_probes(element.point.vector, fine, cfg.probes,
+                                        cfg.probe_margin, cfg.max_probes)
         return [(home, True)] + [(cell, False) for cell in others]
 
 
@@ -322,12 +346,13 @@ class CellMetricsFn(beam.DoFn):
     """Records per-cell metrics and passes ``(cell, size)`` on."""
 
     def __init__(self) -> None:
-        self._cells = Metrics.counter(NAMESPACE, "dedupe_cells")
-        self._largest = Metrics.distribution(NAMESPACE, "dedupe_largest_cell")
+        self._cells = Metrics.counter(METRICS_NAMESPACE, "dedupe_cells")
+        self._largest = Metrics.distribution(METRICS_NAMESPACE, "dedupe_largest_cell")
 
     def process(self, cell_size: tuple[Any, int]):
+        _, size = cell_size
         self._cells.inc()
-        self._largest.update(cell_size[1])
+        self._largest.update(size)
         yield cell_size
 
 
@@ -336,12 +361,16 @@ class ToWorkUnitsFn(CellsOfFn):
     (possibly split) cell."""
 
     def process(self, element: Coarse, sizes: dict[Any, int], models=None):
-        point = element[0]
+        point = element.point
         for cell, is_home in self.cells(element, models):
             chunks = core.num_chunks(sizes[cell], self._config.max_cell_size)
-            chunk = core.chunk_of(point[0], cell, chunks, self._config.seed)
+            chunk = core.chunk_of(point.doc_id, cell, chunks, self._config.seed)
             for i, j, slot in core.work_units(is_home, chunk, chunks):
                 yield (cell, i, j), (slot, point)
+
+
+def _point_key(point: Point) -> core.OrderKey:
+    return point.key
 
 
 class CompareUnitFn(beam.DoFn):
@@ -349,7 +378,7 @@ class CompareUnitFn(beam.DoFn):
 
     def __init__(self, config: SemanticDedupeConfig) -> None:
         self._config = config
-        self._pairs = Metrics.counter(NAMESPACE, "dedupe_candidate_pairs")
+        self._pairs = Metrics.counter(METRICS_NAMESPACE, "dedupe_candidate_pairs")
 
     def process(self, element: tuple[tuple[int, int, int], list]):
         (_, i, j), members = element
@@ -357,17 +386,17 @@ class CompareUnitFn(beam.DoFn):
         for slot, point in members:
             by_slot[slot].append(point)
         for points in by_slot.values():
-            points.sort(key=lambda p: p[1])
+            points.sort(key=_point_key)
         triangular = i == j
         rows = by_slot["home"] + by_slot["row"] if triangular else by_slot["row"]
         cols = by_slot["home"] if triangular else by_slot["col"]
         if not rows or not cols:
             return
         self._pairs.inc(core.compared_pairs(len(rows), len(cols), triangular))
-        row_m = np.stack([p[2] for p in rows])
-        col_m = row_m[: len(cols)] if triangular else np.stack([p[2] for p in cols])
+        row_m = np.stack([p.vector for p in rows])
+        col_m = row_m[: len(cols)] if triangular else np.stack([p.vector for p in cols])
         cfg = self._config
-        best = core.best_earlier(row_m, col_m, [p[1] for p in rows], [p[1] for p in cols],
+        best = core.best_earlier(row_m, col_m, [p.key for p in rows], [p.key for p in cols],
                                  cfg.threshold, cfg.block_size, triangular)
         for later_key, cand in best.items():
             yield later_key[-1], cand
@@ -397,7 +426,7 @@ class SplitKeptFn(beam.DoFn):
     """Joins records with their best candidate: main output kept, tag 'duplicates'."""
 
     def __init__(self) -> None:
-        self._dups = Metrics.counter(NAMESPACE, "semantic_duplicates")
+        self._dups = Metrics.counter(METRICS_NAMESPACE, "semantic_duplicates")
 
     def process(self, element: tuple[str, dict[str, list]]):
         doc_id, joined = element
@@ -410,11 +439,12 @@ class SplitKeptFn(beam.DoFn):
         if not best:
             yield docs[0]
             return
-        sim, _, dup_of = best[0]
+        cand: core.Candidate = best[0]
         self._dups.inc()
         yield beam.pvalue.TaggedOutput(
             "duplicates",
-            {"id": doc_id, "duplicate_of": dup_of, "similarity": float(sim), "kind": "semantic"},
+            {"id": doc_id, "duplicate_of": cand.doc_id, "similarity": float(cand.similarity),
+             "kind": "semantic"},
         )
 
 

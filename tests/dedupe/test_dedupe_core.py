@@ -15,10 +15,6 @@ from beam_e5.dedupe import core
 THRESHOLDS = (0.85, 0.90, 0.95)
 
 
-
-
-
-
 def planted_corpus(n_base: int, seed: int, clustered: bool, dim: int = 64):
     """Base vectors plus planted near-duplicates (0.86/0.91/0.96), chains, copies, ties."""
     rng = np.random.default_rng(seed)
@@ -120,11 +116,12 @@ def test_ties_go_to_smallest_id_and_identical_vectors():
 
 
 def test_pick_best_rule():
-    cands = [(0.91, ("c",), "c"), (0.95, ("d",), "d"), (0.95, ("b",), "b")]
-    assert core.pick_best(cands) == (0.95, ("b",), "b")
+    cands = [core.Candidate(0.91, ("c",), "c"), core.Candidate(0.95, ("d",), "d"),
+             core.Candidate(0.95, ("b",), "b")]
+    assert core.pick_best(cands) == core.Candidate(0.95, ("b",), "b")
     assert core.better(cands[0], cands[1]) == cands[1]
-    longest = [(0.9, (-10, "a"), "a"), (0.9, (-12, "z"), "z")]
-    assert core.pick_best(longest)[2] == "z"
+    longest = [core.Candidate(0.9, (-10, "a"), "a"), core.Candidate(0.9, (-12, "z"), "z")]
+    assert core.pick_best(longest).doc_id == "z"
     with pytest.raises(ValueError, match="at least one"):
         core.pick_best([])
 
@@ -162,7 +159,7 @@ def test_approx_pairs_and_best_earlier_match_naive(triangular):
         sim = core.exact_similarity(rows[r], cols[c])
         if sim >= 0.5:
             d, e = sorted([row_keys[r], col_keys[c]], reverse=True)
-            cand = (sim, e, e[0])
+            cand = core.Candidate(sim, e, e[0])
             want[d] = core.better(want[d], cand) if d in want else cand
     for block in (1, 7, 64):
         got = {(r, c) for r, c, _ in core.approx_pairs(rows, cols, 0.5 - 1e-4, block, triangular)}
@@ -222,6 +219,19 @@ def test_fit_centroids_deterministic_and_assign():
     assert floor == others  # the cap never cuts below ``probes``
     with pytest.raises(ValueError, match="same dimension"):
         core.assign_cells(vecs[0][:5], c1, probes=1, margin=0.0)
+
+
+def test_check_rows():
+    vecs = np.eye(2, dtype=np.float32)
+    ids, checked = core.check_rows(("a", "b"), vecs)
+    assert ids == ["a", "b"] and checked.dtype == np.float32 and checked.shape == (2, 2)
+    assert core.check_rows([], np.zeros((0, 4), np.float32))[0] == []
+    with pytest.raises(ValueError, match="got 1 ids for 2 vectors"):
+        core.check_rows(["a"], vecs)
+    with pytest.raises(ValueError, match="ids must be unique"):
+        core.check_rows(["a", "a"], vecs)
+    with pytest.raises(ValueError, match="2-D"):
+        core.check_rows(["a", "b"], [[1.0, 0.0], [0.0, 1.0]])
 
 
 def test_argument_validation_messages():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import random
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from synthetic import near, unit
 from beam_e5.dedupe import core
 from beam_e5.errors import ConfigError
 from beam_e5.transforms.semantic_dedupe import (
+    Point,
     SemanticDedupe,
     SemanticDedupeConfig,
     to_point,
@@ -23,10 +25,6 @@ from beam_e5.transforms.semantic_dedupe import (
 
 THRESHOLDS = (0.85, 0.90, 0.95)
 MULTI_THREADED = ("--direct_num_workers=2", "--direct_running_mode=multi_threading")
-
-
-
-
 
 
 def planted_records(n_base: int, seed: int, clustered: bool, dim: int = 96) -> list[dict]:
@@ -214,8 +212,21 @@ def test_bad_records_fail_the_pipeline(tmp_path, records, message):
 def test_to_point_validation(record, keep, message):
     with pytest.raises(ValueError, match=message):
         to_point(record, keep)
-    assert to_point({"id": "a", "embedding": np.ones(3, np.float32), "tokens": 4}, "shortest")[1] \
-        == (4, "a")
+    assert to_point({"id": "a", "embedding": np.ones(3, np.float32), "tokens": 4},
+                    "shortest").key == (4, "a")
+
+
+def test_point_and_candidate_survive_pickle_and_beam_coders():
+    """The shuffles carry Points and Candidates: they come back as themselves, fields named."""
+    point = to_point({"id": "a", "embedding": np.arange(3, dtype=np.float32), "tokens": 4},
+                     "shortest")
+    cand = core.Candidate(0.93, (4, "a"), "a")
+    for coder in (beam.coders.registry.get_coder(Point), beam.coders.FastPrimitivesCoder()):
+        for back in (coder.decode(coder.encode(point)), pickle.loads(pickle.dumps(point))):
+            assert type(back) is Point and back.doc_id == "a" and back.key == (4, "a")
+            assert back.vector.dtype == np.float32 and back.vector.tolist() == [0.0, 1.0, 2.0]
+        for back in (coder.decode(coder.encode(cand)), pickle.loads(pickle.dumps(cand))):
+            assert type(back) is core.Candidate and back == cand
 
 
 @pytest.mark.parametrize("field, value, message", [
