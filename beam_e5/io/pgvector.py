@@ -1,6 +1,6 @@
 """The PostgreSQL/pgvector sink: bulk-load a run's vectors, index them, swap them in at once.
 
-``--output 'postgresql://USER@HOST:PORT/DB?table=NAME'`` (see :mod:`beam_e5.io.pg_uri`).
+``--output 'postgresql://USER@HOST:PORT/DB?table=NAME'`` (see :mod:`beam_e5.io.pg.uri`).
 ``NAME`` is a view that readers query; it always points at one complete, indexed table.
 
 A run, in order (the driver holds one connection and a session advisory lock on ``NAME``
@@ -47,7 +47,7 @@ import numpy as np
 import pyarrow as pa
 
 from beam_e5.errors import ConfigError
-from beam_e5.io.pg_uri import PgTarget, parse_pg_uri
+from beam_e5.io.pg.uri import PgTarget, parse_pg_uri
 from beam_e5.io.sinks import ARROW_BATCH_ROWS, vectors_to_table
 
 LOG = logging.getLogger(__name__)

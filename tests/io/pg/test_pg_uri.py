@@ -4,7 +4,7 @@ import pytest
 
 from beam_e5.cli import main
 from beam_e5.errors import ConfigError
-from beam_e5.io.pg_uri import is_pg_uri, parse_pg_uri, redact
+from beam_e5.io.pg.uri import is_pg_uri, parse_pg_uri, redact
 from beam_e5.io.pgvector import PgSinkConfig, create_table_sql, pg_columns
 from beam_e5.io.sinks import vectors_schema
 
