@@ -182,7 +182,7 @@ def pg_config(args: argparse.Namespace):
             raise ConfigError(f"--{extra[0].replace('_', '-')} applies to a postgresql:// "
                               "--output only")
         return None
-    from beam_e5.io.pgvector import PgSinkConfig
+    from beam_e5.io.pg.config import PgSinkConfig
 
     v = {k: (given[k] if given[k] is not None else PG_DEFAULTS.get(k)) for k in given}
     return PgSinkConfig(args.output, v["report_dir"] or "", index=v["index"],

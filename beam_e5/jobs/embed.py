@@ -36,8 +36,9 @@ from beam_e5.io.outputs import (
     record_problems,
     write_manifest,
 )
+from beam_e5.io.pg.config import PgSinkConfig
+from beam_e5.io.pg.run import PgRun
 from beam_e5.io.pg.uri import is_pg_uri, redact
-from beam_e5.io.pgvector import PgRun, PgSinkConfig
 from beam_e5.io.readers import (
     ReadCorpus,
     ReaderConfig,

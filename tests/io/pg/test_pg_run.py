@@ -1,4 +1,4 @@
-"""The pgvector sink against a real PostgreSQL with pgvector (pgserver; no mocks)."""
+"""A pgvector run (lock, COPY, merge, index, swap) on a real PostgreSQL (pgserver; no mocks)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import pytest
 from pg_fixtures import pg_database, pg_server  # noqa: F401
 
 from beam_e5.errors import ConfigError
-from beam_e5.io.pgvector import PgRun, PgSinkConfig, connect, copy_table, pg_columns
+from beam_e5.io.pg.config import PgSinkConfig
+from beam_e5.io.pg.connection import connect
+from beam_e5.io.pg.copy import copy_table, pg_columns
+from beam_e5.io.pg.run import PgRun
 from beam_e5.io.sinks import WriteVectors, read_vectors, table_to_records, vectors_schema, \
     vectors_to_table
 
@@ -192,9 +195,3 @@ def test_float16_vectors_are_halfvec_or_a_clear_error(pg_database, tmp_path):
     finally:
         run.close()
 
-
-def test_connections_get_keepalives_unless_the_uri_sets_them(pg_database):
-    with connect(pg_database + "&keepalives_idle=7") as conn:
-        params = conn.info.get_parameters()
-        assert params["keepalives_idle"] == "7" and params["keepalives_interval"] == "10"
-        assert conn.execute("SHOW application_name").fetchone()[0] == "beam-e5"
