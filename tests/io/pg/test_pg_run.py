@@ -195,3 +195,17 @@ def test_float16_vectors_are_halfvec_or_a_clear_error(pg_database, tmp_path):
     finally:
         run.close()
 
+
+def test_ivfflat_index_with_maintenance_work_mem(pg_database, tmp_path):
+    run = PgRun.open(_cfg(pg_database, tmp_path, index="ivfflat", maintenance_work_mem="64MB"),
+                     SCHEMA)
+    try:
+        _load_with_beam(run, _records(1200))
+        stats = run.publish(1200, {"model": "random"}, {})
+    finally:
+        run.close()
+    assert stats["index"] == {"kind": "ivfflat", "ops": "vector_cosine_ops", "lists": 1}
+    with connect(pg_database) as conn:
+        indexdef = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s",
+                                (run.new_table + "_embedding_idx",)).fetchone()[0]
+    assert "USING ivfflat (embedding vector_cosine_ops) WITH (lists='1')" in indexdef
