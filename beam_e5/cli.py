@@ -16,7 +16,7 @@ import sys
 from typing import Any, Optional, Sequence
 
 from beam_e5.errors import ConfigError, RunFailed
-from beam_e5.io.pg_uri import is_pg_uri
+from beam_e5.io.pg.uri import is_pg_uri
 from beam_e5.io.rundir import OutputConfig
 from beam_e5.io.sinks import VECTOR_DTYPES
 from beam_e5.io.snapshots import DEFAULT_MIN_RATIO
@@ -170,7 +170,7 @@ def long_text_config(args: argparse.Namespace):
 
 
 def add_pg_args(parser: argparse.ArgumentParser) -> None:
-    from beam_e5.io.pgvector import INDEX_KINDS, PgSinkConfig
+    from beam_e5.io.pg.config import INDEX_KINDS, PgSinkConfig
 
     def default(name: str) -> Any:
         return default_of(PgSinkConfig, name)
@@ -212,7 +212,7 @@ def _given_pg_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def pg_output(args: argparse.Namespace):
     """A postgresql:// --output: the pgvector table, with --report-dir as run directory."""
-    from beam_e5.io.pgvector import PgSinkConfig
+    from beam_e5.io.pg.config import PgSinkConfig
     from beam_e5.io.targets.pgvector import PgvectorOutput
 
     if args.publish:

@@ -7,7 +7,7 @@ Starts a throw-away PostgreSQL 16 + pgvector from the ``pgserver`` wheel (unix s
 as root too, see tests/pg_fixtures.py), then measures the pieces of a beam-e5 run into
 ``postgresql://...?table=bench``:
 
-* **copy**: the worker's code path (:func:`beam_e5.io.pgvector.copy_table`) in one process,
+* **copy**: the worker's code path (:func:`beam_e5.io.pg.copy.copy_table`) in one process,
   batches of ``--batch-rows`` (one binary ``COPY`` and one transaction each) into the run's
   unlogged load table: rows/s of the bulk load itself;
 * **beam**: the same rows through ``WriteToPgvector`` on the DirectRunner (``beam.Create`` of
@@ -38,7 +38,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from beam_e5.io.pgvector import PgRun, PgSinkConfig, connect, copy_table, pg_columns  # noqa: E402
+from beam_e5.io.pg.config import PgSinkConfig  # noqa: E402
+from beam_e5.io.pg.connection import connect  # noqa: E402
+from beam_e5.io.pg.copy import copy_table, pg_columns  # noqa: E402
+from beam_e5.io.pg.run import PgRun  # noqa: E402
 from beam_e5.io.sinks import vectors_schema, vectors_to_table  # noqa: E402
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from model_fixtures import tiny_models  # noqa: F401  (a fixture)
 
-from beam_e5.io.pgvector import PgSinkConfig
+from beam_e5.io.pg.config import PgSinkConfig
 from beam_e5.io.readers import ReaderConfig, validate_reader_config
 from beam_e5.io.rundir import OutputConfig
 from beam_e5.io.targets.parquet import ParquetOutput

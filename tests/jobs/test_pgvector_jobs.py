@@ -27,7 +27,7 @@ from pg_fixtures import pg_database, pg_server  # noqa: F401
 from realtext import write_nightly_corpora
 
 from beam_e5.cli import main
-from beam_e5.io.pgvector import connect
+from beam_e5.io.pg.connection import connect
 from tools.localtext import build_local_corpus, write_jsonl
 
 pytestmark = pytest.mark.slow

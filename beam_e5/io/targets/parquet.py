@@ -16,7 +16,7 @@ import apache_beam as beam
 import pyarrow as pa
 
 from beam_e5.errors import ConfigError
-from beam_e5.io.pg_uri import is_pg_uri
+from beam_e5.io.pg.uri import is_pg_uri
 from beam_e5.io.rundir import OutputConfig, claim_output
 from beam_e5.io.sinks import WriteVectors
 from beam_e5.io.snapshots import (

@@ -2,7 +2,7 @@
 
 ``--output 'postgresql://USER@HOST:PORT/DB?table=NAME'`` with ``--report-dir`` for the run
 directory. The run's lifecycle (lock, load tables, merge, index, swap) is
-:class:`beam_e5.io.pgvector.PgRun`; this module fits it to :class:`VectorOutput`.
+:class:`beam_e5.io.pg.run.PgRun`; this module fits it to :class:`VectorOutput`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import apache_beam as beam
 import pyarrow as pa
 
 from beam_e5.errors import ConfigError
-from beam_e5.io.pg_uri import is_pg_uri, redact
-from beam_e5.io.pgvector import PgRun, PgSinkConfig
+from beam_e5.io.pg.uri import is_pg_uri, redact
+from beam_e5.io.pg.config import PgSinkConfig
+from beam_e5.io.pg.run import PgRun
 from beam_e5.io.rundir import OutputConfig, claim_output
 from beam_e5.io.snapshots import PreviousSnapshot, same_signature
 from beam_e5.io.targets.base import JobShape, OutputRun, VectorOutput

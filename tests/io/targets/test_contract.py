@@ -18,7 +18,8 @@ import pytest
 from model_fixtures import tiny_models  # noqa: F401  (a fixture)
 from pg_fixtures import pg_database, pg_server  # noqa: F401  (fixtures)
 
-from beam_e5.io.pgvector import PgSinkConfig, connect
+from beam_e5.io.pg.config import PgSinkConfig
+from beam_e5.io.pg.connection import connect
 from beam_e5.io.readers import ReaderConfig
 from beam_e5.io.rundir import OutputConfig
 from beam_e5.io.targets.parquet import ParquetOutput

@@ -1,4 +1,4 @@
-"""The pgvector sink against a real PostgreSQL with pgvector (pgserver; no mocks)."""
+"""A pgvector run (lock, COPY, merge, index, swap) on a real PostgreSQL (pgserver; no mocks)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import pytest
 from pg_fixtures import pg_database, pg_server  # noqa: F401
 
 from beam_e5.errors import ConfigError
-from beam_e5.io.pgvector import PgRun, PgSinkConfig, connect, copy_table, pg_columns
+from beam_e5.io.pg.config import PgSinkConfig
+from beam_e5.io.pg.connection import connect
+from beam_e5.io.pg.copy import copy_table, pg_columns
+from beam_e5.io.pg.run import PgRun
 from beam_e5.io.sinks import WriteVectors, read_vectors, table_to_records, vectors_schema, \
     vectors_to_table
 
@@ -193,8 +196,16 @@ def test_float16_vectors_are_halfvec_or_a_clear_error(pg_database, tmp_path):
         run.close()
 
 
-def test_connections_get_keepalives_unless_the_uri_sets_them(pg_database):
-    with connect(pg_database + "&keepalives_idle=7") as conn:
-        params = conn.info.get_parameters()
-        assert params["keepalives_idle"] == "7" and params["keepalives_interval"] == "10"
-        assert conn.execute("SHOW application_name").fetchone()[0] == "beam-e5"
+def test_ivfflat_index_with_maintenance_work_mem(pg_database, tmp_path):
+    run = PgRun.open(_cfg(pg_database, tmp_path, index="ivfflat", maintenance_work_mem="64MB"),
+                     SCHEMA)
+    try:
+        _load_with_beam(run, _records(1200))
+        stats = run.publish(1200, {"model": "random"}, {})
+    finally:
+        run.close()
+    assert stats["index"] == {"kind": "ivfflat", "ops": "vector_cosine_ops", "lists": 1}
+    with connect(pg_database) as conn:
+        indexdef = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s",
+                                (run.new_table + "_embedding_idx",)).fetchone()[0]
+    assert "USING ivfflat (embedding vector_cosine_ops) WITH (lists='1')" in indexdef

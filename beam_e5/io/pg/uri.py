@@ -20,10 +20,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from beam_e5.errors import ConfigError
 
-__all__ = ["PG_SCHEMES", "PgTarget", "is_pg_uri", "parse_pg_uri", "redact"]
+__all__ = ["META_TABLE", "PG_SCHEMES", "PgTarget", "is_pg_uri", "parse_pg_uri", "redact"]
 
 PG_SCHEMES = ("postgresql://", "postgres://")
 TABLE_PARAM = "table"
+META_TABLE = "beam_e5_published"  # beam-e5's record of what each name serves: not a NAME
 # Run tables are named NAME__rYYYYmmddHHMMSS_xxxxxx (and __load_/__carry_ variants): 63 bytes
 # is PostgreSQL's identifier limit, so the stable name keeps room for the suffix.
 MAX_NAME = 36
@@ -75,8 +76,8 @@ def parse_pg_uri(uri: str) -> PgTarget:
     schema, _, name = tables[0].rpartition(".")
     schema = _check_ident(schema, "schema") if schema else None
     name = _check_ident(name, "table")
-    if name == "beam_e5_published":
-        raise ConfigError("table=beam_e5_published is beam-e5's own metadata table; choose "
+    if name == META_TABLE:
+        raise ConfigError(f"table={META_TABLE} is beam-e5's own metadata table; choose "
                           "another name")
     rest = [(k, v) for k, v in params if k != TABLE_PARAM]
     if not parts.path.strip("/"):

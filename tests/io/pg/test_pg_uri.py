@@ -1,0 +1,50 @@
+"""postgresql:// outputs: URI parsing and password redaction (no database)."""
+
+import pytest
+
+from beam_e5.errors import ConfigError
+from beam_e5.io.pg.uri import is_pg_uri, parse_pg_uri, redact
+
+
+def test_tcp_uri_splits_table_from_the_libpq_dsn():
+    t = parse_pg_uri("postgresql://app:s3cret@db.internal:5433/vectors?sslmode=require"
+                     "&table=docs")
+    assert t.name == "docs" and t.schema is None
+    assert t.dsn == "postgresql://app:s3cret@db.internal:5433/vectors?sslmode=require"
+    assert t.redacted == "postgresql://app:***@db.internal:5433/vectors?sslmode=require"
+    assert "s3cret" not in repr(t) and "s3cret" not in str(t)
+
+
+def test_unix_socket_uri_and_schema_qualified_table():
+    t = parse_pg_uri("postgresql://app@/vectors?host=/cloudsql/p:r:i&table=search.docs")
+    assert (t.schema, t.name) == ("search", "docs")
+    assert t.dsn == "postgresql://app@/vectors?host=/cloudsql/p:r:i"
+    assert t.redacted == t.dsn  # nothing to hide
+
+
+def test_redact_hides_password_parameters_too():
+    assert redact("postgres://u@h/db?password=pw&sslpassword=k&sslmode=verify-full") == \
+        "postgres://u@h/db?password=***&sslpassword=***&sslmode=verify-full"
+    assert redact("postgresql://u:p%40ss@h/db") == "postgresql://u:***@h/db"
+    assert redact("gs://bucket/dir") == "gs://bucket/dir" and redact(None) == ""
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("postgresql://u@h/db", "names no table"),
+    ("postgresql://u@h/db?table=", "names no table"),
+    ("postgresql://u@h/db?table=a&table=b", "names no table"),
+    ("postgresql://u@h/db?table=Docs", "lower-case SQL identifier"),
+    ("postgresql://u@h/db?table=docs;drop", "lower-case SQL identifier"),
+    ("postgresql://u@h/db?table=" + "x" * 37, "at most 36"),
+    ("postgresql://u@h/db?table=beam_e5_published", "metadata table"),
+    ("postgresql://u:pw@h?table=docs", "names no database"),
+])
+def test_bad_uris_fail_with_a_message_that_says_what_to_do(uri, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        parse_pg_uri(uri)
+    assert ":pw@" not in str(err.value)
+
+
+def test_is_pg_uri():
+    assert is_pg_uri("postgresql://x/y") and is_pg_uri("POSTGRES://x/y")
+    assert not is_pg_uri("out/") and not is_pg_uri("gs://b/x") and not is_pg_uri(None)
