@@ -396,7 +396,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     unknown = unknown_beam_args(beam_args) if beam_args else []
     if unknown:
-        sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
+        sub = parser._subparsers._group_actions[0].choices[args.command]
         parser.error(f"unrecognized option {unknown[0]}{_suggest(unknown[0], sub)}: it is "
                      f"neither a beam-e5 {args.command} option nor a Beam pipeline option "
                      f"(beam-e5 {args.command} --help lists ours)")

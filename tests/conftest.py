@@ -24,6 +24,9 @@ import apache_beam as beam
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
+# Fixtures of these modules are available to every test without an import.
+pytest_plugins = ("model_fixtures", "pg_fixtures")
+
 # --------------------------------------------------------------------------------------
 # Beam pipeline runner helper
 # --------------------------------------------------------------------------------------
@@ -58,8 +61,10 @@ def run_beam(tmp_path: Path) -> Callable[[BuildFn], BeamRun]:
             names.append(name)
             _ = (
                 pcoll
-                | f"Json_{name}" >> beam.Map(lambda x: json.dumps(x, sort_keys=True, ensure_ascii=False))
-                | f"Write_{name}" >> beam.io.WriteToText(str(out_dir / name), file_name_suffix=".jsonl")
+                | f"Json_{name}"
+                >> beam.Map(lambda x: json.dumps(x, sort_keys=True, ensure_ascii=False))
+                | f"Write_{name}"
+                >> beam.io.WriteToText(str(out_dir / name), file_name_suffix=".jsonl")
             )
         result = p.run()
         result.wait_until_finish()
@@ -176,7 +181,9 @@ class GcsEmulator:
 
 
 @pytest.fixture
-def gcs_emulator(_gcs_emulator_server: _EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[GcsEmulator]:
+def gcs_emulator(
+    _gcs_emulator_server: _EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[GcsEmulator]:
     """A new bucket on a local ``gcp-storage-emulator`` that Beam's gs:// filesystem uses.
 
     How Beam is pointed at the emulator (for this test's duration, via env vars that

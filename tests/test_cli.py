@@ -6,7 +6,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from model_fixtures import minilm_dir  # noqa: F401
 from realtext import mixed_length_texts
 
 from beam_e5.cli import main
@@ -38,7 +37,7 @@ def corpus(tmp_path_factory):
     return _write_jsonl(path, rows, extra_lines=["{not json"]), texts
 
 
-def test_embed_writes_vectors_duplicates_errors_manifest(corpus, minilm_dir, tmp_path,  # noqa: F811
+def test_embed_writes_vectors_duplicates_errors_manifest(corpus, minilm_dir, tmp_path,
                                                          capsys):
     path, texts = corpus
     out = tmp_path / "out"
@@ -108,7 +107,7 @@ def test_embed_writes_vectors_duplicates_errors_manifest(corpus, minilm_dir, tmp
 
 
 @pytest.mark.slow
-def test_existing_manifest_needs_overwrite(corpus, minilm_dir, tmp_path, capsys):  # noqa: F811
+def test_existing_manifest_needs_overwrite(corpus, minilm_dir, tmp_path, capsys):
     path, _ = corpus
     out = tmp_path / "out"
     args = ["embed", "--input", path, "--output", str(out), "--model", minilm_dir,
@@ -136,7 +135,7 @@ def test_existing_manifest_needs_overwrite(corpus, minilm_dir, tmp_path, capsys)
     (["--chunk-overlap", "200"], "more than half of the window"),
     (["--long-text", "split"], "invalid choice"),
 ])
-def test_misconfiguration_fails_before_the_pipeline(corpus, minilm_dir, tmp_path, capsys,  # noqa: F811
+def test_misconfiguration_fails_before_the_pipeline(corpus, minilm_dir, tmp_path, capsys,
                                                     args, message):
     path, _ = corpus
     base = ["embed", "--input", path, "--output", str(tmp_path / "o"), "--model", minilm_dir]
@@ -150,7 +149,7 @@ def test_misconfiguration_fails_before_the_pipeline(corpus, minilm_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_neighbours_finds_the_document_itself(corpus, minilm_dir, tmp_path, capsys):  # noqa: F811
+def test_neighbours_finds_the_document_itself(corpus, minilm_dir, tmp_path, capsys):
     path, texts = corpus
     out = tmp_path / "out"
     assert main(["embed", "--input", path, "--output", str(out), "--model", minilm_dir,
@@ -171,7 +170,7 @@ def test_neighbours_finds_the_document_itself(corpus, minilm_dir, tmp_path, caps
     assert " ".join(piece.split())[:60] in printed
 
 
-def test_neighbours_prints_the_text_of_ids_that_hold_a_hash(minilm_dir, tmp_path,  # noqa: F811
+def test_neighbours_prints_the_text_of_ids_that_hold_a_hash(minilm_dir, tmp_path,
                                                             capsys):
     """Source ids like ``man1/tar.1.gz#9`` are whole-document ids, not chunk ids."""
     rows = [{"id": "man1/tar.1.gz#9", "text": "tar saves many files together into an archive"},
@@ -189,7 +188,7 @@ def test_neighbours_prints_the_text_of_ids_that_hold_a_hash(minilm_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_embed_with_semantic_dedupe_then_dedupe_command(corpus, minilm_dir, tmp_path,  # noqa: F811
+def test_embed_with_semantic_dedupe_then_dedupe_command(corpus, minilm_dir, tmp_path,
                                                         capsys):
     base, texts = corpus
     near = [{"id": "z-near-4", "text": texts[4] + " (as amended)"},
@@ -236,14 +235,14 @@ def test_dedupe_command_needs_threshold_or_explain(tmp_path, capsys):
     assert "no file matches" in capsys.readouterr().err
 
 
-def test_semantic_dedupe_requires_exact_dedupe(corpus, minilm_dir, tmp_path, capsys):  # noqa: F811
+def test_semantic_dedupe_requires_exact_dedupe(corpus, minilm_dir, tmp_path, capsys):
     path, _ = corpus
     assert main(["embed", "--input", path, "--output", str(tmp_path / "o"), "--model",
                  minilm_dir, "--no-exact-dedupe", "--dedupe-threshold", "0.9"]) == 2
     assert "drop --no-exact-dedupe" in capsys.readouterr().err
 
 
-def test_misspelt_option_fails_before_the_pipeline(corpus, minilm_dir, tmp_path, capsys):  # noqa: F811
+def test_misspelt_option_fails_before_the_pipeline(corpus, minilm_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["embed", "--input", str(corpus), "--output", str(tmp_path / "out"),
               "--model", minilm_dir, "--dedupe-treshold", "0.9"])

@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from model_fixtures import minilm_dir, tiny_models  # noqa: F401
 
 from beam_e5.cli import main
 from beam_e5.errors import ConfigError
@@ -84,7 +83,7 @@ def model_args(model: str) -> list[str]:
 
 @pytest.mark.slow
 def test_cut_gzip_broken_csv_surrogates_and_unknown_tokens_lose_nothing(
-        tmp_path, capsys, minilm_dir):  # noqa: F811
+        tmp_path, capsys, minilm_dir):
     # 1. a gzip export cut off mid-upload
     gz_rows = docs("g", 300)
     whole = gzip.compress("".join(json.dumps(r) + "\n" for r in gz_rows).encode())
@@ -144,7 +143,7 @@ def test_cut_gzip_broken_csv_surrogates_and_unknown_tokens_lose_nothing(
 
 
 @pytest.mark.slow
-def test_publish_guards_empty_shrunk_and_live_snapshot(tmp_path, capsys, minilm_dir,  # noqa: F811
+def test_publish_guards_empty_shrunk_and_live_snapshot(tmp_path, capsys, minilm_dir,
                                                        monkeypatch):
     monkeypatch.chdir(tmp_path)
     corpus = write_jsonl(tmp_path / "corpus.jsonl", docs("d", 10))
@@ -186,7 +185,7 @@ def test_publish_guards_empty_shrunk_and_live_snapshot(tmp_path, capsys, minilm_
 # ------------------------------------------------------- one run per output (8) --
 
 
-def _claim(output: str, results) -> None:  # noqa: ANN001 - a multiprocessing queue
+def _claim(output: str, results) -> None:  # results: a multiprocessing queue
     try:
         claim_output(OutputConfig(output))
         results.put("won")
@@ -208,7 +207,7 @@ def test_concurrent_runs_into_one_output_exactly_one_wins(tmp_path):
     assert all("another beam-e5 run is writing" in g for g in got if g != "won")
 
 
-def test_marker_of_a_live_run_refuses_even_with_overwrite(tmp_path, capsys, minilm_dir):  # noqa: F811
+def test_marker_of_a_live_run_refuses_even_with_overwrite(tmp_path, capsys, minilm_dir):
     out = tmp_path / "out"
     out.mkdir()
     (out / RUN_MARKER).write_text(json.dumps({"host": os.uname().nodename, "pid": os.getpid(),
@@ -252,7 +251,7 @@ def _refused(capsys, out: Path, *args: str) -> str:
     return err
 
 
-def test_corrupt_and_non_gzip_gz_named_before_the_run(tmp_path, capsys, minilm_dir):  # noqa: F811
+def test_corrupt_and_non_gzip_gz_named_before_the_run(tmp_path, capsys, minilm_dir):
     out = tmp_path / "out"
     (tmp_path / "plain.jsonl.gz").write_text('{"id": "a", "text": "not compressed"}\n')
     err = _refused(capsys, out, "embed", "--input", str(tmp_path / "plain.jsonl.gz"),
@@ -273,7 +272,7 @@ def test_corrupt_and_non_gzip_gz_named_before_the_run(tmp_path, capsys, minilm_d
     ("corpus.zip", b"PK\x03\x04" + b"\x00" * 40, "archive"),
     ("export.txt", b"PK\x03\x04" + b"\x00" * 40, "zip archive"),
 ])
-def test_wrong_encodings_and_archives_are_diagnosed(tmp_path, capsys, minilm_dir, name, data,  # noqa: F811
+def test_wrong_encodings_and_archives_are_diagnosed(tmp_path, capsys, minilm_dir, name, data,
                                                     expected):
     (tmp_path / name).write_bytes(data)
     out = tmp_path / "out"
@@ -282,7 +281,7 @@ def test_wrong_encodings_and_archives_are_diagnosed(tmp_path, capsys, minilm_dir
     assert expected in err and name in err
 
 
-def test_output_that_is_a_file_or_read_only(tmp_path, capsys, corpus, minilm_dir):  # noqa: F811
+def test_output_that_is_a_file_or_read_only(tmp_path, capsys, corpus, minilm_dir):
     target = tmp_path / "out.parquet"
     target.write_text("x")
     rc, _, err = cli(capsys, "embed", "--input", corpus, "--output", str(target),
@@ -304,7 +303,7 @@ def test_output_that_is_a_file_or_read_only(tmp_path, capsys, corpus, minilm_dir
         locked.chmod(0o755)
 
 
-def test_cuda_without_a_gpu_on_the_direct_runner(tmp_path, capsys, corpus, minilm_dir):  # noqa: F811
+def test_cuda_without_a_gpu_on_the_direct_runner(tmp_path, capsys, corpus, minilm_dir):
     import torch
 
     if torch.cuda.is_available():
@@ -316,7 +315,7 @@ def test_cuda_without_a_gpu_on_the_direct_runner(tmp_path, capsys, corpus, minil
 
 
 @pytest.mark.parametrize("field", ["id", "embedding", "text_sha256", "tokens"])
-def test_reserved_keep_fields(tmp_path, capsys, minilm_dir, field):  # noqa: F811
+def test_reserved_keep_fields(tmp_path, capsys, minilm_dir, field):
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "t", "embedding": "x",
                                                  "text_sha256": "y", "tokens": 3}])
     out = tmp_path / "out"
@@ -325,15 +324,15 @@ def test_reserved_keep_fields(tmp_path, capsys, minilm_dir, field):  # noqa: F81
     assert f"--keep-fields {field!r}" in err
 
 
-def test_max_length_beyond_the_model_is_refused(tmp_path, capsys, corpus, minilm_dir):  # noqa: F811
+def test_max_length_beyond_the_model_is_refused(tmp_path, capsys, corpus, minilm_dir):
     out = tmp_path / "out"
     err = _refused(capsys, out, "embed", "--input", corpus, "--output", str(out),
                    "--max-length", "1000", *model_args(minilm_dir))
     assert "--max-length 1000 exceeds" in err and "512" in err
 
 
-def test_half_copied_model_and_foreign_tokenizer(tmp_path, capsys, corpus, minilm_dir,  # noqa: F811
-                                                 tiny_models):  # noqa: F811
+def test_half_copied_model_and_foreign_tokenizer(tmp_path, capsys, corpus, minilm_dir,
+                                                 tiny_models):
     tiny = tiny_models("xlm-roberta", "multilingual-e5-small")
     capsys.readouterr()  # building the fixture prints progress
     half = tmp_path / "half-model"
@@ -352,7 +351,7 @@ def test_half_copied_model_and_foreign_tokenizer(tmp_path, capsys, corpus, minil
     assert "belong to another model" in err
 
 
-def test_previous_that_is_not_a_snapshot(tmp_path, capsys, corpus, minilm_dir):  # noqa: F811
+def test_previous_that_is_not_a_snapshot(tmp_path, capsys, corpus, minilm_dir):
     parquet = tmp_path / "vectors.parquet"
     pq.write_table(pa.table({"id": ["a"]}), parquet)
     (tmp_path / "no-manifest").mkdir()
@@ -418,7 +417,7 @@ def test_dedupe_sets_nan_vectors_and_null_ids_aside(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_reembed_previous_dedupe_output_carries_and_ids_stay_unique(tmp_path, capsys,
-                                                                    minilm_dir):  # noqa: F811
+                                                                    minilm_dir):
     rows = docs("d", 6)
     corpus = write_jsonl(tmp_path / "c.jsonl", rows)
     rc, _, err = cli(capsys, "embed", "--input", corpus, "--output", str(tmp_path / "e"),
@@ -489,7 +488,7 @@ def test_profile_length_beyond_the_model_is_capped_to_what_runs():
     (".", "is a directory"),
     ("out", "is the --output directory"),
 ])
-def test_publish_pointer_that_cannot_be_written(tmp_path, capsys, corpus, minilm_dir,  # noqa: F811
+def test_publish_pointer_that_cannot_be_written(tmp_path, capsys, corpus, minilm_dir,
                                                 monkeypatch, pointer, expected):
     monkeypatch.chdir(tmp_path)
     err = _refused(capsys, tmp_path / "out", "embed", "--input", corpus, "--output", "out",

@@ -57,8 +57,8 @@ def closure(reqs: list[Requirement]) -> set[str]:
             continue
         for line in dist.requires or []:
             sub = Requirement(line)
-            env = {"extra": extra for extra in req.extras} if req.extras else {"extra": ""}
-            if sub.marker is None or sub.marker.evaluate(env):
+            if sub.marker is None or any(sub.marker.evaluate({"extra": extra})
+                                         for extra in (req.extras or {""})):
                 todo.append(sub)
     return seen
 

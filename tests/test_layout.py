@@ -51,7 +51,7 @@ def all_modules() -> dict[str, Path]:
 
 def layer_of(module: str) -> int:
     best = None
-    for prefix, rank in LAYERS.items():
+    for prefix in LAYERS:
         if module == prefix or module.startswith(prefix + "."):
             if best is None or len(prefix) > len(best):
                 best = prefix
@@ -159,7 +159,7 @@ def test_model_and_dedupe_layers_do_not_import_beam():
         for node in ast.walk(tree):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            offenders += [f"{module}: {n}" for n in names 
+            offenders += [f"{module}: {n}" for n in names
                           if n.split(".")[0] == "apache_beam" and n not in FILESYSTEM_MODULES]
     assert not offenders, offenders
 

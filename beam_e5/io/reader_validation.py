@@ -85,7 +85,7 @@ def _head(path: str) -> bytes:
     try:
         with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as fh:
             return fh.read(SNIFF_BYTES)
-    except Exception as e:  # noqa: BLE001 - zlib, bz2, lzma, zstd and I/O errors alike
+    except Exception as e:
         raise ConfigError(
             f"cannot read {path}: {type(e).__name__}: {e}. Is it really "
             f"{'compressed as its name says' if detect_format(path)[1] else 'a readable file'}? "
@@ -121,7 +121,7 @@ def match_inputs(patterns: list[str]) -> list[FileMetadata]:
     for pattern in patterns:
         try:
             metadata = FileSystems.match([pattern])[0].metadata_list
-        except Exception as e:  # noqa: BLE001 - Beam wraps every listing failure
+        except Exception as e:
             raise ConfigError(f"cannot list --input {pattern!r}: {e}. Check the path and your access to it") from e
         if not metadata:
             raise ConfigError(
@@ -189,7 +189,7 @@ def _parquet_names(path: str, compressed: bool) -> list[str]:
     try:
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
             return list(pq.read_schema(fh).names)
-    except Exception as e:  # noqa: BLE001 - pyarrow raises several types
+    except Exception as e:
         raise ConfigError(
             f"cannot read the Parquet schema of {path} ({type(e).__name__}: {e}). Is it a Parquet file? "
             "Remove it from --input or set --input-format to its real format"
@@ -206,7 +206,7 @@ def field_names(f: InputFile) -> list[str] | None:
         return _header_names(f.path, f.format)
     except ConfigError:
         raise
-    except Exception as e:  # noqa: BLE001 - decompression and I/O errors alike
+    except Exception as e:
         raise ConfigError(f"cannot read {f.path}: {type(e).__name__}: {e}. Re-export the file "
                           "or remove it from --input") from e
 

@@ -175,7 +175,7 @@ def _sourced(path: str, lines: Iterator[tuple[int, bytes]], numbered: bool) -> I
         yield (f"{path}:{n}" if numbered else f"{path}:byte={offset}"), line
 
 
-def _open(f: InputFile):  # noqa: ANN202 - Beam returns several file types
+def _open(f: InputFile):  # Beam returns several file types
     return FileSystems.open(f.path, compression_type=CompressionTypes.AUTO)
 
 
@@ -196,7 +196,7 @@ class _ReadState:
         self.problem = ""
 
 
-def _stream_complete(fh) -> bool:  # noqa: ANN001 - Beam's CompressedFile
+def _stream_complete(fh) -> bool:  # fh: Beam's CompressedFile
     """Whether a fully read compressed file reached the end of its compressed stream.
 
     Beam's ``CompressedFile`` stops quietly where a cut-off file ends; its decompressor
@@ -207,7 +207,7 @@ def _stream_complete(fh) -> bool:  # noqa: ANN001 - Beam's CompressedFile
     return True if eof is None else bool(eof)
 
 
-def _guarded(f: InputFile, fh, lines: Iterator, state: _ReadState) -> Iterator:  # noqa: ANN001
+def _guarded(f: InputFile, fh, lines: Iterator, state: _ReadState) -> Iterator:
     """Yield ``lines``; a read failure or a compressed stream cut short ends the file with
     ``state.problem`` set, instead of crashing the job or passing silently."""
     try:

@@ -25,8 +25,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_e5.errors import ConfigError
-from beam_e5.records import FILE_SCOPE
 from beam_e5.io.sinks import VECTOR_DTYPES
+from beam_e5.records import FILE_SCOPE
 
 LOG = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_e5._version import __version__
-from beam_e5.errors import ConfigError
 from beam_e5.dedupe.explain import INSTALL_HINT
+from beam_e5.errors import ConfigError
 from beam_e5.io.rundir import (
     OutputConfig,
     claim_output,

@@ -28,7 +28,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from model_fixtures import minilm_dir  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +95,7 @@ def run_night(env: dict[str, str], day: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
-def test_two_nights_then_a_failing_night(tmp_path, airflow_env, minilm_dir):  # noqa: F811
+def test_two_nights_then_a_failing_night(tmp_path, airflow_env, minilm_dir):
     corpus = tmp_path / "corpus.jsonl"
     write_corpus(corpus, 40)
     snapshots = tmp_path / "snapshots"

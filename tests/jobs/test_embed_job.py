@@ -7,7 +7,6 @@ import json
 import apache_beam as beam
 import numpy as np
 import pytest
-from model_fixtures import tiny_models  # noqa: F401  (a fixture)
 
 from beam_e5.io.pg.config import PgSinkConfig
 from beam_e5.io.readers import ReaderConfig, validate_reader_config
@@ -57,7 +56,7 @@ def _outputs(tmp_path):
     return files, table
 
 
-def test_read_and_exact_stages(corpus, tmp_path, tiny_models, run_beam):  # noqa: F811
+def test_read_and_exact_stages(corpus, tmp_path, tiny_models, run_beam):
     files, table = _outputs(tmp_path)
     model = tiny_models("bert", "e5-small-v2")
     for output, has_text in ((files, False), (table, True)):
@@ -121,7 +120,7 @@ def test_carried_chunk_rows(doc, rows):
 
 
 def test_the_schema_gains_text_where_the_output_stores_it(corpus, tmp_path,
-                                                         tiny_models):  # noqa: F811
+                                                         tiny_models):
     files, table = _outputs(tmp_path)
     model = tiny_models("bert", "e5-small-v2")
     names = [_resolved(_job(corpus, model, out)).schema.names for out in (files, table)]

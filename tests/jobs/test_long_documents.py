@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from model_fixtures import minilm_dir  # noqa: F401
 
 from beam_e5.cli import main
 
@@ -61,7 +60,7 @@ def corpus():
     return docs, lic
 
 
-def test_chunked_run_rows_counts_and_dedupe(corpus, minilm_dir, tmp_path, capsys):  # noqa: F811
+def test_chunked_run_rows_counts_and_dedupe(corpus, minilm_dir, tmp_path, capsys):
     docs, lic = corpus
     path = _write(tmp_path / "c.jsonl", docs)
     out = tmp_path / "out"
@@ -107,7 +106,7 @@ def test_chunked_run_rows_counts_and_dedupe(corpus, minilm_dir, tmp_path, capsys
     assert all(r["id"] == r["doc_id"] and r["chunk"] == 0 for r in single)
 
 
-def test_reembed_carries_chunks_and_rechunks_changes(corpus, minilm_dir, tmp_path):  # noqa: F811
+def test_reembed_carries_chunks_and_rechunks_changes(corpus, minilm_dir, tmp_path):
     docs, lic = corpus
     docs = [d for d in docs if d["id"] not in ("lic-copy", "lic-near")]
     s1 = tmp_path / "s1"
@@ -143,7 +142,7 @@ def test_reembed_carries_chunks_and_rechunks_changes(corpus, minilm_dir, tmp_pat
     assert c3["chunk_rows"] > c["chunk_rows"]
 
 
-def test_truncate_and_fail_say_what_was_cut(corpus, minilm_dir, tmp_path, capsys):  # noqa: F811
+def test_truncate_and_fail_say_what_was_cut(corpus, minilm_dir, tmp_path, capsys):
     docs, _ = corpus
     docs = [d for d in docs if d["id"] not in ("lic-copy", "lic-near")]
     path = _write(tmp_path / "c.jsonl", docs)
@@ -170,7 +169,7 @@ def test_truncate_and_fail_say_what_was_cut(corpus, minilm_dir, tmp_path, capsys
     assert all("over the limit of 126" in e["reason"] for e in errors)
 
 
-def test_gcs_run_gives_the_same_chunks(corpus, minilm_dir, gcs_emulator, tmp_path):  # noqa: F811
+def test_gcs_run_gives_the_same_chunks(corpus, minilm_dir, gcs_emulator, tmp_path):
     docs, _ = corpus
     docs = docs[:3] + docs[6:10]  # three licences, four paragraphs
     data = "".join(json.dumps(d) + "\n" for d in docs).encode("utf-8")

@@ -22,8 +22,6 @@ import time
 
 import psycopg
 import pytest
-from model_fixtures import tiny_models  # noqa: F401
-from pg_fixtures import pg_database, pg_server  # noqa: F401
 from realtext import write_nightly_corpora
 
 from beam_e5.cli import main
@@ -60,7 +58,7 @@ def corpora(tmp_path_factory):
 
 
 def test_reembed_into_the_published_table(corpora, pg_database, tiny_models, tmp_path,
-                                          capsys, caplog):  # noqa: F811
+                                          capsys, caplog):
     root, edited, deleted, new = corpora
     model = tiny_models("bert", "e5-small-v2")
     out = _with_password(pg_database) + "&table=docs"
@@ -118,7 +116,7 @@ def test_reembed_into_the_published_table(corpora, pg_database, tiny_models, tmp
 
 
 def test_kill_during_load_then_rerun_readers_never_see_a_mix(corpora, pg_database, tiny_models,
-                                                             tmp_path):  # noqa: F811
+                                                             tmp_path):
     root, *_ = corpora
     model = tiny_models("bert", "e5-small-v2")
     big = build_local_corpus(3000, seed=4, max_chars=600, duplicate_fraction=0.02)
@@ -206,7 +204,7 @@ def _rows_by_doc(uri: str, table: str) -> dict[str, dict[str, tuple]]:
 
 
 def test_reembed_chunked_documents_carries_every_row_in_the_database(pg_database, tiny_models,
-                                                                     tmp_path):  # noqa: F811
+                                                                     tmp_path):
     model = tiny_models("bert", "e5-small-v2")
     docs = build_local_corpus(24, seed=11, max_chars=200, duplicate_fraction=0.0)
     short = [dict(d, text=" ".join(d["text"].split()[:4])) for d in docs[:20]]

@@ -11,7 +11,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from model_fixtures import minilm_dir  # noqa: F401
 
 from beam_e5.cli import main
 from tools.localtext import build_local_corpus, write_jsonl
@@ -42,7 +41,7 @@ def _vectors(tables):
 
 
 @pytest.fixture(scope="module")
-def local_run(corpus_path, minilm_dir, tmp_path_factory):  # noqa: F811
+def local_run(corpus_path, minilm_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("local-out")
     assert main(_args(str(corpus_path), str(out), minilm_dir)) == 0
     return out
@@ -75,7 +74,7 @@ def test_local_run_balances_and_is_clean(local_run, corpus_path):
     assert set(vectors) | set(dup_ids) | {e["id"] for e in errors} == input_ids
 
 
-def test_gcs_run_gives_identical_vectors(local_run, corpus_path, minilm_dir, gcs_emulator,  # noqa: F811
+def test_gcs_run_gives_identical_vectors(local_run, corpus_path, minilm_dir, gcs_emulator,
                                          tmp_path):
     inp = gcs_emulator.upload("corpus/corpus.jsonl", Path(corpus_path).read_bytes())
     out = gcs_emulator.url("runs/r1")

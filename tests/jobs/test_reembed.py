@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from model_fixtures import minilm_dir, tiny_models  # noqa: F401
 from realtext import write_nightly_corpora
 
 from beam_e5.cli import main
@@ -53,7 +52,7 @@ def corpora(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def snapshots(corpora, minilm_dir):  # noqa: F811
+def snapshots(corpora, minilm_dir):
     root, *_ = corpora
     pointer = str(root / "LATEST")
     assert main(["embed", "--input", str(root / "v1.jsonl"), "--output", str(root / "s1"),
@@ -90,7 +89,7 @@ def test_reembed_counts_and_carried_vectors(corpora, snapshots):
     assert Path(pointer).read_text().strip() == str(root / "s2")
 
 
-def test_reembed_is_idempotent(corpora, snapshots, minilm_dir):  # noqa: F811
+def test_reembed_is_idempotent(corpora, snapshots, minilm_dir):
     root, *_ = corpora
     args = ["reembed", "--input", str(root / "v2.jsonl"), "--previous", str(root / "s1"),
             "--output", str(root / "s2b"), "--model", minilm_dir] + FAST
@@ -102,7 +101,7 @@ def test_reembed_is_idempotent(corpora, snapshots, minilm_dir):  # noqa: F811
     assert _manifest(root / "s2")["counts"] == _manifest(root / "s2b")["counts"]
 
 
-def test_changed_model_signature_reembeds_everything(corpora, snapshots, minilm_dir):  # noqa: F811
+def test_changed_model_signature_reembeds_everything(corpora, snapshots, minilm_dir):
     root, *_ = corpora
     assert main(["reembed", "--input", str(root / "v2.jsonl"), "--previous", str(root / "s1"),
                  "--output", str(root / "s3"), "--model", minilm_dir,
@@ -112,7 +111,7 @@ def test_changed_model_signature_reembeds_everything(corpora, snapshots, minilm_
 
 
 def test_killed_run_leaves_previous_published_and_rerun_is_complete(corpora, snapshots,
-                                                                    minilm_dir, tmp_path):  # noqa: F811
+                                                                    minilm_dir, tmp_path):
     root, *_ = corpora
     _, pointer = snapshots
     published = Path(pointer).read_text()
@@ -147,7 +146,7 @@ def test_killed_run_leaves_previous_published_and_rerun_is_complete(corpora, sna
 
 
 def test_gcs_weights_replaced_by_a_file_of_the_same_size_change_the_fingerprint(
-        gcs_emulator, tiny_models):  # noqa: F811
+        gcs_emulator, tiny_models):
     local = Path(tiny_models("bert", "e5-small-v2"))
     url = gcs_emulator.upload_dir(str(local), "models/e5-small-v2")
 

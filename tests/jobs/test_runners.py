@@ -13,7 +13,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from model_fixtures import minilm_dir  # noqa: F401
 
 from beam_e5.cli import main
 
@@ -50,7 +49,7 @@ def _outputs(out):
 
 
 @pytest.fixture(scope="module")
-def runs(corpus, minilm_dir, tmp_path_factory):  # noqa: F811
+def runs(corpus, minilm_dir, tmp_path_factory):
     results = {}
     for name, options in RUNNERS.items():
         out = tmp_path_factory.mktemp(name)

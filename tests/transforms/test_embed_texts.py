@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from beam_helpers import metric_counter, metric_distribution_count
-from model_fixtures import minilm_dir  # noqa: F401
 from realtext import mixed_length_texts
 
 from beam_e5.model.config import EncoderConfig
@@ -39,7 +38,7 @@ def _run(elements, spec, tmp_path, options=(), with_errors=False, long_text=None
 
 
 @pytest.fixture(scope="module")
-def minilm_spec(minilm_dir):  # noqa: F811
+def minilm_spec(minilm_dir):
     return EncoderConfig(minilm_dir, beam_batch_size=16).resolve()
 
 
@@ -167,7 +166,7 @@ class _PoisonedEncoder:
         return docs, stats
 
 
-def test_one_bad_text_fails_alone_not_its_batch(minilm_dir):  # noqa: F811
+def test_one_bad_text_fails_alone_not_its_batch(minilm_dir):
     from beam_e5.transforms.handler import E5ModelHandler
 
     spec = EncoderConfig(minilm_dir).resolve()

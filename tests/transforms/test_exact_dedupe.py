@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import apache_beam as beam
 
+from beam_e5.dedupe.exact import resolve_id_group, resolve_text_group
 from beam_e5.dedupe.text_key import text_key
 from beam_e5.records import Document
-from beam_e5.dedupe.exact import resolve_id_group, resolve_text_group
 from beam_e5.transforms.exact_dedupe import ExactDedupe
 
 

@@ -21,7 +21,6 @@ from apache_beam.ml.rag.types import Embedding as RagEmbedding
 from apache_beam.ml.transforms.base import MLTransform
 from beam_helpers import metric_counter
 from langchain.text_splitter import RecursiveCharacterTextSplitter
-from model_fixtures import minilm_dir, tiny_models  # noqa: F401
 from qdrant_client import QdrantClient, models
 from realtext import licence_paragraphs, mixed_length_texts
 
@@ -68,7 +67,7 @@ def test_item_text_and_error_record():
 # -- E5TextEmbeddings configuration ----------------------------------------------------------
 
 
-def test_manager_is_public_and_resolves_the_recipe_before_the_pipeline(minilm_dir):  # noqa: F811
+def test_manager_is_public_and_resolves_the_recipe_before_the_pipeline(minilm_dir):
     assert beam_e5.E5TextEmbeddings is E5TextEmbeddings
     e5 = ProfileOverrides(family="e5")  # the E5 recipe for a model not named e5 (--profile e5)
     query = E5TextEmbeddings(minilm_dir, role="query", max_seq_length=64, overrides=e5,
@@ -83,7 +82,7 @@ def test_manager_is_public_and_resolves_the_recipe_before_the_pipeline(minilm_di
     assert handler.batch_elements_kwargs() == {"min_batch_size": 32, "max_batch_size": 32}
 
 
-def test_manager_misconfiguration_fails_with_a_config_error(minilm_dir, tmp_path):  # noqa: F811
+def test_manager_misconfiguration_fails_with_a_config_error(minilm_dir, tmp_path):
     with pytest.raises(ConfigError, match="does not take load_model_args"):
         E5TextEmbeddings(minilm_dir, load_model_args={"device": "cuda"})
     with pytest.raises(ConfigError, match="unknown options normalize"):
@@ -117,7 +116,7 @@ def _item_json(item):
                        "embedding": item.dense_embedding})
 
 
-def test_embed_texts_takes_and_returns_rag_items(minilm_dir, tmp_path):  # noqa: F811
+def test_embed_texts_takes_and_returns_rag_items(minilm_dir, tmp_path):
     texts = mixed_length_texts(12)
     items = [EmbeddableItem.from_text(t, id=f"c{i}", index=i, metadata={"doc": f"d{i // 4}"})
              for i, t in enumerate(texts)]
@@ -148,7 +147,7 @@ def test_embed_texts_takes_and_returns_rag_items(minilm_dir, tmp_path):  # noqa:
 
 
 @pytest.mark.slow
-def test_mltransform_applies_the_role_prefix_to_items_and_dict_columns(tiny_models,  # noqa: F811
+def test_mltransform_applies_the_role_prefix_to_items_and_dict_columns(tiny_models,
                                                                       tmp_path):
     path = tiny_models("bert", "e5-small-v2")
     # short texts: the two prefix tokens move a (random-weight) mean-pooled vector visibly
@@ -195,7 +194,7 @@ def test_mltransform_applies_the_role_prefix_to_items_and_dict_columns(tiny_mode
 
 
 @pytest.mark.slow
-def test_one_line_swap_for_huggingface_text_embeddings_keeps_the_vectors(minilm_dir,  # noqa: F811
+def test_one_line_swap_for_huggingface_text_embeddings_keeps_the_vectors(minilm_dir,
                                                                          tmp_path):
     """A model without a prefix (MiniLM): Beam's manager and beam-e5's give the same vectors."""
     from apache_beam.ml.rag.embeddings.huggingface import HuggingfaceTextEmbeddings
@@ -236,7 +235,7 @@ def _splitter():
 
 
 @pytest.mark.slow
-def test_beam_rag_pipeline_into_qdrant_matches_beam_e5_embed(minilm_dir, tmp_path):  # noqa: F811
+def test_beam_rag_pipeline_into_qdrant_matches_beam_e5_embed(minilm_dir, tmp_path):
     paras = licence_paragraphs(60)
     docs = [{"doc_id": f"doc-{d}", "text": "\n\n".join(paras[d * 5:(d + 1) * 5])}
             for d in range(12)]

@@ -21,8 +21,14 @@ from beam_e5.errors import ConfigError
 from beam_e5.io.pg.config import PgSinkConfig
 from beam_e5.io.pg.connection import connect, register_types, sql
 from beam_e5.io.pg.copy import WriteToPgvector, column_list, create_table_sql, pg_columns
-from beam_e5.io.pg.read import CHUNKED_COLUMNS, PublishedTable, ReadPublished, count_rows, \
-    read_publication, table_columns
+from beam_e5.io.pg.read import (
+    CHUNKED_COLUMNS,
+    PublishedTable,
+    ReadPublished,
+    count_rows,
+    read_publication,
+    table_columns,
+)
 from beam_e5.io.pg.uri import META_TABLE, PgTarget
 
 if TYPE_CHECKING:
@@ -87,7 +93,7 @@ class PgRun:
             conn = connect(target.dsn, register=False)
         except ConfigError:
             raise
-        except Exception as e:  # psycopg.OperationalError: its message names no password
+        except Exception as e:  # noqa: BLE001 - psycopg's errors (an optional import); their text names no password
             raise ConfigError(f"cannot connect to {target.redacted}: {str(e).strip()}; check "
                               "the URI, the network path and PGPASSWORD/.pgpass") from None
         try:
@@ -299,7 +305,7 @@ def _check_vector_extension(conn: Connection[Any], target: PgTarget,
     if version is None:
         try:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        except Exception:
+        except Exception:  # noqa: BLE001 - any refusal means the same: the owner must do it
             raise ConfigError(f"the database of {target.redacted} lacks the vector extension "
                               "and this user cannot create it: run CREATE EXTENSION vector "
                               "as its owner (Cloud SQL / AlloyDB: as the cloudsqlsuperuser "

@@ -105,6 +105,7 @@ class OutputRun(ABC):
 
     def close(self) -> None:
         """Release what the store holds (connections, locks, load tables)."""
+        return None
 
 
 class VectorOutput(ABC):
@@ -127,6 +128,7 @@ class VectorOutput(ABC):
 
     def check_job(self, shape: JobShape) -> None:
         """Refuse (ConfigError) a job this output cannot serve; the default serves all."""
+        return None
 
     def options(self) -> dict[str, Any]:
         """This output's options for the manifest (never with a secret)."""

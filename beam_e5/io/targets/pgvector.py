@@ -14,9 +14,9 @@ import apache_beam as beam
 import pyarrow as pa
 
 from beam_e5.errors import ConfigError
-from beam_e5.io.pg.uri import is_pg_uri, redact
 from beam_e5.io.pg.config import PgSinkConfig
 from beam_e5.io.pg.run import PgRun
+from beam_e5.io.pg.uri import is_pg_uri, redact
 from beam_e5.io.rundir import OutputConfig, claim_output
 from beam_e5.io.snapshots import PreviousSnapshot, same_signature
 from beam_e5.io.targets.base import JobShape, OutputRun, VectorOutput

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pg_fixtures import pg_database, pg_server  # noqa: F401
-
 from beam_e5.io.pg.connection import connect
 
 

@@ -8,15 +8,19 @@ import apache_beam as beam
 import numpy as np
 import psycopg
 import pytest
-from pg_fixtures import pg_database, pg_server  # noqa: F401
 
 from beam_e5.errors import ConfigError
 from beam_e5.io.pg.config import PgSinkConfig
 from beam_e5.io.pg.connection import connect
 from beam_e5.io.pg.copy import copy_table, pg_columns
 from beam_e5.io.pg.run import PgRun
-from beam_e5.io.sinks import WriteVectors, read_vectors, table_to_records, vectors_schema, \
-    vectors_to_table
+from beam_e5.io.sinks import (
+    WriteVectors,
+    read_vectors,
+    table_to_records,
+    vectors_schema,
+    vectors_to_table,
+)
 
 DIM = 64
 

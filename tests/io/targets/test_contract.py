@@ -15,8 +15,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from model_fixtures import tiny_models  # noqa: F401  (a fixture)
-from pg_fixtures import pg_database, pg_server  # noqa: F401  (fixtures)
 
 from beam_e5.io.pg.config import PgSinkConfig
 from beam_e5.io.pg.connection import connect
@@ -74,7 +72,7 @@ def _counts(report: Path) -> dict:
 
 
 def test_parquet_and_pgvector_publish_the_same_rows(tmp_path, tiny_models,
-                                                    pg_database):  # noqa: F811
+                                                    pg_database):
     v1, v2 = _corpora(tmp_path)
     model = tiny_models("bert", "e5-small-v2")
     uri = pg_database + "&table=docs"
@@ -107,7 +105,7 @@ def test_parquet_and_pgvector_publish_the_same_rows(tmp_path, tiny_models,
     assert second["deleted"] > 0
 
 
-def test_each_output_refuses_what_it_cannot_serve(tmp_path, tiny_models):  # noqa: F811
+def test_each_output_refuses_what_it_cannot_serve(tmp_path, tiny_models):
     from beam_e5.errors import ConfigError
     from beam_e5.transforms.semantic_dedupe import SemanticDedupeConfig
 
