@@ -353,7 +353,9 @@ def parse_csv(
             yield build_document(dict(zip(header, row, strict=True)), fields, source, raw)
 
 
-def parse_rows(rows: list[dict[str, Any]], path: str, row_offset: int, fields: FieldSpec) -> Iterator[Parsed]:
+def parse_rows(
+    rows: list[dict[str, Any]], path: str, row_offset: int, fields: FieldSpec
+) -> Iterator[Parsed]:
     """Build documents from Parquet rows; ``source`` is ``path:row=N`` (0-based in file)."""
     for i, row in enumerate(rows):
         source = f"{path}:row={row_offset + i}"

@@ -20,16 +20,24 @@ from beam_e5.io.readers import (
 
 def _parquet_bytes(n: int, row_group_size: int) -> bytes:
     buf = io.BytesIO()
-    table = pa.table({"id": [f"p{i}" for i in range(n)], "text": [f"parquet doc {i}" for i in range(n)]})
+    table = pa.table(
+        {"id": [f"p{i}" for i in range(n)], "text": [f"parquet doc {i}" for i in range(n)]}
+    )
     pq.write_table(table, buf, row_group_size=row_group_size)
     return buf.getvalue()
 
 
 def test_read_jsonl_and_parquet_from_gcs(gcs_emulator, run_beam) -> None:
-    lines = [{"id": 1, "text": "json one"}, {"id": 2, "text": None}, {"id": 3, "text": "json three"}]
+    lines = [
+        {"id": 1, "text": "json one"},
+        {"id": 2, "text": None},
+        {"id": 3, "text": "json three"},
+    ]
     gcs_emulator.upload("corpus/a.jsonl", "".join(json.dumps(r) + "\n" for r in lines).encode())
     gcs_emulator.upload("corpus/b.parquet", _parquet_bytes(7, row_group_size=3))
-    cfg = ReaderConfig(f"{gcs_emulator.url('corpus/*.jsonl')},{gcs_emulator.url('corpus/*.parquet')}")
+    cfg = ReaderConfig(
+        f"{gcs_emulator.url('corpus/*.jsonl')},{gcs_emulator.url('corpus/*.parquet')}"
+    )
 
     resolved = validate_reader_config(cfg)
     urls = [gcs_emulator.url("corpus/a.jsonl"), gcs_emulator.url("corpus/b.parquet")]

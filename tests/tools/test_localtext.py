@@ -52,7 +52,9 @@ def test_has_planted_duplicates(corpus: list[dict]) -> None:
     for d in dups:
         original = by_id[d["id"].split("~dup")[0]]
         assert text_key(d["text"]) == text_key(original["text"])
-    assert any(d["text"] != by_id[d["id"].split("~dup")[0]]["text"] for d in dups)  # some are variants
+    assert any(
+        d["text"] != by_id[d["id"].split("~dup")[0]]["text"] for d in dups
+    )  # some are variants
     assert len({text_key(d["text"]) for d in corpus}) == 570
 
 
@@ -67,14 +69,22 @@ def test_lengths_are_skewed(corpus: list[dict]) -> None:
 
 def test_synthetic_share_dir(tmp_path: Path) -> None:
     (tmp_path / "common-licenses").mkdir()
-    (tmp_path / "common-licenses" / "LIC").write_text("\n\n".join(f"Licence clause {i}. " * 5 for i in range(30)))
+    (tmp_path / "common-licenses" / "LIC").write_text(
+        "\n\n".join(f"Licence clause {i}. " * 5 for i in range(30))
+    )
     (tmp_path / "doc" / "pkg").mkdir(parents=True)
-    (tmp_path / "doc" / "pkg" / "copyright").write_text("Files: *\nCopyright: 2020 Someone\nLicense: MIT\n")
-    (tmp_path / "doc" / "pkg" / "README.md").write_text("# pkg\n\nThis package does a thing well.\n")
+    (tmp_path / "doc" / "pkg" / "copyright").write_text(
+        "Files: *\nCopyright: 2020 Someone\nLicense: MIT\n"
+    )
+    (tmp_path / "doc" / "pkg" / "README.md").write_text(
+        "# pkg\n\nThis package does a thing well.\n"
+    )
     (tmp_path / "man" / "man1").mkdir(parents=True)
-    roff = '.TH LS 1\n.SH NAME\nls \\- list directory contents\n.SH DESCRIPTION\nList \\fBinformation\\fR here.\n'
+    roff = ".TH LS 1\n.SH NAME\nls \\- list directory contents\n.SH DESCRIPTION\nList \\fBinformation\\fR here.\n"
     (tmp_path / "man" / "man1" / "ls.1.gz").write_bytes(gzip.compress(roff.encode()))
-    docs = build_local_corpus(9, seed=0, duplicate_fraction=0.25, share_dir=str(tmp_path))  # 7 chunks + 2
+    docs = build_local_corpus(
+        9, seed=0, duplicate_fraction=0.25, share_dir=str(tmp_path)
+    )  # 7 chunks + 2
     ids = {d["id"] for d in docs}
     assert {"man1/ls.1.gz#0", "doc/pkg/copyright#0", "doc/pkg/README.md#0"} <= ids
     assert sum("~dup" in i for i in ids) == 2
@@ -113,8 +123,15 @@ def test_bad_arguments() -> None:
 def test_cli_and_write_jsonl(tmp_path: Path) -> None:
     docs = [{"id": "a", "text": "ünïcode"}]
     write_jsonl(docs, tmp_path / "sub" / "x.jsonl")
-    assert (tmp_path / "sub" / "x.jsonl").read_text(encoding="utf-8") == '{"id": "a", "text": "ünïcode"}\n'
-    assert main(["--n", "5", "--out", str(tmp_path / "y.jsonl"), "--share-dir", str(tmp_path / "none")]) == 2
+    assert (tmp_path / "sub" / "x.jsonl").read_text(
+        encoding="utf-8"
+    ) == '{"id": "a", "text": "ünïcode"}\n'
+    assert (
+        main(
+            ["--n", "5", "--out", str(tmp_path / "y.jsonl"), "--share-dir", str(tmp_path / "none")]
+        )
+        == 2
+    )
     if Path("/usr/share/common-licenses").is_dir():
         assert main(["--n", "40", "--out", str(tmp_path / "z.jsonl")]) == 0
         assert len((tmp_path / "z.jsonl").read_text().splitlines()) == 40
