@@ -7,7 +7,8 @@ import re
 
 
 def licence_paragraphs(limit: int) -> list[str]:
-    """Up to ``limit`` distinct non-empty paragraphs of /usr/share/common-licenses, in a fixed order."""
+    """Up to ``limit`` distinct non-empty paragraphs of /usr/share/common-licenses, in a fixed
+    order."""
     paragraphs: list[str] = []
     seen: set[str] = set()
     for path in sorted(glob.glob("/usr/share/common-licenses/*")):

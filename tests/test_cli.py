@@ -45,7 +45,8 @@ def test_embed_writes_vectors_duplicates_errors_manifest(corpus, minilm_dir, tmp
                "--keep-fields", "title", "--beam-batch-size", "32"])
     assert rc == 0
     summary = capsys.readouterr().out
-    assert "read 83 = written 80 + exact duplicates 1 + semantic duplicates 0 + invalid 2" in summary
+    assert ("read 83 = written 80 + exact duplicates 1 + semantic duplicates 0 + invalid 2"
+            in summary)
     assert "docs/s" in summary and "padding ratio" in summary
 
     vectors, files = _table(out, "vectors")
@@ -201,7 +202,8 @@ def test_embed_with_semantic_dedupe_then_dedupe_command(corpus, minilm_dir, tmp_
                  "--dedupe-threshold", "0.9"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     c = manifest["counts"]
-    assert c["read"] == c["written"] + c["exact_duplicates"] + c["semantic_duplicates"] + c["invalid"]
+    assert c["read"] == (c["written"] + c["exact_duplicates"] + c["semantic_duplicates"]
+                         + c["invalid"])
     dups, _ = _table(out, "duplicates")
     semantic = [d for d in dups.to_pylist() if d["kind"] == "semantic"]
     assert len(semantic) == c["semantic_duplicates"]

@@ -151,7 +151,8 @@ def test_publish_guards_empty_shrunk_and_live_snapshot(tmp_path, capsys, minilm_
                      "--publish", "LATEST", *model_args(minilm_dir))
     assert rc == 0, err
     live = tmp_path / "night1"
-    assert (tmp_path / "LATEST").read_text().strip() == str(live)  # absolute, from a relative --output
+    # absolute, from a relative --output
+    assert (tmp_path / "LATEST").read_text().strip() == str(live)
 
     # --overwrite of the directory LATEST names is refused before anything is deleted
     rc, _, err = cli(capsys, "embed", "--input", corpus, "--output", "night1", "--overwrite",
@@ -428,7 +429,8 @@ def test_reembed_previous_dedupe_output_carries_and_ids_stay_unique(tmp_path, ca
     assert rc == 0, err
     # the same corpus plus: an id given twice with two texts, and an id repeated verbatim
     more = rows + [{"id": "twice", "text": "first text"}, {"id": "twice", "text": "other text"},
-                   {"id": "same", "text": "repeated record"}, {"id": "same", "text": "repeated record"},
+                   {"id": "same", "text": "repeated record"},
+                   {"id": "same", "text": "repeated record"},
                    {"id": "zcopy", "text": rows[0]["text"]}]
     corpus2 = write_jsonl(tmp_path / "c2.jsonl", more)
     rc, _, err = cli(capsys, "reembed", "--input", corpus2, "--previous", str(tmp_path / "dd"),

@@ -1,1 +1,2 @@
-"""The dedupe rules, without Beam: the exact-dedupe text key and rule, the semantic (cosine) core, threshold exploration."""
+"""The dedupe rules, without Beam: the exact-dedupe text key and rule, the semantic (cosine)
+core, threshold exploration."""

@@ -1,1 +1,2 @@
-"""Reading and writing: corpus readers, vector/duplicate/error sinks, the output directory and manifest, snapshots and publishing."""
+"""Reading and writing: corpus readers, vector/duplicate/error sinks, the output directory and
+manifest, snapshots and publishing."""

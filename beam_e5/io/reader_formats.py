@@ -187,7 +187,8 @@ def build_document(rec: Mapping[str, Any], fields: FieldSpec, source: str, raw: 
     if raw_id is None or raw_id == "":
         return error(source, f"missing or null id field {fields.id_field!r}", raw)
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-        reason = f"id field {fields.id_field!r} must be a string or an integer, got {type(raw_id).__name__}"
+        reason = (f"id field {fields.id_field!r} must be a string or an integer, "
+                  f"got {type(raw_id).__name__}")
         return error(source, reason, raw)
     doc_id = str(raw_id)
     if lone_surrogate(doc_id):
@@ -208,12 +209,14 @@ def build_document(rec: Mapping[str, Any], fields: FieldSpec, source: str, raw: 
     if fields.title_field is not None:
         title = rec.get(fields.title_field)
         if title is not None and not isinstance(title, str):
-            reason = f"title field {fields.title_field!r} must be a string, got {type(title).__name__}"
+            reason = (f"title field {fields.title_field!r} must be a string, "
+                      f"got {type(title).__name__}")
             return error(source, reason, raw, doc_id)
         if title and title.strip():
             text = f"{title} {text}"
     if lone_surrogate(text):
-        return error(source, _SURROGATE.format(what=f"text field {fields.text_field!r}"), raw, doc_id)
+        return error(source, _SURROGATE.format(what=f"text field {fields.text_field!r}"), raw,
+                     doc_id)
     kept = {k: jsonable(rec.get(k)) for k in fields.keep_fields}
     bad = next((k for k, v in kept.items() if lone_surrogate(v)), None)
     if bad is not None:
@@ -330,7 +333,8 @@ def parse_csv(
         except StopIteration:
             return
         except csv.Error as e:
-            raw = "".join(consumed).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raw = ("".join(consumed).encode("utf-8", "surrogateescape")
+                   .decode("utf-8", "backslashreplace"))
             last = reader.line_num
             reason = (f"invalid CSV at lines {start_line}-{last}: {e} (an unterminated or stray "
                       "quote); these lines were not read as records: fix the quoting and rerun")
@@ -341,7 +345,8 @@ def parse_csv(
             continue
         if not row or not any(v.strip() for v in row):
             continue
-        raw = delimiter.join(row).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raw = (delimiter.join(row).encode("utf-8", "surrogateescape")
+               .decode("utf-8", "backslashreplace"))
         if header is None:
             header = [h.lstrip("\ufeff") for h in row]
             continue

@@ -34,7 +34,8 @@ _EXTENSIONS = {
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
 SNIFF_BYTES = 64 * 1024
 _UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
-_WHAT = {"parquet": "Parquet schema", "csv": "CSV header", "tsv": "TSV header", "jsonl": "first JSON record"}
+_WHAT = {"parquet": "Parquet schema", "csv": "CSV header", "tsv": "TSV header",
+         "jsonl": "first JSON record"}
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,8 @@ def match_inputs(patterns: list[str]) -> list[FileMetadata]:
         try:
             metadata = FileSystems.match([pattern])[0].metadata_list
         except Exception as e:
-            raise ConfigError(f"cannot list --input {pattern!r}: {e}. Check the path and your access to it") from e
+            raise ConfigError(f"cannot list --input {pattern!r}: {e}. Check the path and your "
+                              "access to it") from e
         if not metadata:
             raise ConfigError(
                 f"no file matches --input {pattern!r}. Check the path or glob "
@@ -185,14 +187,15 @@ def _header_names(path: str, fmt: str) -> list[str] | None:
 
 def _parquet_names(path: str, compressed: bool) -> list[str]:
     if compressed:
-        raise ConfigError(f"{path}: Parquet files carry their own compression; decompress the file first")
+        raise ConfigError(f"{path}: Parquet files carry their own compression; decompress the "
+                          "file first")
     try:
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
             return list(pq.read_schema(fh).names)
     except Exception as e:
         raise ConfigError(
-            f"cannot read the Parquet schema of {path} ({type(e).__name__}: {e}). Is it a Parquet file? "
-            "Remove it from --input or set --input-format to its real format"
+            f"cannot read the Parquet schema of {path} ({type(e).__name__}: {e}). Is it a "
+            "Parquet file? Remove it from --input or set --input-format to its real format"
         ) from e
 
 
@@ -230,7 +233,8 @@ def _check_fields(f: InputFile, names: list[str], explicit_title: bool) -> None:
     spec = f.fields
     checks = [("--id-field", spec.id_field), ("--text-field", spec.text_field)]
     if spec.title_field is not None:
-        checks.append(("--title-field" if explicit_title else "title field (auto-detected)", spec.title_field))
+        checks.append(("--title-field" if explicit_title else "title field (auto-detected)",
+                       spec.title_field))
     checks += [("--keep-fields", k) for k in spec.keep_fields]
     for flag, value in checks:
         if value not in names:

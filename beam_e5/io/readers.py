@@ -96,14 +96,18 @@ class ReaderConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.input, str) or not self.input.strip(" ,"):
-            raise ConfigError("--input is empty: give a file, a glob or a gs:// path (comma-separated for several)")
+            raise ConfigError("--input is empty: give a file, a glob or a gs:// path "
+                              "(comma-separated for several)")
         if self.input_format not in FORMATS:
-            raise ConfigError(f"--input-format {self.input_format!r} is not one of {', '.join(FORMATS)}")
+            raise ConfigError(f"--input-format {self.input_format!r} is not one of "
+                              f"{', '.join(FORMATS)}")
         for flag, value in (("--id-field", self.id_field), ("--text-field", self.text_field)):
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"{flag} must be a non-empty field name, got {value!r}")
-        if self.title_field is not None and (not isinstance(self.title_field, str) or not self.title_field.strip()):
-            raise ConfigError(f"--title-field must be a non-empty field name, got {self.title_field!r}")
+        if self.title_field is not None and (not isinstance(self.title_field, str)
+                                             or not self.title_field.strip()):
+            raise ConfigError("--title-field must be a non-empty field name, "
+                              f"got {self.title_field!r}")
         keep = self.keep_fields
         if isinstance(keep, str):
             keep = tuple(k.strip() for k in keep.split(",") if k.strip())
@@ -169,7 +173,8 @@ def plan_splits(f: InputFile, split_bytes: int = SPLIT_BYTES) -> list[Split]:
     return [Split(f, s, min(s + split_bytes, f.size_bytes), numbered=False) for s in starts]
 
 
-def _sourced(path: str, lines: Iterator[tuple[int, bytes]], numbered: bool) -> Iterator[tuple[str, bytes]]:
+def _sourced(path: str, lines: Iterator[tuple[int, bytes]],
+             numbered: bool) -> Iterator[tuple[str, bytes]]:
     for n, (offset, line) in enumerate(lines, start=1):
         line = rf.strip_bom(offset, line)
         yield (f"{path}:{n}" if numbered else f"{path}:byte={offset}"), line
@@ -244,7 +249,7 @@ def read_split(split: Split) -> Iterator[rf.Parsed]:
         try:
             with FileSystems.open(f.path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
                 table = pq.ParquetFile(fh).read_row_group(split.row_group, columns=fields.columns())
-        except (OSError, ValueError, KeyError, pa.ArrowException) as e:  # e.g. a column missing in this file
+        except (OSError, ValueError, KeyError, pa.ArrowException) as e:  # e.g. a missing column
             reason = f"cannot read row group {split.row_group}: {type(e).__name__}: {e}"
             yield rf.file_error(f"{f.path}:row={split.row_offset}", reason)
             return
@@ -260,7 +265,8 @@ def read_split(split: Split) -> Iterator[rf.Parsed]:
             state.problem = f"{type(e).__name__}: {e}"
             header = []
         with _open(f) as fh:
-            lines = _sourced(f.path, _guarded(f, fh, rf.iter_lines(fh, split.start, split.end), state),
+            lines = _sourced(f.path,
+                             _guarded(f, fh, rf.iter_lines(fh, split.start, split.end), state),
                              split.numbered)
             if state.problem:
                 pass
@@ -304,7 +310,8 @@ class _ReadSplitFn(beam.DoFn):
 class ReadCorpus(beam.PTransform):
     """Apply to the pipeline root; returns outputs ``documents`` and ``errors``."""
 
-    def __init__(self, cfg: ReaderConfig | ResolvedInput, *, split_bytes: int = SPLIT_BYTES) -> None:
+    def __init__(self, cfg: ReaderConfig | ResolvedInput, *,
+                 split_bytes: int = SPLIT_BYTES) -> None:
         super().__init__()
         if not isinstance(split_bytes, int) or split_bytes < 1:
             raise ConfigError(f"split_bytes must be a positive integer, got {split_bytes!r}")

@@ -22,8 +22,8 @@ from beam_e5.io.rundir import MANIFEST, read_manifest
 from beam_e5.io.sinks import table_to_records
 
 __all__ = ["PreviousSnapshot", "check_guards", "check_min_ratio", "check_not_live",
-           "DEFAULT_MIN_RATIO", "check_pointer_location", "load_previous", "publish", "published_count",
-           "read_pointer", "read_previous", "resolve_snapshot", "same_signature"]
+           "DEFAULT_MIN_RATIO", "check_pointer_location", "load_previous", "publish",
+           "published_count", "read_pointer", "read_previous", "resolve_snapshot", "same_signature"]
 
 
 MAX_POINTER_BYTES = 4096

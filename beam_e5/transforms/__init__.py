@@ -1,1 +1,2 @@
-"""Beam transforms: the RunInference model handler, ``EmbedTexts``, exact and semantic dedupe, the re-embed split."""
+"""Beam transforms: the RunInference model handler, ``EmbedTexts``, exact and semantic dedupe,
+the re-embed split."""

@@ -159,7 +159,8 @@ class E5TextEmbeddings(EmbeddingsManager):
         unknown = sorted(set(options) - _ENCODER_FIELDS)
         if unknown:
             raise ConfigError(f"E5TextEmbeddings got unknown options {', '.join(unknown)}; "
-                              f"it takes the EncoderConfig fields {', '.join(sorted(_ENCODER_FIELDS))}")
+                              "it takes the EncoderConfig fields "
+                              f"{', '.join(sorted(_ENCODER_FIELDS))}")
         config = _encoder_config(model_name, role, max_seq_length, options)
         adapter = None if columns is not None else create_text_adapter()
         super().__init__(columns=columns, type_adapter=adapter,

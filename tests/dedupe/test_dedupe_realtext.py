@@ -2,8 +2,8 @@
 
 Debian-style systems ship the same copyright texts many times with small edits
 (/usr/share/doc/*/copyright, /usr/share/common-licenses/*).  They are embedded with
-the packaged all-MiniLM-L6-v2 model (through beam-e5's encoder) and deduplicated by the Beam transform with
-several cells; the result must equal the brute-force rule exactly.
+the packaged all-MiniLM-L6-v2 model (through beam-e5's encoder) and deduplicated by the Beam
+transform with several cells; the result must equal the brute-force rule exactly.
 """
 
 from __future__ import annotations

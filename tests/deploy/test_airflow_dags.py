@@ -77,7 +77,8 @@ def airflow_env(tmp_path, airflow_python) -> dict[str, str]:
 def beam_e5_python(tmp_path: Path) -> str:
     """A wrapper around this interpreter that imports this checkout's beam_e5."""
     wrapper = tmp_path / "beam-e5-python"
-    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{ROOT}" HF_HUB_OFFLINE=1 exec "{sys.executable}" "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{ROOT}" HF_HUB_OFFLINE=1 '
+                       f'exec "{sys.executable}" "$@"\n')
     wrapper.chmod(0o755)
     return str(wrapper)
 

@@ -136,7 +136,8 @@ def test_cut_and_printable() -> None:
 
 def test_error_and_file_error_records() -> None:
     assert rf.error("f:3", "why", "raw") == ("error", err("f:3", "why", "raw"))
-    assert rf.error("f:3", "why", "raw", "id\udfff") == ("error", err("f:3", "why", "raw", "id\\udfff"))
+    assert rf.error("f:3", "why", "raw", "id\udfff") == (
+        "error", err("f:3", "why", "raw", "id\\udfff"))
     _, record = rf.error("f:1", "long", "r" * (MAX_RAW_RECORD_CHARS + 1))
     assert len(record["record"]) == MAX_RAW_RECORD_CHARS
     assert rf.file_error("f.csv", "cut short") == (
@@ -228,7 +229,8 @@ def test_build_document_ids_and_kept_fields() -> None:
     ("Paris", "Paris is big."), ("", "is big."), ("   ", "is big."), (None, "is big.")])
 def test_build_document_title_prefix(title: str | None, text: str) -> None:
     fields = FieldSpec(title_field="title")
-    assert build({"id": "p", "title": title, "text": "is big."}, fields) == ("doc", doc("p", text, "src:1"))
+    assert build({"id": "p", "title": title, "text": "is big."}, fields) == (
+        "doc", doc("p", text, "src:1"))
 
 
 def test_build_document_title_checks() -> None:
@@ -238,7 +240,8 @@ def test_build_document_title_checks() -> None:
     # a title does not rescue an empty text
     assert build({"id": "p", "title": "Title", "text": " "}, fields)[1]["reason"] == (
         "text field 'text' is empty or whitespace-only")
-    assert build({"id": "p", "text": "no title key"}, fields) == ("doc", doc("p", "no title key", "src:1"))
+    assert build({"id": "p", "text": "no title key"}, fields) == (
+        "doc", doc("p", "no title key", "src:1"))
 
 
 # ------------------------------------------------------------------------------ JSONL
@@ -273,7 +276,8 @@ def test_parse_jsonl_good_blank_and_bad_lines() -> None:
 def test_parse_jsonl_error_record_is_cut() -> None:
     line = b'{"id": 1, "text": "' + b"x" * (MAX_RAW_RECORD_CHARS * 2)  # never closed
     [(kind, e)] = list(rf.parse_jsonl(iter([("f:1", line)]), FIELDS))
-    assert kind == "error" and e["reason"].startswith("invalid JSON: JSONDecodeError: Unterminated string")
+    assert kind == "error" and e["reason"].startswith(
+        "invalid JSON: JSONDecodeError: Unterminated string")
     assert e["record"] == line.decode()[:MAX_RAW_RECORD_CHARS]
 
 
@@ -403,7 +407,8 @@ def test_parse_csv_other_delimiter_header_only_and_empty() -> None:
 
 def test_parse_csv_header_bom_is_dropped() -> None:
     data = b"\xef\xbb\xbfid,text\n1,hello\n"
-    assert list(rf.parse_csv(csv_lines(data), "c.csv", FIELDS)) == [("doc", doc("1", "hello", "c.csv:2"))]
+    assert list(rf.parse_csv(csv_lines(data), "c.csv", FIELDS)) == [
+        ("doc", doc("1", "hello", "c.csv:2"))]
 
 
 BOM_QUOTED_HEADER = pytest.mark.xfail(strict=True, reason=(
@@ -424,7 +429,8 @@ BOM_BLANK_LINE = pytest.mark.xfail(strict=True, reason=(
                  id="quoted-header"),
     pytest.param(b"\xef\xbb\xbf\nid,text\n1,hello\n", 3, marks=BOM_BLANK_LINE, id="blank-line"),
 ], ids=["plain-header", None, None])
-def test_a_bom_at_the_start_of_a_csv_file_is_ignored(tmp_path: Path, data: bytes, line: int) -> None:
+def test_a_bom_at_the_start_of_a_csv_file_is_ignored(tmp_path: Path, data: bytes,
+                                                     line: int) -> None:
     path = tmp_path / "bom.csv"
     path.write_bytes(data)
     [f] = validate_reader_config(ReaderConfig(str(path))).files  # passes in every case
@@ -521,7 +527,8 @@ def test_compressed_files_parse_like_plain_ones(tmp_path: Path, monkeypatch: pyt
         "tsv": [["doc", doc("a", "alpha", "PATH:2")],
                 ["error", err("PATH:3", "row has 3 tab-separated fields, the header has 2",
                               "b\tbeta\tgamma")]],
-        "txt": [["doc", doc("PATH:1", "alpha", "PATH:1")], ["doc", doc("PATH:3", "beta", "PATH:3")]],
+        "txt": [["doc", doc("PATH:1", "alpha", "PATH:1")],
+                ["doc", doc("PATH:3", "beta", "PATH:3")]],
     }[fmt]
     assert read(plain) == expected
     assert read(packed) == expected

@@ -50,12 +50,15 @@ def read_corpus(run_beam, cfg: ReaderConfig, **kw: Any) -> tuple[list[dict], lis
 
 
 def test_jsonl(tmp_path: Path, run_beam) -> None:
-    path = jsonl(tmp_path / "c.jsonl", [{"id": 7, "text": "seven"}, "", {"id": "b", "text": "bee", "x": 1}])
+    path = jsonl(tmp_path / "c.jsonl",
+                 [{"id": 7, "text": "seven"}, "", {"id": "b", "text": "bee", "x": 1}])
     docs, errors = read_corpus(run_beam, ReaderConfig(str(path)))
     assert errors == []
     assert docs == [
-        {"id": "7", "text": "seven", "text_sha256": text_key("seven"), "source": f"{path}:1", "fields": {}},
-        {"id": "b", "text": "bee", "text_sha256": text_key("bee"), "source": f"{path}:3", "fields": {}},
+        {"id": "7", "text": "seven", "text_sha256": text_key("seven"), "source": f"{path}:1",
+         "fields": {}},
+        {"id": "b", "text": "bee", "text_sha256": text_key("bee"), "source": f"{path}:3",
+         "fields": {}},
     ]
 
 
@@ -89,7 +92,8 @@ def test_gzipped_jsonl(tmp_path: Path, run_beam) -> None:
 
 def test_parquet_row_groups_are_separate_splits(tmp_path: Path, run_beam) -> None:
     path = tmp_path / "c.parquet"
-    table = pa.table({"id": list(range(10)), "text": [f"doc {i}" for i in range(10)], "lang": ["en"] * 10})
+    table = pa.table({"id": list(range(10)), "text": [f"doc {i}" for i in range(10)],
+                      "lang": ["en"] * 10})
     pq.write_table(table, path, row_group_size=3)
     resolved = validate_reader_config(ReaderConfig(str(path), keep_fields=("lang",)))
     splits = plan_splits(resolved.files[0])
@@ -104,7 +108,8 @@ def test_parquet_row_groups_are_separate_splits(tmp_path: Path, run_beam) -> Non
 
 def test_csv_with_quoted_newlines(tmp_path: Path, run_beam) -> None:
     path = tmp_path / "c.csv"
-    path.write_bytes(b'id,text,lang\r\n1,"first, with comma",en\r\n2,"multi\nline ""quoted""",de\r\n\r\n3,third,fr\r\n')
+    path.write_bytes(b'id,text,lang\r\n1,"first, with comma",en\r\n'
+                     b'2,"multi\nline ""quoted""",de\r\n\r\n3,third,fr\r\n')
     docs, errors = read_corpus(run_beam, ReaderConfig(str(path), keep_fields=("lang",)))
     assert errors == []
     assert [(d["id"], d["text"], d["source"], d["fields"]) for d in docs] == [
@@ -135,10 +140,12 @@ def test_plain_text_blank_lines_are_separators(tmp_path: Path, run_beam) -> None
 
 
 def test_keep_fields_jsonl(tmp_path: Path, run_beam) -> None:
-    rows = [{"id": 1, "text": "a", "lang": "en", "meta": {"n": [1, 2]}}, {"id": 2, "text": "b", "lang": "fr"}]
+    rows = [{"id": 1, "text": "a", "lang": "en", "meta": {"n": [1, 2]}},
+            {"id": 2, "text": "b", "lang": "fr"}]
     path = jsonl(tmp_path / "c.jsonl", rows)
     docs, _ = read_corpus(run_beam, ReaderConfig(str(path), keep_fields=("lang", "meta")))
-    assert [d["fields"] for d in docs] == [{"lang": "en", "meta": {"n": [1, 2]}}, {"lang": "fr", "meta": None}]
+    assert [d["fields"] for d in docs] == [{"lang": "en", "meta": {"n": [1, 2]}},
+                                           {"lang": "fr", "meta": None}]
 
 
 def test_big_files_are_read_in_byte_ranges(tmp_path: Path, run_beam) -> None:
@@ -162,7 +169,8 @@ def test_byte_ranges_cover_every_line_once(tmp_path: Path, split_bytes: int) -> 
     path = tmp_path / "t.txt"
     path.write_bytes(("\r\n".join(lines)).encode())  # CRLF, no final newline
     resolved = validate_reader_config(ReaderConfig(str(path)))
-    texts = [d["text"] for s in plan_splits(resolved.files[0], split_bytes) for _, d in read_split(s)]
+    texts = [d["text"] for s in plan_splits(resolved.files[0], split_bytes)
+             for _, d in read_split(s)]
     assert texts == [line for line in lines if line]
 
 
@@ -184,8 +192,10 @@ BAD_JSONL = [
 
 
 @pytest.mark.parametrize(("case", "line", "reason"), BAD_JSONL, ids=[c[0] for c in BAD_JSONL])
-def test_bad_jsonl_record_goes_to_errors(tmp_path: Path, run_beam, case: str, line: str, reason: str) -> None:
-    path = write_lines(tmp_path / "c.jsonl", ['{"id": "ok", "text": "fine"}', line, '{"id": "ok2", "text": "fine"}'])
+def test_bad_jsonl_record_goes_to_errors(tmp_path: Path, run_beam, case: str, line: str,
+                                         reason: str) -> None:
+    path = write_lines(tmp_path / "c.jsonl",
+                       ['{"id": "ok", "text": "fine"}', line, '{"id": "ok2", "text": "fine"}'])
     docs, errors = read_corpus(run_beam, ReaderConfig(str(path)))
     assert [d["id"] for d in docs] == ["ok", "ok2"]
     assert len(errors) == 1
@@ -196,7 +206,8 @@ def test_bad_jsonl_record_goes_to_errors(tmp_path: Path, run_beam, case: str, li
 
 def test_undecodable_bytes_reject_only_their_line(tmp_path: Path, run_beam) -> None:
     path = tmp_path / "c.jsonl"
-    path.write_bytes(b'{"id": 1, "text": "ok"}\n{"id": 2, "text": "bad \xff\xfe"}\n{"id": 3, "text": "ok"}\n')
+    path.write_bytes(b'{"id": 1, "text": "ok"}\n{"id": 2, "text": "bad \xff\xfe"}\n'
+                     b'{"id": 3, "text": "ok"}\n')
     docs, errors = read_corpus(run_beam, ReaderConfig(str(path)))
     assert [d["id"] for d in docs] == ["1", "3"]
     assert len(errors) == 1 and "not valid UTF-8" in errors[0]["reason"]
@@ -210,7 +221,8 @@ def test_undecodable_bytes_in_text_and_csv(tmp_path: Path, run_beam) -> None:
     csv_path.write_bytes(b'id,text\n1,good\n2,"bad \xff"\n3,good too\n')
     docs, errors = read_corpus(run_beam, ReaderConfig(f"{txt},{csv_path}"))
     assert [d["source"] for d in docs] == [f"{csv_path}:2", f"{csv_path}:4", f"{txt}:1", f"{txt}:3"]
-    assert [(e["source"], "UTF-8" in e["reason"]) for e in errors] == [(f"{csv_path}:3", True), (f"{txt}:2", True)]
+    assert [(e["source"], "UTF-8" in e["reason"]) for e in errors] == [
+        (f"{csv_path}:3", True), (f"{txt}:2", True)]
 
 
 def test_bad_csv_and_tsv_rows(tmp_path: Path, run_beam) -> None:
@@ -257,7 +269,8 @@ def test_directory_input_says_to_use_a_glob(tmp_path: Path) -> None:
 
 def _make_inputs(tmp_path: Path) -> dict[str, Path]:
     paths = {
-        "jsonl": jsonl(tmp_path / "c.jsonl", ["", "not json", {"id": 1, "text": "a", "lang": "en"}]),
+        "jsonl": jsonl(tmp_path / "c.jsonl",
+                       ["", "not json", {"id": 1, "text": "a", "lang": "en"}]),
         "csv": write_lines(tmp_path / "c.csv", ["id,text,lang", "1,a,en"]),
         "tsv": write_lines(tmp_path / "c.tsv", ["id\ttext\tlang", "1\ta\ten"]),
         "parquet": tmp_path / "c.parquet",
@@ -299,7 +312,8 @@ def test_jsonl_without_any_object_is_rejected(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "option", [{"id_field": "doc"}, {"text_field": "body"}, {"title_field": "t"}, {"keep_fields": ("x",)}]
+    "option", [{"id_field": "doc"}, {"text_field": "body"}, {"title_field": "t"},
+               {"keep_fields": ("x",)}]
 )
 def test_field_options_on_plain_text(tmp_path: Path, option: dict) -> None:
     path = write_lines(tmp_path / "c.txt", ["hello"])
@@ -355,7 +369,8 @@ def test_unreadable_parquet_found_at_read_time_is_one_error(tmp_path: Path) -> N
     bad.write_bytes(b"garbage" * 10)  # e.g. a file past the validation cap
     [split] = plan_splits(replace(resolved.files[0], path=str(bad)))
     [(kind, err)] = list(read_split(split))
-    assert kind == "error" and err["source"] == str(bad) and "cannot read Parquet file" in err["reason"]
+    assert (kind == "error" and err["source"] == str(bad)
+            and "cannot read Parquet file" in err["reason"])
 
 
 def test_utf8_bom_is_ignored(tmp_path: Path, run_beam) -> None:

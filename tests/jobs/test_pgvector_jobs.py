@@ -170,7 +170,7 @@ def test_kill_during_load_then_rerun_readers_never_see_a_mix(corpora, pg_databas
         assert conn.execute(query).fetchone() == before  # the previous table still serves
     assert not (tmp_path / "r2" / "manifest.json").exists()
 
-    assert main(args + ["--overwrite"]) == 0  # the rerun (its report dir has the killed run's files)
+    assert main(args + ["--overwrite"]) == 0  # rerun (its report dir has the killed run's files)
     time.sleep(0.3)
     stop.set()
     thread.join(10)

@@ -52,7 +52,8 @@ def test_local_run_balances_and_is_clean(local_run, corpus_path):
     manifest = json.loads((out / "manifest.json").read_text())
     c = manifest["counts"]
     assert c["read"] == N_DOCS
-    assert c["read"] == c["written"] + c["exact_duplicates"] + c["semantic_duplicates"] + c["invalid"]
+    assert c["read"] == (c["written"] + c["exact_duplicates"] + c["semantic_duplicates"]
+                         + c["invalid"])
     assert c["exact_duplicates"] >= 0.04 * N_DOCS  # planted duplicates were found
     vectors = _vectors([pq.read_table(f) for f in out.glob("vectors-*.parquet")])
     assert len(vectors) == c["written"]

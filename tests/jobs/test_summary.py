@@ -193,7 +193,8 @@ def test_counter_values_sum_over_steps_in_one_namespace(pipeline_result) -> None
 def test_distribution_helpers(pipeline_result) -> None:
     assert model_loads(pipeline_result) == 4  # count of load-latency updates, only in "First"
     assert encode_ms(pipeline_result) == 200  # sum of 10*n over 1..4, in both steps
-    assert (model_loads(pipeline_result, "elsewhere"), encode_ms(pipeline_result, "elsewhere")) == (0, 0)
+    assert (model_loads(pipeline_result, "elsewhere"),
+            encode_ms(pipeline_result, "elsewhere")) == (0, 0)
 
 
 def test_summarize_a_real_pipeline(pipeline_result) -> None:

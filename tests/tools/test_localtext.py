@@ -80,7 +80,8 @@ def test_synthetic_share_dir(tmp_path: Path) -> None:
         "# pkg\n\nThis package does a thing well.\n"
     )
     (tmp_path / "man" / "man1").mkdir(parents=True)
-    roff = ".TH LS 1\n.SH NAME\nls \\- list directory contents\n.SH DESCRIPTION\nList \\fBinformation\\fR here.\n"
+    roff = (".TH LS 1\n.SH NAME\nls \\- list directory contents\n.SH DESCRIPTION\n"
+            "List \\fBinformation\\fR here.\n")
     (tmp_path / "man" / "man1" / "ls.1.gz").write_bytes(gzip.compress(roff.encode()))
     docs = build_local_corpus(
         9, seed=0, duplicate_fraction=0.25, share_dir=str(tmp_path)

@@ -241,7 +241,8 @@ def test_beam_rag_pipeline_into_qdrant_matches_beam_e5_embed(minilm_dir, tmp_pat
             for d in range(12)]
     # the existing Beam RAG pipeline's one line that changes:
     # HuggingfaceTextEmbeddings(model_name=...) -> E5TextEmbeddings(model_name=..., ...)
-    embeddings = E5TextEmbeddings(minilm_dir, overrides=ProfileOverrides(passage_prefix="passage: "),
+    embeddings = E5TextEmbeddings(minilm_dir,
+                                  overrides=ProfileOverrides(passage_prefix="passage: "),
                                   max_batch_size=16)
     qdrant_dir = tmp_path / "qdrant"
     client = QdrantClient(path=str(qdrant_dir))

@@ -150,7 +150,8 @@ def test_empty_previous_makes_everything_new() -> None:
     with BeamTestPipeline() as p:
         out = split_by_previous(p | "Docs" >> beam.Create([a, b]),
                                 p | "Present" >> beam.Create(["a", "b"]),
-                                p | "Previous" >> beam.Create([]).with_output_types(tuple[str, dict]),
+                                p | "Previous" >> beam.Create([]).with_output_types(
+                                    tuple[str, dict]),
                                 True)
         assert_that(out[TO_EMBED], equal_to([(NEW, a), (NEW, b)]), label="CheckToEmbed")
         assert_that(out[CARRIED], equal_to([]), label="CheckCarried")
@@ -162,7 +163,8 @@ def test_empty_previous_makes_everything_new() -> None:
     (["x", "x-dup"], []),  # both still read, now exact duplicates of other documents
     (["x-dup"], [{"id": "x"}]),
 ])
-def test_deleted_only_when_absent_from_every_valid_record(present: list[str], deleted: list[dict]) -> None:
+def test_deleted_only_when_absent_from_every_valid_record(present: list[str],
+                                                          deleted: list[dict]) -> None:
     check_split([doc("other", "kept")], ["other", *present],
                 [("x", row("x", "t")), ("x-dup", None), ("other", row("other", "kept"))], True,
                 expect_carried=[carried(row("other", "kept"), doc("other", "kept"))],
