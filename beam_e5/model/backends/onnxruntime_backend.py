@@ -50,8 +50,7 @@ class OnnxRuntimeBackend(InferenceBackend):
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         # Idle intra-op threads sleep instead of spinning: a spinning thread takes a core from
-        # tokenisation and Beam's own threads between passes. Measured here with 2 threads:
-        # 1-8% more real tokens/s on every one of 9 paired runs.
+        # tokenisation and Beam's own threads between passes.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(graph_file), options,
                                             providers=["CPUExecutionProvider"])

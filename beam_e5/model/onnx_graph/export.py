@@ -47,8 +47,8 @@ def export_graph(model: torch.nn.Module, out_file: Path, external_data: bool = F
 
     ``external_data`` writes the weights to ``<out_file>.data`` (required over 2 GiB).
     Attention is exported in its eager form (matmul, additive mask, softmax): the SDPA form
-    exports with NaN guards (``IsNaN``/``Where`` over every score tensor) that cost about a
-    tenth of the fp32 run time and a fifth of the int8 one in ONNX Runtime.
+    exports with NaN guards (``IsNaN``/``Where`` over every score tensor) that ONNX Runtime
+    pays for on every pass (docs/benchmarks.md).
     """
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")
@@ -90,10 +90,9 @@ def fuse_for_ort(src: Path, dst: Path, external_data: bool = False) -> dict[str,
     onnxscript's ORT rewriter (the one built for the dynamo exporter's graphs; ONNX Runtime's
     own optimiser does not recognise their attention) turns each eager attention block into
     one ``com.microsoft`` ``Attention`` operator (Q, K and V projected by one packed GEMM,
-    the padding mask passed as an additive bias) and fuses skip-LayerNorm and bias-GELU: 5-8%
-    more real tokens/s on all-MiniLM-L6-v2 here (docs/benchmarks.md). Models whose attention
-    has another shape (MPNet's relative position bias) keep it unfused. Returns the number of
-    each fusion applied.
+    the padding mask passed as an additive bias) and fuses skip-LayerNorm and bias-GELU.
+    Models whose attention has another shape (MPNet's relative position bias) keep it
+    unfused. Returns the number of each fusion applied.
     """
     import onnx_ir as ir
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
