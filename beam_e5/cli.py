@@ -20,8 +20,8 @@ from beam_e5.io.pg.uri import is_pg_uri
 from beam_e5.io.rundir import OutputConfig
 from beam_e5.io.sinks import VECTOR_DTYPES
 from beam_e5.io.snapshots import DEFAULT_MIN_RATIO
+from beam_e5.model.backends.choose import BACKENDS
 from beam_e5.model.config import DEVICES, DTYPES, EncoderConfig
-from beam_e5.model.onnx_backend import BACKENDS
 from beam_e5.model.profiles import FAMILIES, POOLINGS, ROLES, ProfileOverrides
 
 LOG = logging.getLogger("beam_e5")

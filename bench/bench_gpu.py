@@ -124,12 +124,12 @@ def flops_per_token(shape: str, lengths: list[int]) -> float:
 
 def run_ours(encoder, texts: list[str], beam_batch: int, threads: int) -> float:
     batches = [texts[i:i + beam_batch] for i in range(0, len(texts), beam_batch)]
-    sync(str(encoder.device))
+    sync(str(encoder.backend.device))
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for _ in pool.map(lambda b: encoder.encode(b)[0], batches):
             pass
-    sync(str(encoder.device))
+    sync(str(encoder.backend.device))
     return time.perf_counter() - start
 
 
@@ -156,7 +156,7 @@ def bench_one(args, shape: str, dtype_name: str, work: Path, texts: list[str]) -
                         overrides=ProfileOverrides(max_length=args.max_length, pooling="mean",
                                                    passage_prefix=""))
     encoder = Encoder.load(cfg.resolve())
-    device = str(encoder.device)
+    device = str(encoder.backend.device)
     # fp32 reference on the same device: how far half precision moves the vectors
     st = SentenceTransformer(path, device=device)
     st.max_seq_length = args.max_length

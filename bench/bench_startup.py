@@ -46,9 +46,10 @@ def import_seconds(module: str, env: dict) -> float:
 def child_encoder(args: argparse.Namespace) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
+    from beam_e5.model.backends.onnxruntime_backend import OnnxRuntimeBackend
     from beam_e5.model.config import EncoderConfig
     from beam_e5.model.encoder import Encoder
-    from beam_e5.model.onnx_backend import OnnxEncoderModel, ensure_graph
+    from beam_e5.model.onnx_graph.cache import ensure_graph
 
     texts = [json.loads(line)["text"] for line in open(args.corpus)]
     cfg = EncoderConfig(args.model, backend="onnx", model_cache_dir=args.cache,
@@ -65,7 +66,7 @@ def child_encoder(args: argparse.Namespace) -> None:
     res["config_s"] = time.perf_counter() - t
     graph = ensure_graph(args.model, config, "onnx", args.cache, None)
     t = time.perf_counter()
-    OnnxEncoderModel(graph, config)
+    OnnxRuntimeBackend(graph)
     res["session_s"] = time.perf_counter() - t
     t = time.perf_counter()
     enc = Encoder.load(spec)

@@ -20,7 +20,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from beam_e5.model import onnx_backend
+from beam_e5.model.backends import choose, onnxruntime_backend
+from beam_e5.model.onnx_graph import cache, export, quantize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +81,8 @@ def test_plain_install_brings_everything_the_onnx_backend_imports(tmp_path):
     assert {"onnxruntime", "onnxscript", "onnx", "onnx-ir", "torch"} <= core
     installed = closure(reqs)
     providers = metadata.packages_distributions()
-    imports = third_party_imports(Path(onnx_backend.__file__))
+    imports = set().union(*(third_party_imports(Path(m.__file__))
+                            for m in (onnxruntime_backend, cache, export, quantize)))
     assert {"onnxruntime", "onnx", "onnx_ir", "onnxscript", "torch"} <= imports
     missing = {mod for mod in imports
                if not {canonicalize_name(d) for d in providers.get(mod, [])} & installed}
@@ -98,7 +100,7 @@ def test_the_onnx_extra_adds_nothing(tmp_path):
 
 
 def test_auto_resolves_to_onnx_on_cpu_in_this_install():
-    assert onnx_backend.onnx_available()
-    assert onnx_backend.pick_backend("auto", "cpu", "bert") == "onnx"
-    assert onnx_backend.pick_backend("auto", "cpu", "xlm-roberta") == "onnx"
-    assert onnx_backend.pick_backend("auto", "cuda", "bert") == "torch"
+    assert onnxruntime_backend.onnx_available()
+    assert choose.pick_backend("auto", "cpu", "bert") == "onnx"
+    assert choose.pick_backend("auto", "cpu", "xlm-roberta") == "onnx"
+    assert choose.pick_backend("auto", "cuda", "bert") == "torch"

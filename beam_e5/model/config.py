@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from beam_e5.errors import ConfigError
+from beam_e5.model.backends.choose import BACKENDS, check_backend_supported
 from beam_e5.model.loading import (
     DEFAULT_CACHE_DIR,
     ModelSource,
@@ -22,7 +23,6 @@ from beam_e5.model.loading import (
     preflight_model_source,
     read_model_file_text,
 )
-from beam_e5.model.onnx_backend import BACKENDS, check_backend_supported
 from beam_e5.model.profiles import (
     POOLINGS,
     ROLES,

@@ -1,25 +1,28 @@
 """The encoder: prefixed texts in, L2-normalised float32 vectors out, in input order.
 
-One :class:`Encoder` is built per worker process (see :mod:`beam_e5.transforms.handler`). ``encode``
-tokenises a whole Beam batch, sorts it by token length, cuts micro-batches under a padded
-token budget (:mod:`beam_e5.model.batching`), runs them under ``torch.inference_mode``, pools in
-float32 over the attention mask, normalises, and restores the input order. On CUDA
-out-of-memory a micro-batch is split in half and retried, never dropped.
+One :class:`Encoder` is built per worker process (see :mod:`beam_e5.transforms.handler`).
+``encode`` tokenises a whole Beam batch, cuts long texts into windows, sorts the windows by
+token length, cuts micro-batches under a padded token budget (:mod:`beam_e5.model.batching`)
+and hands each to its inference backend (:mod:`beam_e5.model.backends`), which returns one
+pooled, L2-normalised vector per window; the windows of a document are combined into its
+vector, and the input order is restored. On CUDA out-of-memory a micro-batch is split in
+half and retried, never dropped.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from itertools import chain
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Optional, Sequence, TypeVar, Union
+from itertools import chain
+from typing import Any, Callable, NamedTuple, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
 
-from beam_e5.errors import ConfigError
+from beam_e5.model.backends.base import InferenceBackend, LoadRequest, PaddedBatch
+from beam_e5.model.backends.choose import load_backend
 from beam_e5.model.batching import plan_micro_batches
 from beam_e5.model.chunking import (
     ChunkSpan,
@@ -31,16 +34,8 @@ from beam_e5.model.chunking import (
     truncate_span,
 )
 from beam_e5.model.config import EncoderSpec
-from beam_e5.model.hardware import (
-    bound_onednn_cache,
-    cpu_flags,
-    native_bf16,
-    precision_advice,
-    release_free_memory,
-)
+from beam_e5.model.hardware import release_free_memory
 from beam_e5.model.loading import local_model_path
-from beam_e5.model.onnx_backend import describe_backend
-from beam_e5.model.pooling import l2_normalize, pool
 
 LOG = logging.getLogger(__name__)
 
@@ -114,25 +109,6 @@ class _Plan:
     error: str = ""
 
 
-def pick_device(requested: str) -> torch.device:
-    """``auto`` takes CUDA when present; an explicit ``cuda`` without a GPU is an error."""
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but no CUDA GPU is visible to this "
-                          "worker; use --device auto or cpu, or run on GPU workers")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """fp32 on CPU; on CUDA bf16 where supported, else fp16, unless told otherwise."""
-    if requested != "auto":
-        return getattr(torch, requested)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
 T = TypeVar("T")
 
 
@@ -155,23 +131,19 @@ def run_splitting_on_oom(fn: Callable[[Sequence[T]], list], items: Sequence[T],
 
 
 class Encoder:
-    """A loaded tokenizer + model + profile. Build with :meth:`load`."""
+    """A loaded tokenizer + inference backend + profile. Build with :meth:`load`."""
 
-    def __init__(self, spec: EncoderSpec, tokenizer, model, device: torch.device,
-                 dtype: torch.dtype, backend: str = "torch") -> None:
+    def __init__(self, spec: EncoderSpec, tokenizer: Any, backend: InferenceBackend) -> None:
         self.spec = spec
-        self.backend = backend  # what runs the forward pass: torch | onnx | onnx-int8
+        self.backend = backend  # what runs the forward pass (beam_e5.model.backends)
         self.profile = spec.profile
         self.prefix = spec.prefix
         self.tokenizer = tokenizer
-        self.model = model
-        self.device = device
-        self.dtype = dtype
         self.max_length = min(self.profile.max_length, _tokenizer_limit(tokenizer))
         self.pad_id = _pad_id(tokenizer)
         self.eos_id = tokenizer.eos_token_id
         self.left_padding = getattr(tokenizer, "padding_side", "right") == "left"
-        self.dim = int(model.config.hidden_size)
+        self.dim = spec.dim
         self._frame_ids: Optional[tuple[list[int], list[int]]] = None
         self.unk_id = tokenizer.unk_token_id
         # Every forward pass runs on this one thread, one at a time: the model already uses
@@ -183,67 +155,21 @@ class Encoder:
 
     @classmethod
     def load(cls, spec: EncoderSpec) -> "Encoder":
-        """Load tokenizer and weights (safetensors only unless opted in), move to device.
-
-        With ``backend`` ``onnx`` / ``onnx-int8`` the forward pass is an ONNX Runtime session
-        over a graph exported from the same weights (:mod:`beam_e5.model.onnx_backend`); ``auto``
-        takes ``onnx`` on CPU where it can run and falls back to torch (with a warning) if
-        building the graph fails.
-        """
-        from transformers import AutoModel, AutoTokenizer
+        """Load the tokenizer and the backend that ``spec`` asks for
+        (:func:`~beam_e5.model.backends.choose.load_backend`)."""
+        from transformers import AutoTokenizer
 
         cfg = spec.config
-        device = pick_device(cfg.device)
-        dtype = pick_dtype(cfg.dtype, device)
-        if cfg.torch_threads:
-            torch.set_num_threads(cfg.torch_threads)
         path = local_model_path(spec.source, cfg.model_cache_dir)
-        common = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(path, **common)
-        model_kwargs = dict(common, dtype=dtype,
-                            use_safetensors=None if cfg.allow_pickle_weights else True)
-
-        def load_torch_model():
-            try:
-                return AutoModel.from_pretrained(path, attn_implementation="sdpa", **model_kwargs)
-            except (ValueError, ImportError) as e:
-                if "sdpa" not in str(e).lower() and "attn" not in str(e).lower():
-                    raise
-                LOG.info("beam-e5: %s has no SDPA attention; using the default", cfg.model)
-                return AutoModel.from_pretrained(path, **model_kwargs)
-
-        backend = cfg.backend
-        if backend != "torch":
-            from transformers import AutoConfig
-
-            from beam_e5.model.onnx_backend import load_onnx_model, pick_backend
-
-            model_config = AutoConfig.from_pretrained(path, **common)
-            backend = pick_backend(cfg.backend, device.type, model_config.model_type,
-                                   fp32=dtype == torch.float32)
-        model = None
-        if backend != "torch":
-            try:
-                model = load_onnx_model(path, model_config, backend, cfg.model_cache_dir,
-                                        cfg.torch_threads, load_torch_model)
-            except Exception as e:  # noqa: BLE001
-                if cfg.backend != "auto":
-                    raise
-                LOG.warning("beam-e5: the ONNX backend failed for %s (%s: %s); using torch",
-                            cfg.model, type(e).__name__, e)
-                backend = "torch"
-        if model is None:
-            if device.type == "cpu" and dtype == torch.bfloat16:
-                bound_onednn_cache()
-            model = load_torch_model().eval().to(device)
-        dtype_name = str(dtype).removeprefix("torch.")
-        LOG.info("beam-e5: %s on %s with %s", cfg.model, device,
-                 describe_backend(backend, cfg.backend, dtype_name))
-        advice = precision_advice(device.type, dtype_name, cfg.dtype, cfg.backend,
-                                  native_bf16(cpu_flags()))
-        if advice is not None:
-            LOG.log(*advice)
-        return cls(spec, tokenizer, model, device, dtype, backend)
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.revision,
+                                                  trust_remote_code=cfg.trust_remote_code)
+        backend = load_backend(LoadRequest(
+            model=cfg.model, path=path, revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code,
+            allow_pickle_weights=cfg.allow_pickle_weights, backend=cfg.backend,
+            device=cfg.device, dtype=cfg.dtype, threads=cfg.torch_threads,
+            cache_dir=cfg.model_cache_dir))
+        return cls(spec, tokenizer, backend)
 
     # -- tokenisation ----------------------------------------------------------------
     def _frame(self) -> tuple[list[int], list[int]]:
@@ -346,7 +272,7 @@ class Encoder:
         """Vectors (len(texts), dim) float32 in input order, each text truncated to the max
         length, and the stats of the call. (:meth:`encode_documents` chunks instead.)
 
-        ``on_progress(texts, real_tokens)`` is called after each micro-batch is launched.
+        ``on_progress(texts, real_tokens)`` is called after each micro-batch.
         """
         docs, stats = self.encode_documents(texts, LongTextConfig("truncate"), on_progress)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
@@ -374,7 +300,7 @@ class Encoder:
         if windows:
             batch_plan = plan_micro_batches(lengths, self.spec.config.max_batch_tokens,
                                             self.spec.config.max_batch_size,
-                                            BATCH_OVERHEAD_TOKENS.get(self.device.type, 32))
+                                            BATCH_OVERHEAD_TOKENS.get(self.backend.device, 32))
             self._inference_thread.submit(self._run_plan, batch_plan, windows, lengths, out,
                                           stats, on_progress).result()
             stats.micro_batches = len(batch_plan) + stats.oom_splits
@@ -404,32 +330,23 @@ class Encoder:
 
     def _run_plan(self, plan: list, ids: list[list[int]], lengths: list[int], out: np.ndarray,
                   stats: EncodeStats, on_progress: Optional[Callable[[int, int], None]]) -> None:
-        """Launch every micro-batch, then copy the vectors to ``out`` (one sync at the end)."""
-        pending: list[tuple[list[int], torch.Tensor]] = []
+        """Embed every micro-batch into its rows of ``out``."""
         for batch in plan:
             rows = list(batch.indices)
             vectors = run_splitting_on_oom(
-                lambda part: [self._forward([ids[i] for i in part], stats)], rows, stats)
-            pending.append((rows, torch.cat(vectors)))
+                lambda part: [self._embed([ids[i] for i in part], stats)], rows, stats)
+            out[rows] = np.concatenate(vectors)
             if on_progress is not None:
                 on_progress(len(rows), sum(lengths[i] for i in rows))
-        for rows, vecs in pending:
-            out[rows] = vecs.cpu().numpy()
-        if self.device.type == "cpu":
+        if self.backend.device == "cpu":
             # here, between forward passes, not on a caller's thread while another caller's
             # batch runs: the heap's free pages go back to the OS once per Beam batch
             release_free_memory()
 
-    def _forward(self, ids: list[list[int]], stats: EncodeStats) -> torch.Tensor:
-        input_ids, mask = pad_batch(ids, self.pad_id, self.left_padding)
-        stats.padded_tokens += input_ids.size
-        input_ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
-        mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
-        with torch.inference_mode():
-            hidden = self.model(input_ids=input_ids, attention_mask=mask)
-            if not isinstance(hidden, torch.Tensor):  # a transformers model output
-                hidden = hidden.last_hidden_state
-            return l2_normalize(pool(self.profile.pooling, hidden, mask))
+    def _embed(self, ids: list[list[int]], stats: EncodeStats) -> np.ndarray:
+        batch = pad_batch(ids, self.pad_id, self.left_padding)
+        stats.padded_tokens += batch.input_ids.size
+        return self.backend.embed(batch, self.profile.pooling)
 
 
 def pad_batch(ids: Sequence[Sequence[int]], pad_id: int,
@@ -442,7 +359,7 @@ def pad_batch(ids: Sequence[Sequence[int]], pad_id: int,
     keep = cols >= (width - lengths)[:, None] if left else cols < lengths[:, None]
     out = np.full((len(ids), width), pad_id, dtype=np.int64)
     out[keep] = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
-    return out, keep.astype(np.int64)
+    return PaddedBatch(out, keep.astype(np.int64))
 
 
 def _tokenizer_limit(tokenizer) -> int:
@@ -457,4 +374,5 @@ def _pad_id(tokenizer) -> int:
     return 0
 
 
-__all__ = ["ChunkVector", "DocumentVectors", "Encoder", "EncodeStats", "pad_batch", "pick_device", "pick_dtype", "run_splitting_on_oom"]
+__all__ = ["ChunkVector", "DocumentVectors", "Encoder", "EncodeStats", "pad_batch",
+           "run_splitting_on_oom"]

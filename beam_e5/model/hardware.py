@@ -2,12 +2,11 @@
 
 On CPUs with bf16 dot-product instructions (x86 ``avx512_bf16`` or ``amx_bf16``: Intel
 Cooper Lake, Sapphire Rapids and later, AMD Zen 4 and later; Arm ``bf16``: Graviton 3 and
-later) PyTorch's bf16 matmul can run at over twice the fp32 rate. Measured on AMD Zen 4
-(``bench/bench_bf16.py``, ``bench/bench_embed.py`` variant F), ``--dtype bfloat16`` embeds
-1.25-1.95x faster than the fp32 default (more for larger models) at a mean cosine of 0.99995
-to the fp32 vectors; Intel AMX and Arm were not measured. Elsewhere bf16 is emulated and
-slower than fp32. The default stays fp32, so a corpus gets the same vectors on every machine;
-the log says when bf16 would pay.
+later) PyTorch's bf16 matmul runs well above its fp32 rate, so ``--dtype bfloat16`` embeds
+faster than the fp32 default, with vectors very close to the fp32 ones (docs/benchmarks.md,
+"bf16 on CPU"). Elsewhere bf16 is emulated and slower than fp32.
+The default stays fp32, so a corpus gets the same vectors on every machine; the log says
+when bf16 would pay.
 
 Also here: what keeps a CPU worker's memory flat over a long job (a bounded oneDNN cache for
 bf16, free heap pages handed back after each batch).
@@ -26,8 +25,9 @@ __all__ = ["BF16_FLAGS", "ONEDNN_CACHE_CAPACITY", "bound_onednn_cache", "cpu_fla
            "native_bf16", "precision_advice", "release_free_memory"]
 
 # oneDNN (PyTorch's bf16 matmul on CPU) caches one primitive per input shape, 1,024 by
-# default; micro-batches come in hundreds of shapes, so that cache alone grew a worker by
-# about 0.6 GB. 128 entries kept the speed (bench figures in docs/benchmarks.md).
+# default; micro-batches come in hundreds of shapes, so that cache alone grows a worker's
+# memory batch after batch. 128 entries keep the speed (docs/benchmarks.md, "Memory over a
+# long job").
 ONEDNN_CACHE_CAPACITY = 128
 
 # /proc/cpuinfo flags that mean bf16 dot products in hardware

@@ -52,3 +52,9 @@ _POOLERS = {"mean": mean_pool, "cls": cls_pool, "last": last_token_pool}
 def pool(kind: Pooling, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Dispatch on a profile's pooling name."""
     return _POOLERS[kind](hidden, attention_mask)
+
+
+def pooled_vectors(kind: Pooling, hidden: torch.Tensor,
+                   attention_mask: torch.Tensor) -> torch.Tensor:
+    """One L2-normalised float32 vector per row: what every backend returns."""
+    return l2_normalize(pool(kind, hidden, attention_mask))

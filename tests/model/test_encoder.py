@@ -9,12 +9,12 @@ from model_fixtures import minilm_dir, tiny_models  # noqa: F401  (pytest fixtur
 from realtext import mixed_length_texts
 
 from beam_e5.errors import ConfigError
+from beam_e5.model.backends.torch_backend import pick_device
 from beam_e5.model.config import EncoderConfig
 from beam_e5.model.encoder import (
     Encoder,
     EncodeStats,
     pad_batch,
-    pick_device,
     run_splitting_on_oom,
 )
 from beam_e5.model.profiles import ProfileOverrides
@@ -84,7 +84,7 @@ def _fed_texts(encoder, texts):
     def hook(module, args, kwargs):
         seen.append(kwargs["input_ids"].clone())
 
-    handle = encoder.model.register_forward_pre_hook(hook, with_kwargs=True)
+    handle = encoder.backend.model.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         encoder.encode(texts)
     finally:
@@ -210,16 +210,16 @@ def test_bf16_on_cpu_stays_close_to_fp32_and_the_log_says_so(minilm_dir, minilm_
                                                                caplog, monkeypatch):
     """``--dtype bfloat16`` on CPU (PyTorch bf16, pooling in fp32): the vectors the hint in
     beam_e5.model.hardware promises, on real weights and real texts of mixed length."""
-    import beam_e5.model.encoder as encoder_module
+    import beam_e5.model.backends.choose as choose
 
     caplog.set_level("INFO", logger="beam_e5")
-    monkeypatch.setattr(encoder_module, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    monkeypatch.setattr(choose, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     texts = mixed_length_texts(200)
     ref, _ = minilm_encoder.encode(texts)
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "")  # restored (unset) afterwards
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
     bf16 = Encoder.load(EncoderConfig(minilm_dir, device="cpu", dtype="bfloat16").resolve())
-    assert bf16.backend == "torch" and bf16.dtype == torch.bfloat16
+    assert bf16.backend.name == "torch" and bf16.backend.precision == "bfloat16"
     # oneDNN's per-shape cache is bounded before the first bf16 pass (memory stays flat)
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "128"
     assert "(PyTorch, bfloat16; --backend auto)" in caplog.text
@@ -239,14 +239,15 @@ def test_bf16_on_cpu_stays_close_to_fp32_and_the_log_says_so(minilm_dir, minilm_
 
 def test_fp32_default_on_a_bf16_cpu_names_the_faster_flag(minilm_dir, caplog,  # noqa: F811
                                                            monkeypatch):
-    import beam_e5.model.encoder as encoder_module
+    import beam_e5.model.backends.choose as choose
 
     caplog.set_level("INFO", logger="beam_e5")
-    monkeypatch.setattr(encoder_module, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(choose, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "")  # restored (unset) afterwards
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
     enc = Encoder.load(EncoderConfig(minilm_dir, backend="torch", device="cpu").resolve())
-    assert enc.dtype == torch.float32 and "(PyTorch, float32; --backend torch)" in caplog.text
+    assert enc.backend.precision == "float32"
+    assert "(PyTorch, float32; --backend torch)" in caplog.text
     assert "this CPU computes bf16 natively: --dtype bfloat16" in caplog.text
     assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ  # fp32 leaves oneDNN alone
     caplog.clear()
@@ -261,7 +262,7 @@ def test_cuda_half_precision_matches_cpu(minilm_dir, minilm_encoder, dtype):  # 
     texts = mixed_length_texts(200)
     ref, _ = minilm_encoder.encode(texts)
     gpu = Encoder.load(EncoderConfig(minilm_dir, device="cuda", dtype=dtype).resolve())
-    assert gpu.backend == "torch" and gpu.device.type == "cuda"
+    assert gpu.backend.name == "torch" and gpu.backend.device == "cuda"
     vecs, stats = gpu.encode(texts)
     assert vecs.dtype == np.float32 and stats.oom_splits == 0
     cos = np.sum(vecs * ref, axis=1)

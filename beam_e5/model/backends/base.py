@@ -1,0 +1,84 @@
+"""The inference-backend interface: a padded batch in, one vector per row out.
+
+The :class:`~beam_e5.model.encoder.Encoder` tokenises, plans windows and micro-batches, then
+hands each padded micro-batch to its backend. A backend runs the model on it and pools the
+token states where they are (on the GPU for PyTorch on CUDA, so only the pooled vectors cross
+to the host), with the shared rule of :mod:`beam_e5.model.pooling`.
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+
+from beam_e5.model.loading import DEFAULT_CACHE_DIR
+from beam_e5.model.profiles import Pooling
+
+__all__ = ["InferenceBackend", "LoadRequest", "PaddedBatch"]
+
+
+class PaddedBatch(NamedTuple):
+    """Token ids padded to the longest row and the attention mask (1: a real token), both
+    int64 of shape (rows, width)."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What the user asked for (``--backend``, ``--device``, ``--dtype`` as given, ``auto``
+    included) and where the model's files are: what the chooser and every backend load from."""
+
+    model: str  # as the user named it, for the log
+    path: str  # the local directory (staged from gs:// if need be) or hub name to load
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+    allow_pickle_weights: bool = False
+    backend: str = "auto"
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int = 0  # 0: the runtime decides (one per core)
+    cache_dir: str = DEFAULT_CACHE_DIR  # where built artefacts (ONNX graphs) are kept
+
+    @functools.cached_property
+    def model_config(self) -> Any:
+        """The model's transformers ``AutoConfig``, read once."""
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.path, revision=self.revision,
+                                          trust_remote_code=self.trust_remote_code)
+
+
+class InferenceBackend(ABC):
+    """One runtime's forward pass over padded batches of one model.
+
+    ``name`` is the ``--backend`` value that selects it, ``precision`` what it computes in
+    (``float32``, ``bfloat16``, ``float16``, ``int8``), ``device`` where (``cpu``, ``cuda``),
+    and ``label`` the runtime and precision as the log names them.
+    """
+
+    name: str
+    precision: str
+    device: str
+    label: str
+
+    @classmethod
+    @abstractmethod
+    def load(cls, request: LoadRequest, name: str) -> "InferenceBackend":
+        """Load the model of ``request`` as backend ``name`` (this class's own names)."""
+
+    @classmethod
+    def unsupported(cls, name: str, model_type: Optional[str], device: str) -> Optional[str]:
+        """Why ``name`` cannot run ``model_type`` on ``device`` (``auto``, ``cpu``, ``cuda``),
+        as a message for the user; None when it can."""
+        return None
+
+    @abstractmethod
+    def embed(self, batch: PaddedBatch, pooling: Pooling) -> np.ndarray:
+        """One vector per row of ``batch``: the model's last hidden state pooled as
+        ``pooling`` says and L2-normalised, float32 (rows, dim), in row order."""

@@ -1,0 +1,95 @@
+"""Which backend runs: the ``--backend`` names, the checks before the run, the choice on the
+worker (``auto``: ONNX Runtime on CPU for encoder models, else torch) and the fallback to
+torch when ``auto``'s choice cannot be built."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+
+from beam_e5.errors import ConfigError
+from beam_e5.model.backends.base import InferenceBackend, LoadRequest
+from beam_e5.model.backends.onnxruntime_backend import OnnxRuntimeBackend
+from beam_e5.model.backends.torch_backend import TorchBackend, pick_device, pick_dtype
+from beam_e5.model.hardware import cpu_flags, native_bf16, precision_advice
+
+LOG = logging.getLogger(__name__)
+
+# Every backend but torch (which runs everything and is the fallback), by --backend name.
+RUNTIMES: dict[str, type[InferenceBackend]] = {
+    "onnx": OnnxRuntimeBackend,
+    "onnx-int8": OnnxRuntimeBackend,
+}
+BACKENDS = ("auto", "torch", *RUNTIMES)
+
+__all__ = ["BACKENDS", "RUNTIMES", "check_backend_supported", "describe_backend",
+           "load_backend", "pick_backend"]
+
+
+def pick_backend(requested: str, device_type: str, model_type: Optional[str],
+                 fp32: bool = True) -> str:
+    """The backend a worker runs: ``auto`` is ``onnx`` on CPU for encoder models (ONNX Runtime
+    is a core dependency, so every install has it: same vectors, faster), whatever their size
+    (weights over 2 GiB go to external data), else ``torch`` (GPUs, decoder models, and an
+    explicit non-fp32 ``--dtype``, which only torch computes in)."""
+    if requested != "auto":
+        return requested
+    if fp32 and RUNTIMES["onnx"].unsupported("onnx", model_type, device_type) is None:
+        return "onnx"
+    return "torch"
+
+
+def check_backend_supported(backend: str, model_type: Optional[str], device: str) -> None:
+    """Fail before the pipeline when ``backend`` cannot run this model or device."""
+    if backend in ("torch", "auto"):  # auto falls back to torch wherever onnx cannot run
+        return
+    reason = RUNTIMES[backend].unsupported(backend, model_type, device)
+    if reason is not None:
+        raise ConfigError(reason)
+
+
+def describe_backend(backend: InferenceBackend, requested: str) -> str:
+    """What the log line that names the backend says: the runtime, its precision and how it
+    was chosen."""
+    if requested == "auto":
+        how = ("default on CPU; --backend torch for PyTorch" if backend.name == "onnx"
+               else "--backend auto")
+    else:
+        how = f"--backend {requested}"
+    return f"the {backend.name} backend ({backend.label}; {how})"
+
+
+def load_backend(request: LoadRequest) -> InferenceBackend:
+    """The backend ``request.backend`` names, loaded; ``auto`` resolved by
+    :func:`pick_backend` and, if its choice fails to load, torch (with a warning)."""
+    if request.threads:
+        torch.set_num_threads(request.threads)  # torch also pools for the other runtimes
+    name = request.backend
+    if name != "torch":
+        device = pick_device(request.device)
+        name = pick_backend(name, device.type, request.model_config.model_type,
+                            fp32=pick_dtype(request.dtype, device) == torch.float32)
+    backend: Optional[InferenceBackend] = None
+    if name != "torch":
+        try:
+            backend = RUNTIMES[name].load(request, name)
+        except Exception as e:  # noqa: BLE001  (auto must still embed: torch runs everything)
+            if request.backend != "auto":
+                raise
+            LOG.warning("beam-e5: the ONNX backend failed for %s (%s: %s); using torch",
+                        request.model, type(e).__name__, e)
+    backend = backend or TorchBackend.load(request)
+    _log_choice(backend, request)
+    return backend
+
+
+def _log_choice(backend: InferenceBackend, request: LoadRequest) -> None:
+    """The log line naming the backend, and advice on the CPU's precision if any."""
+    LOG.info("beam-e5: %s on %s with %s", request.model, backend.device,
+             describe_backend(backend, request.backend))
+    advice = precision_advice(backend.device, backend.precision, request.dtype,
+                              request.backend, native_bf16(cpu_flags()))
+    if advice is not None:
+        LOG.log(*advice)

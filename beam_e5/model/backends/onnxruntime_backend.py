@@ -1,0 +1,86 @@
+"""ONNX Runtime on CPU (``--backend onnx``, fp32, or ``onnx-int8``; ``auto``, the default,
+picks ``onnx`` on CPU workers for encoder models: ONNX Runtime and the exporter's packages are
+core dependencies, so a plain ``pip install beam-e5`` runs it).
+
+The session runs the graph that :mod:`beam_e5.model.onnx_graph` exports from the same weights
+and caches once per machine; only the forward pass changes, so the vectors are the torch
+backend's (``onnx-int8``: close to them). Decoder models (e5-mistral) and CUDA stay on torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from beam_e5.model.backends.base import InferenceBackend, LoadRequest, PaddedBatch
+from beam_e5.model.backends.torch_backend import load_hf_model
+from beam_e5.model.onnx_graph.cache import ensure_graph
+from beam_e5.model.onnx_graph.export import ONNX_MODEL_TYPES
+from beam_e5.model.pooling import pooled_vectors
+from beam_e5.model.profiles import Pooling
+
+__all__ = ["OnnxRuntimeBackend", "onnx_available"]
+
+# backend name -> (precision, how the log names it)
+_VARIANTS = {"onnx": ("float32", "fp32"), "onnx-int8": ("int8", "int8 weights")}
+
+
+def onnx_available() -> bool:
+    """ONNX Runtime and the exporter are installed. Looked up, not imported: importing
+    onnxscript costs over a second, and a worker whose graph is cached never needs it."""
+    return all(importlib.util.find_spec(name) is not None
+               for name in ("onnxruntime", "onnxscript"))
+
+
+class OnnxRuntimeBackend(InferenceBackend):
+    """An ONNX Runtime CPU session over the encoder's graph (``last_hidden_state`` out)."""
+
+    device = "cpu"
+
+    def __init__(self, graph_file: Path, name: str = "onnx", threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # Idle intra-op threads sleep instead of spinning: a spinning thread takes a core from
+        # tokenisation and Beam's own threads between passes.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(graph_file), options,
+                                            providers=["CPUExecutionProvider"])
+        self.graph_file = graph_file
+        self.name = name
+        self.precision, shown = _VARIANTS[name]
+        self.label = f"ONNX Runtime, {shown}"
+
+    @classmethod
+    def load(cls, request: LoadRequest, name: str) -> "OnnxRuntimeBackend":
+        """Build or reuse the cached graph, then open it (the torch model is then released)."""
+        graph = ensure_graph(request.path, request.model_config, name, request.cache_dir,
+                             lambda: load_hf_model(request, torch.float32))
+        return cls(graph, name, request.threads)
+
+    @classmethod
+    def unsupported(cls, name: str, model_type: Optional[str], device: str) -> Optional[str]:
+        if device == "cuda":
+            return f"--backend {name} runs on CPU only; use --backend torch for --device cuda"
+        if model_type not in ONNX_MODEL_TYPES:
+            return (f"--backend {name} supports encoder models ({', '.join(ONNX_MODEL_TYPES)}), "
+                    f"not model_type {model_type!r}; use --backend torch for this model")
+        if not onnx_available():
+            return (f"--backend {name} needs ONNX Runtime and onnxscript, which are dependencies "
+                    "of beam-e5: reinstall it (pip install beam-e5, also in the worker "
+                    "container) or use --backend torch")
+        return None
+
+    def embed(self, batch: PaddedBatch, pooling: Pooling) -> np.ndarray:
+        (hidden,) = self.session.run(["last_hidden_state"], {
+            "input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
+        return pooled_vectors(pooling, torch.from_numpy(hidden),
+                              torch.from_numpy(batch.attention_mask)).numpy()

@@ -1,0 +1,146 @@
+"""The cached build of the ONNX graph: once per machine, shared by every worker process.
+
+The graph is cached under ``<model cache dir>/onnx/`` keyed by the weights, the variant
+(``onnx`` or ``onnx-int8``), the export recipe and the library versions. The build is guarded
+by a thread lock and an ``fcntl`` file lock and written to a temporary folder that is renamed
+into place, so concurrent workers build it once and a crash never leaves a half-written graph
+under the final name. Encoders whose fp32 weights exceed :data:`EXTERNAL_DATA_BYTES` are
+written as ``model.onnx`` (the graph) plus ``model.onnx.data`` (the weights) at every step.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from beam_e5.model.onnx_graph.export import export_graph, fp32_bytes, optimize_graph
+from beam_e5.model.onnx_graph.quantize import quantize_int8
+
+LOG = logging.getLogger(__name__)
+
+GRAPH_FILE = "model.onnx"
+DATA_FILE = GRAPH_FILE + ".data"  # the weights, beside the graph, for encoders over the limit
+BUILD_FILE = "build.json"  # what the build did (fusions applied), next to the graph
+# One ONNX file holds at most 2 GiB (protobuf). Encoders whose fp32 weights exceed this
+# (multilingual-e5-large: 2.2 GB) are written as a small graph plus one external-data file of
+# weights (model.onnx.data) beside it; below it, one self-contained file. The margin leaves
+# room for the graph itself and for tensors the fusions add.
+EXTERNAL_DATA_BYTES = 1_500_000_000
+# Part of the cache key: a new export recipe builds a new graph.
+EXPORT_RECIPE = "eager-attention-v1+ort-fusions-v1+int8-per-token-v2"
+_BUILD_LOCK = threading.Lock()
+
+__all__ = ["BUILD_FILE", "DATA_FILE", "EXPORT_RECIPE", "EXTERNAL_DATA_BYTES", "GRAPH_FILE",
+           "build_graph", "ensure_graph", "graph_dir", "weights_key"]
+
+
+def weights_key(model_path: str, commit_hash: Optional[str]) -> str:
+    """A cheap identity of the weights this worker loads: file names, sizes, mtimes.
+
+    A hub model (no local directory) is identified by its resolved commit instead.
+    """
+    digest = hashlib.sha256()
+    path = Path(model_path)
+    if path.is_dir():
+        for f in sorted(path.rglob("*")):
+            if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt", ".model"):
+                st = f.stat()
+                digest.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        digest.update(str(path.resolve()).encode())
+    else:
+        digest.update(f"hub:{model_path}@{commit_hash or 'unknown'}".encode())
+    return digest.hexdigest()[:24]
+
+
+def graph_dir(cache_root: str, model_path: str, commit_hash: Optional[str], variant: str) -> Path:
+    """Where the graph for these weights, this variant and these library versions lives."""
+    import onnxruntime
+
+    key = hashlib.sha256(json.dumps([weights_key(model_path, commit_hash), variant, EXPORT_RECIPE,
+                                     torch.__version__, onnxruntime.__version__]).encode())
+    name = model_path.rstrip("/").split("/")[-1] or "model"
+    return Path(cache_root) / "onnx" / f"{name}-{variant}-{key.hexdigest()[:16]}"
+
+
+def build_graph(model: torch.nn.Module, target: Path, variant: str,
+                external_data: Optional[bool] = None) -> None:
+    """Export, optimise and (``onnx-int8``) quantise into ``target`` atomically.
+
+    ``external_data`` (default: when the fp32 weights exceed :data:`EXTERNAL_DATA_BYTES`)
+    writes ``model.onnx`` as the graph alone and the weights as ``model.onnx.data`` beside it;
+    both are renamed into place together with the folder.
+    """
+    weight_bytes = fp32_bytes(model)
+    if external_data is None:
+        external_data = weight_bytes > EXTERNAL_DATA_BYTES
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=str(target.parent)))
+    try:
+        build = _build_files(model, tmp, variant, external_data)
+        (tmp / "config.json").write_text(model.config.to_json_string())
+        (tmp / BUILD_FILE).write_text(json.dumps(
+            {"variant": variant, "recipe": EXPORT_RECIPE, "fp32_weight_bytes": weight_bytes,
+             "external_data": bool(external_data), **build}, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _build_files(model: torch.nn.Module, tmp: Path, variant: str,
+                 external_data: bool) -> dict[str, Any]:
+    """Export, fuse and quantise in ``tmp``, leaving only the graph (and its weights)."""
+    cfg = model.config
+    export_graph(model, tmp / "exported.onnx", external_data)
+    # an external-data graph names its .data file: each step writes under its final name
+    fused = tmp / (GRAPH_FILE if variant == "onnx" else "fused.onnx")
+    build = optimize_graph(tmp / "exported.onnx", fused, cfg.model_type,
+                           int(cfg.num_attention_heads), int(cfg.hidden_size),
+                           fuse_attention=True, external_data=external_data)
+    LOG.info("beam-e5: %s graph fusions: %s", variant, build["fusions"] or "none")
+    if variant == "onnx-int8":
+        build["int8_matmuls"] = quantize_int8(fused, tmp / GRAPH_FILE, external_data)
+    for name in os.listdir(tmp):
+        if name not in (GRAPH_FILE, DATA_FILE):
+            path = tmp / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+    return build
+
+
+def ensure_graph(model_path: str, config: Any, variant: str, cache_root: str,
+                 load_torch_model: Callable[[], torch.nn.Module],
+                 external_data: Optional[bool] = None) -> Path:
+    """The cached graph for ``model_path``; built (once per machine) on a miss.
+
+    ``config`` is the model's ``AutoConfig``; ``load_torch_model()`` is only called on a miss.
+    """
+    commit = getattr(config, "_commit_hash", None)
+    target = graph_dir(cache_root, model_path, commit, variant)
+    if (target / GRAPH_FILE).exists():
+        return target / GRAPH_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _BUILD_LOCK, open(str(target) + ".lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            if not (target / GRAPH_FILE).exists():
+                LOG.info("beam-e5: building the %s graph of %s in %s", variant, model_path,
+                         target)
+                build_graph(load_torch_model(), target, variant, external_data)
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+    return target / GRAPH_FILE

@@ -1,0 +1,222 @@
+"""The chooser: --backend names, the checks before the run, auto's choice and its fallback."""
+
+import pytest
+import torch
+from model_fixtures import minilm_dir, tiny_models  # noqa: F401  (pytest fixtures)
+
+from beam_e5.errors import ConfigError
+from beam_e5.model.backends import choose, onnxruntime_backend
+from beam_e5.model.backends.base import InferenceBackend, LoadRequest
+from beam_e5.model.backends.onnxruntime_backend import OnnxRuntimeBackend
+from beam_e5.model.config import EncoderConfig
+from beam_e5.model.encoder import Encoder
+
+
+class _Loaded(InferenceBackend):
+    """What a fake loader returns: a backend that records its name and never runs."""
+
+    def __init__(self, name: str, device: str = "cpu", precision: str = "float32") -> None:
+        self.name, self.device, self.precision = name, device, precision
+        self.label = f"fake, {precision}"
+
+    @classmethod
+    def load(cls, request, name):
+        return cls(name)
+
+    def embed(self, batch, pooling):
+        raise AssertionError("not run here")
+
+
+class _Calls(list):
+    """(backend name, request) per load; ``fail`` makes the ONNX Runtime loader raise."""
+
+    fail = False
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self]
+
+
+@pytest.fixture
+def loads(monkeypatch) -> _Calls:
+    """Every backend load, recorded; torch and ONNX Runtime never really load."""
+    calls = _Calls()
+
+    class Torch(_Loaded):
+        @classmethod
+        def load(cls, request, name="torch"):
+            calls.append((name, request))
+            return cls(name)
+
+    class Onnx(OnnxRuntimeBackend):  # keeps OnnxRuntimeBackend.unsupported
+        @classmethod
+        def load(cls, request, name):
+            calls.append((name, request))
+            if calls.fail:
+                raise RuntimeError("exporter crashed")
+            return _Loaded(name)
+
+    monkeypatch.setattr(choose, "TorchBackend", Torch)
+    for name in ("onnx", "onnx-int8"):
+        monkeypatch.setitem(choose.RUNTIMES, name, Onnx)
+    return calls
+
+
+def _request(path: str, **options) -> LoadRequest:
+    return LoadRequest(model=path, path=path, **options)
+
+
+def test_the_backend_names():
+    assert choose.BACKENDS == ("auto", "torch", "onnx", "onnx-int8")
+    assert all(issubclass(cls, InferenceBackend) for cls in choose.RUNTIMES.values())
+
+
+def test_explicit_torch_loads_torch_without_reading_the_model_config(loads):
+    backend = choose.load_backend(_request("/no/such/model", backend="torch"))
+    assert backend.name == "torch" and loads.names() == ["torch"]
+
+
+@pytest.mark.parametrize("name", ["onnx", "onnx-int8"])
+def test_explicit_onnx_runtimes_load_by_their_name(loads, tiny_models, name):  # noqa: F811
+    path = tiny_models("bert", "e5-small-v2")
+    assert choose.load_backend(_request(path, backend=name)).name == name
+    assert loads.names() == [name]
+
+
+def test_auto_on_cpu_takes_onnx_for_encoders(loads, tiny_models):  # noqa: F811
+    path = tiny_models("bert", "e5-small-v2")
+    assert choose.load_backend(_request(path, device="cpu")).name == "onnx"
+    # whatever their size (weights over 2 GiB go to external data)
+    assert choose.pick_backend("auto", "cpu", "xlm-roberta") == "onnx"
+
+
+def test_auto_on_gpu_takes_torch(loads, tiny_models, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    path = tiny_models("bert", "e5-small-v2")
+    assert choose.load_backend(_request(path)).name == "torch"
+    assert choose.pick_backend("auto", "cuda", "bert") == "torch"
+
+
+def test_auto_takes_torch_for_decoder_models(loads, tiny_models):  # noqa: F811
+    path = tiny_models("mistral", "e5-mistral-7b-instruct")
+    assert choose.load_backend(_request(path, device="cpu")).name == "torch"
+    assert choose.pick_backend("auto", "cpu", "mistral") == "torch"
+
+
+def test_auto_takes_torch_for_an_explicit_half_precision(loads, tiny_models):  # noqa: F811
+    path = tiny_models("bert", "e5-small-v2")
+    assert choose.load_backend(_request(path, device="cpu", dtype="bfloat16")).name == "torch"
+    assert choose.pick_backend("auto", "cpu", "bert", fp32=False) == "torch"
+
+
+def test_auto_takes_torch_where_onnx_runtime_is_not_installed(loads, tiny_models,  # noqa: F811
+                                                              monkeypatch):
+    monkeypatch.setattr(onnxruntime_backend, "onnx_available", lambda: False)
+    path = tiny_models("bert", "e5-small-v2")
+    assert choose.load_backend(_request(path, device="cpu")).name == "torch"
+    assert loads.names() == ["torch"]
+
+
+def test_auto_falls_back_to_torch_when_its_choice_fails_to_load(loads, tiny_models,  # noqa: F811
+                                                                caplog):
+    loads.fail = True
+    path = tiny_models("bert", "e5-small-v2")
+    assert choose.load_backend(_request(path, device="cpu")).name == "torch"
+    assert loads.names() == ["onnx", "torch"]
+    assert "the ONNX backend failed for" in caplog.text and "exporter crashed" in caplog.text
+
+
+def test_an_explicit_choice_that_fails_to_load_is_an_error(loads, tiny_models):  # noqa: F811
+    loads.fail = True
+    with pytest.raises(RuntimeError, match="exporter crashed"):
+        choose.load_backend(_request(tiny_models("bert", "e5-small-v2"), backend="onnx"))
+    assert loads.names() == ["onnx"]
+
+
+def test_threads_are_set_before_loading(loads, monkeypatch):
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    choose.load_backend(_request("/no/such/model", backend="torch", threads=3))
+    assert threads == [3]
+
+
+@pytest.mark.parametrize("name,requested,how", [
+    ("onnx", "auto", "default on CPU; --backend torch for PyTorch"),
+    ("torch", "auto", "--backend auto"),
+    ("onnx-int8", "onnx-int8", "--backend onnx-int8"),
+])
+def test_the_log_line_says_how_the_backend_was_chosen(name, requested, how):
+    assert choose.describe_backend(_Loaded(name), requested) == \
+        f"the {name} backend (fake, float32; {how})"
+
+
+@pytest.mark.parametrize("backend,model_type,device,message", [
+    ("onnx", "bert", "cuda", "runs on CPU only"),
+    ("onnx-int8", "mistral", "cpu", "supports encoder models .* not model_type 'mistral'"),
+])
+def test_checks_before_the_run(backend, model_type, device, message):
+    with pytest.raises(ConfigError, match=message):
+        choose.check_backend_supported(backend, model_type, device)
+    for anything in ("auto", "torch"):  # auto falls back to torch wherever onnx cannot run
+        choose.check_backend_supported(anything, model_type, device)
+
+
+def test_onnx_runtime_missing_is_refused_before_the_run(monkeypatch):
+    monkeypatch.setattr(onnxruntime_backend, "onnx_available", lambda: False)
+    with pytest.raises(ConfigError, match="needs ONNX Runtime and onnxscript"):
+        choose.check_backend_supported("onnx", "bert", "cpu")
+
+
+def test_decoder_models_are_refused_before_the_run(tiny_models):  # noqa: F811
+    path = tiny_models("mistral", "e5-mistral-7b-instruct")
+    with pytest.raises(ConfigError, match="use --backend torch"):
+        EncoderConfig(path, backend="onnx").resolve()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(backend="onnx", dtype="bfloat16"), "computes in float32"),
+    (dict(backend="tensorrt"), "--backend must be one of"),
+])
+def test_bad_backend_options_are_refused(minilm_dir, kwargs, message):  # noqa: F811
+    with pytest.raises(ConfigError, match=message):
+        EncoderConfig(minilm_dir, **kwargs).resolve()
+
+
+def test_onnx_on_cuda_is_refused(minilm_dir):  # noqa: F811
+    with pytest.raises(ConfigError, match="CPU only"):
+        EncoderConfig(minilm_dir, backend="onnx", device="cuda").resolve()
+
+
+def test_only_the_approximate_backend_enters_the_signature(minilm_dir):  # noqa: F811
+    for same in ("auto", "torch", "onnx"):  # one function: snapshots carry over between them
+        assert "backend" not in EncoderConfig(minilm_dir, backend=same).resolve().signature()
+    assert EncoderConfig(minilm_dir, backend="onnx-int8").resolve().signature()["backend"] == \
+        "onnx-int8"
+
+
+def test_auto_picks_onnx_on_cpu_and_torch_where_onnx_cannot_run(minilm_dir, tiny_models,  # noqa: F811
+                                                                 onnx_cache, caplog):
+    caplog.set_level("INFO", logger="beam_e5")
+    enc = Encoder.load(EncoderConfig(minilm_dir, model_cache_dir=onnx_cache).resolve())
+    assert isinstance(enc.backend, OnnxRuntimeBackend) and enc.backend.name == "onnx"
+    # the log line that names the backend says it is ONNX Runtime and how to get torch
+    assert "with the onnx backend (ONNX Runtime, fp32; default on CPU; --backend torch" \
+        in caplog.text
+    mistral = tiny_models("mistral", "e5-mistral-7b-instruct")
+    assert Encoder.load(EncoderConfig(mistral, model_cache_dir=onnx_cache).resolve()
+                        ).backend.name == "torch"
+    bf16 = EncoderConfig(minilm_dir, dtype="bfloat16", device="cpu", model_cache_dir=onnx_cache)
+    assert Encoder.load(bf16.resolve()).backend.name == "torch"
+
+
+def test_auto_falls_back_to_torch_when_the_graph_cannot_be_built(minilm_dir, tmp_path,  # noqa: F811
+                                                                  monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(onnxruntime_backend, "ensure_graph", broken)
+    enc = Encoder.load(EncoderConfig(minilm_dir, model_cache_dir=str(tmp_path)).resolve())
+    assert enc.backend.name == "torch" and enc.encode(["still embeds"])[0].shape == (1, 384)
+    with pytest.raises(RuntimeError, match="exporter crashed"):  # explicit onnx: no fallback
+        Encoder.load(EncoderConfig(minilm_dir, backend="onnx",
+                                   model_cache_dir=str(tmp_path)).resolve())
