@@ -31,8 +31,8 @@ first token to the last character of its last token (surrounding whitespace excl
 from __future__ import annotations
 
 import unicodedata
-from operator import itemgetter
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Optional, Sequence
 
 import numpy as np

@@ -191,7 +191,8 @@ class Encoder:
         head, tail = self._frame()
         k = plan.prefix_tokens
         ids = head + plan.ids[:k] + plan.ids[k + span.token_start:k + span.token_end] + tail
-        if self.profile.append_eos and self.eos_id is not None and (not ids or ids[-1] != self.eos_id):
+        if (self.profile.append_eos and self.eos_id is not None
+                and (not ids or ids[-1] != self.eos_id)):
             ids.append(self.eos_id)
         return ids
 

@@ -2,7 +2,6 @@
 cache for the session, so all-MiniLM-L6-v2's graphs are built once, not once per module."""
 
 import pytest
-from model_fixtures import minilm_dir  # noqa: F401  (pytest fixture)
 from realtext import mixed_length_texts
 
 from beam_e5.model.config import EncoderConfig
@@ -20,7 +19,7 @@ def texts() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def torch_vectors(minilm_dir, texts):  # noqa: F811
+def torch_vectors(minilm_dir, texts):
     enc = Encoder.load(EncoderConfig(minilm_dir, backend="torch").resolve())
     assert enc.backend.name == "torch"
     return enc.encode(texts)[0]

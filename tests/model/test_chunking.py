@@ -85,7 +85,8 @@ def test_one_window_when_the_text_fits():
     offs = wordpiece(text)
     assert chunk_spans(text, offs, 50, 8) == [truncate_span(text, offs, 50)]
     sp = chunk_spans(text, offs, 50, 8)[0]
-    assert (sp.token_start, sp.token_end, sp.char_start, sp.char_end) == (0, len(offs), 0, len(text))
+    assert (sp.token_start, sp.token_end, sp.char_start, sp.char_end) == \
+        (0, len(offs), 0, len(text))
 
 
 def test_english_cuts_at_sentence_ends_and_starts_at_words():

@@ -8,7 +8,6 @@ import glob
 
 import numpy as np
 import pytest
-from model_fixtures import minilm_dir, tiny_models  # noqa: F401  (pytest fixtures)
 
 from beam_e5.model.chunking import LongTextConfig, chunk_spans
 from beam_e5.model.config import EncoderConfig
@@ -65,7 +64,7 @@ def check_plan(encoder: Encoder, text: str, plan, window: int, overlap: int) -> 
 
 
 @pytest.fixture(scope="module")
-def minilm(minilm_dir):  # noqa: F811
+def minilm(minilm_dir):
     return Encoder.load(EncoderConfig(minilm_dir, backend="torch").resolve())
 
 
@@ -85,7 +84,7 @@ def test_licences_chunk_exactly_with_minilm(minilm):
     assert same / total >= 0.99, f"{total - same} of {total} windows re-tokenise differently"
 
 
-def _sentence_transformers_parity(encoder: Encoder, minilm_dir: str, texts: list[str],  # noqa: F811
+def _sentence_transformers_parity(encoder: Encoder, minilm_dir: str, texts: list[str],
                                   cfg: LongTextConfig) -> int:
     from sentence_transformers import SentenceTransformer
 
@@ -108,14 +107,14 @@ def _sentence_transformers_parity(encoder: Encoder, minilm_dir: str, texts: list
 
 
 @pytest.mark.slow
-def test_chunk_vectors_match_sentence_transformers_on_their_text(minilm, minilm_dir):  # noqa: F811
+def test_chunk_vectors_match_sentence_transformers_on_their_text(minilm, minilm_dir):
     texts = [licences()[name] for name in ("Apache-2.0", "MPL-2.0")]
     n = _sentence_transformers_parity(minilm, minilm_dir, texts, LongTextConfig())
     assert n >= 20
 
 
 @pytest.mark.slow
-def test_every_licence_chunk_matches_sentence_transformers_torch_and_onnx(minilm_dir):  # noqa: F811
+def test_every_licence_chunk_matches_sentence_transformers_torch_and_onnx(minilm_dir):
     texts = list(licences().values())
     for backend in ("torch", "onnx"):
         enc = Encoder.load(EncoderConfig(minilm_dir, backend=backend).resolve())
@@ -124,7 +123,7 @@ def test_every_licence_chunk_matches_sentence_transformers_torch_and_onnx(minilm
 
 
 @pytest.mark.slow
-def test_russian_and_chinese_with_wordpiece(minilm, minilm_dir):  # noqa: F811
+def test_russian_and_chinese_with_wordpiece(minilm, minilm_dir):
     texts = [long_multilingual(RUSSIAN, 12), long_multilingual(CHINESE, 12)]
     cfg = LongTextConfig(chunk_tokens=96, overlap=16)
     plans = minilm.plan_documents(texts, cfg)
@@ -152,7 +151,7 @@ def _metaspace_tokenizer():
 
 @pytest.mark.parametrize("base", [RUSSIAN, CHINESE], ids=["russian", "chinese"])
 def test_multilingual_offsets_fall_on_characters_with_bpe_and_sentencepiece(
-        tiny_models, base):  # noqa: F811
+        tiny_models, base):
     text = long_multilingual(base, 10)
     # byte-level BPE (the tiny XLM-R fixture: 400 tokens of English, so every Cyrillic or
     # Chinese character is split into byte tokens that share the character's offsets)

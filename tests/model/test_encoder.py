@@ -5,7 +5,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from model_fixtures import minilm_dir, tiny_models  # noqa: F401  (pytest fixtures)
 from realtext import mixed_length_texts
 
 from beam_e5.errors import ConfigError
@@ -21,13 +20,13 @@ from beam_e5.model.profiles import ProfileOverrides
 
 
 @pytest.fixture(scope="module")
-def minilm_encoder(minilm_dir):  # noqa: F811
+def minilm_encoder(minilm_dir):
     # the CPU fp32 reference, also on a machine with a GPU (where --device auto takes it)
     return Encoder.load(EncoderConfig(minilm_dir, device="cpu", max_batch_tokens=4096).resolve())
 
 
 @pytest.mark.slow
-def test_parity_with_sentence_transformers(minilm_dir, minilm_encoder):  # noqa: F811
+def test_parity_with_sentence_transformers(minilm_dir, minilm_encoder):
     from sentence_transformers import SentenceTransformer
 
     texts = mixed_length_texts(320)
@@ -66,7 +65,7 @@ def test_character_cut_never_changes_tokens(minilm_encoder):
 
 
 @pytest.mark.slow
-def test_results_in_input_order_across_micro_batches(minilm_dir):  # noqa: F811
+def test_results_in_input_order_across_micro_batches(minilm_dir):
     # fp32 on CPU, also where a GPU is present: exact agreement is the point here
     enc = Encoder.load(EncoderConfig(minilm_dir, device="cpu", max_batch_tokens=300,
                                      max_batch_size=3).resolve())
@@ -109,14 +108,14 @@ def _fed_texts(encoder, texts):
     ("bert", "bge-small-en-v1.5", "query",
      "represent this sentence for searching relevant passages : hello world"),
 ])
-def test_prefix_fed_to_model(tiny_models, family, name, role, expected):  # noqa: F811
+def test_prefix_fed_to_model(tiny_models, family, name, role, expected):
     # torch backend: the hook reads the ids the torch model receives
     enc = Encoder.load(EncoderConfig(tiny_models(family, name), role=role,
                                      backend="torch").resolve())
     assert _fed_texts(enc, ["hello world"]) == [expected]
 
 
-def test_e5_mistral_appends_eos_and_pools_last(tiny_models):  # noqa: F811
+def test_e5_mistral_appends_eos_and_pools_last(tiny_models):
     enc = Encoder.load(EncoderConfig(tiny_models("mistral", "e5-mistral-7b-instruct"),
                                      role="passage").resolve())
     ids = enc.tokenize(["hello world", "a " * 2000]).ids
@@ -125,7 +124,7 @@ def test_e5_mistral_appends_eos_and_pools_last(tiny_models):  # noqa: F811
     assert enc.profile.pooling == "last"
 
 
-def test_e5_mistral_left_and_right_padding_agree(tiny_models):  # noqa: F811
+def test_e5_mistral_left_and_right_padding_agree(tiny_models):
     texts = ["hello world", "the quick brown fox jumps over the lazy dog " * 3, "beam"]
     # fp32 on CPU, also where a GPU is present (bf16 there differs by 1e-3 either way)
     right = Encoder.load(EncoderConfig(
@@ -142,7 +141,7 @@ def test_e5_mistral_left_and_right_padding_agree(tiny_models):  # noqa: F811
 
 @pytest.mark.slow
 @pytest.mark.parametrize("pooling", ["mean", "cls", "last"])
-def test_pooling_override_changes_vectors(tiny_models, pooling):  # noqa: F811
+def test_pooling_override_changes_vectors(tiny_models, pooling):
     path = tiny_models("bert", "gte-base")
     enc = Encoder.load(EncoderConfig(path, overrides=ProfileOverrides(pooling=pooling)).resolve())
     vecs, _ = enc.encode(["hello world", "quick brown fox"])
@@ -206,7 +205,7 @@ def test_oom_on_single_item_propagates():
         run_splitting_on_oom(fn, [1], EncodeStats())
 
 
-def test_bf16_on_cpu_stays_close_to_fp32_and_the_log_says_so(minilm_dir, minilm_encoder,  # noqa: F811
+def test_bf16_on_cpu_stays_close_to_fp32_and_the_log_says_so(minilm_dir, minilm_encoder,
                                                                caplog, monkeypatch):
     """``--dtype bfloat16`` on CPU (PyTorch bf16, pooling in fp32): the vectors the hint in
     beam_e5.model.hardware promises, on real weights and real texts of mixed length."""
@@ -237,7 +236,7 @@ def test_bf16_on_cpu_stays_close_to_fp32_and_the_log_says_so(minilm_dir, minilm_
     assert np.mean(sims.argmax(axis=1) == sims_ref.argmax(axis=1)) >= 0.97
 
 
-def test_fp32_default_on_a_bf16_cpu_names_the_faster_flag(minilm_dir, caplog,  # noqa: F811
+def test_fp32_default_on_a_bf16_cpu_names_the_faster_flag(minilm_dir, caplog,
                                                            monkeypatch):
     import beam_e5.model.backends.choose as choose
 
@@ -258,7 +257,7 @@ def test_fp32_default_on_a_bf16_cpu_names_the_faster_flag(minilm_dir, caplog,  #
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_cuda_half_precision_matches_cpu(minilm_dir, minilm_encoder, dtype):  # noqa: F811
+def test_cuda_half_precision_matches_cpu(minilm_dir, minilm_encoder, dtype):
     texts = mixed_length_texts(200)
     ref, _ = minilm_encoder.encode(texts)
     gpu = Encoder.load(EncoderConfig(minilm_dir, device="cuda", dtype=dtype).resolve())
@@ -269,7 +268,7 @@ def test_cuda_half_precision_matches_cpu(minilm_dir, minilm_encoder, dtype):  # 
     assert cos.min() >= 0.999 and cos.mean() >= 0.9999, (cos.mean(), cos.min())
 
 
-def test_profile_flag_prefixes_a_renamed_model(tiny_models):  # noqa: F811
+def test_profile_flag_prefixes_a_renamed_model(tiny_models):
     path = tiny_models("bert", "my-finetuned-model")
     plain = EncoderConfig(path, backend="torch").resolve()
     assert plain.prefix == "" and plain.profile.family == "generic"

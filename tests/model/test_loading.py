@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_fixtures import minilm_dir  # noqa: F401
 
 from beam_e5.errors import ConfigError
 from beam_e5.model.config import EncoderConfig
@@ -33,7 +32,7 @@ def test_local_dir_without_config_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_gcs_model_loads_and_matches_local(gcs_emulator, minilm_dir, tmp_path):  # noqa: F811
+def test_gcs_model_loads_and_matches_local(gcs_emulator, minilm_dir, tmp_path):
     url = gcs_emulator.upload_dir(minilm_dir, "models/all-MiniLM-L6-v2")
     spec = EncoderConfig(url, model_cache_dir=str(tmp_path / "cache")).resolve()
     assert spec.source.kind == "gcs" and spec.dim == 384
@@ -44,7 +43,7 @@ def test_gcs_model_loads_and_matches_local(gcs_emulator, minilm_dir, tmp_path): 
     np.testing.assert_array_equal(remote, local)
 
 
-def test_gcs_staging_copies_once_across_threads(gcs_emulator, minilm_dir, tmp_path,  # noqa: F811
+def test_gcs_staging_copies_once_across_threads(gcs_emulator, minilm_dir, tmp_path,
                                                 caplog):
     url = gcs_emulator.upload_dir(minilm_dir, "models/m1")
     cache = str(tmp_path / "cache")
@@ -67,7 +66,7 @@ def _stage_in_child(url: str, cache: str) -> tuple[str, float]:
     return path, os.stat(os.path.join(path, ".complete")).st_mtime
 
 
-def test_gcs_staging_copies_once_across_processes(gcs_emulator, minilm_dir, tmp_path):  # noqa: F811
+def test_gcs_staging_copies_once_across_processes(gcs_emulator, minilm_dir, tmp_path):
     url = gcs_emulator.upload_dir(minilm_dir, "models/m2")
     cache = str(tmp_path / "cache")
     with ProcessPoolExecutor(max_workers=3) as pool:
@@ -80,7 +79,7 @@ def test_gcs_missing_model_is_a_config_error(gcs_emulator):
         EncoderConfig(gcs_emulator.url("models/nothing-here")).resolve()
 
 
-def test_corrupt_safetensors_is_refused_at_start(minilm_dir, tmp_path):  # noqa: F811
+def test_corrupt_safetensors_is_refused_at_start(minilm_dir, tmp_path):
     import shutil
 
     broken = tmp_path / "broken-model"
@@ -91,7 +90,7 @@ def test_corrupt_safetensors_is_refused_at_start(minilm_dir, tmp_path):  # noqa:
         EncoderConfig(str(broken)).resolve()
 
 
-def test_corrupt_config_json_is_refused_at_start(minilm_dir, tmp_path):  # noqa: F811
+def test_corrupt_config_json_is_refused_at_start(minilm_dir, tmp_path):
     import shutil
 
     broken = tmp_path / "broken-config"
@@ -102,7 +101,7 @@ def test_corrupt_config_json_is_refused_at_start(minilm_dir, tmp_path):  # noqa:
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
-def test_unreadable_model_file_is_refused(minilm_dir, tmp_path):  # noqa: F811
+def test_unreadable_model_file_is_refused(minilm_dir, tmp_path):
     import shutil
 
     locked = tmp_path / "locked"

@@ -75,7 +75,7 @@ def load_backend(request: LoadRequest) -> InferenceBackend:
     if name != "torch":
         try:
             backend = RUNTIMES[name].load(request, name)
-        except Exception as e:  # noqa: BLE001  (auto must still embed: torch runs everything)
+        except Exception as e:
             if request.backend != "auto":
                 raise
             LOG.warning("beam-e5: the ONNX backend failed for %s (%s: %s); using torch",

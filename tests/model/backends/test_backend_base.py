@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from model_fixtures import tiny_models  # noqa: F401  (pytest fixture)
 
 from beam_e5.model.backends.base import InferenceBackend, LoadRequest, PaddedBatch
 from beam_e5.model.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -11,7 +10,7 @@ from beam_e5.model.encoder import pad_batch
 
 
 @pytest.fixture(scope="module")
-def backends(tiny_models, tmp_path_factory) -> dict[str, InferenceBackend]:  # noqa: F811
+def backends(tiny_models, tmp_path_factory) -> dict[str, InferenceBackend]:
     path = tiny_models("bert", "e5-small-v2")
     request = LoadRequest(model=path, path=path, device="cpu",
                           cache_dir=str(tmp_path_factory.mktemp("onnx-cache")))

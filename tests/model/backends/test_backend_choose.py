@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from model_fixtures import minilm_dir, tiny_models  # noqa: F401  (pytest fixtures)
 
 from beam_e5.errors import ConfigError
 from beam_e5.model.backends import choose, onnxruntime_backend
@@ -76,20 +75,20 @@ def test_explicit_torch_loads_torch_without_reading_the_model_config(loads):
 
 
 @pytest.mark.parametrize("name", ["onnx", "onnx-int8"])
-def test_explicit_onnx_runtimes_load_by_their_name(loads, tiny_models, name):  # noqa: F811
+def test_explicit_onnx_runtimes_load_by_their_name(loads, tiny_models, name):
     path = tiny_models("bert", "e5-small-v2")
     assert choose.load_backend(_request(path, backend=name)).name == name
     assert loads.names() == [name]
 
 
-def test_auto_on_cpu_takes_onnx_for_encoders(loads, tiny_models):  # noqa: F811
+def test_auto_on_cpu_takes_onnx_for_encoders(loads, tiny_models):
     path = tiny_models("bert", "e5-small-v2")
     assert choose.load_backend(_request(path, device="cpu")).name == "onnx"
     # whatever their size (weights over 2 GiB go to external data)
     assert choose.pick_backend("auto", "cpu", "xlm-roberta") == "onnx"
 
 
-def test_auto_on_gpu_takes_torch(loads, tiny_models, monkeypatch):  # noqa: F811
+def test_auto_on_gpu_takes_torch(loads, tiny_models, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     path = tiny_models("bert", "e5-small-v2")
@@ -97,19 +96,19 @@ def test_auto_on_gpu_takes_torch(loads, tiny_models, monkeypatch):  # noqa: F811
     assert choose.pick_backend("auto", "cuda", "bert") == "torch"
 
 
-def test_auto_takes_torch_for_decoder_models(loads, tiny_models):  # noqa: F811
+def test_auto_takes_torch_for_decoder_models(loads, tiny_models):
     path = tiny_models("mistral", "e5-mistral-7b-instruct")
     assert choose.load_backend(_request(path, device="cpu")).name == "torch"
     assert choose.pick_backend("auto", "cpu", "mistral") == "torch"
 
 
-def test_auto_takes_torch_for_an_explicit_half_precision(loads, tiny_models):  # noqa: F811
+def test_auto_takes_torch_for_an_explicit_half_precision(loads, tiny_models):
     path = tiny_models("bert", "e5-small-v2")
     assert choose.load_backend(_request(path, device="cpu", dtype="bfloat16")).name == "torch"
     assert choose.pick_backend("auto", "cpu", "bert", fp32=False) == "torch"
 
 
-def test_auto_takes_torch_where_onnx_runtime_is_not_installed(loads, tiny_models,  # noqa: F811
+def test_auto_takes_torch_where_onnx_runtime_is_not_installed(loads, tiny_models,
                                                               monkeypatch):
     monkeypatch.setattr(onnxruntime_backend, "onnx_available", lambda: False)
     path = tiny_models("bert", "e5-small-v2")
@@ -117,7 +116,7 @@ def test_auto_takes_torch_where_onnx_runtime_is_not_installed(loads, tiny_models
     assert loads.names() == ["torch"]
 
 
-def test_auto_falls_back_to_torch_when_its_choice_fails_to_load(loads, tiny_models,  # noqa: F811
+def test_auto_falls_back_to_torch_when_its_choice_fails_to_load(loads, tiny_models,
                                                                 caplog):
     loads.fail = True
     path = tiny_models("bert", "e5-small-v2")
@@ -126,7 +125,7 @@ def test_auto_falls_back_to_torch_when_its_choice_fails_to_load(loads, tiny_mode
     assert "the ONNX backend failed for" in caplog.text and "exporter crashed" in caplog.text
 
 
-def test_an_explicit_choice_that_fails_to_load_is_an_error(loads, tiny_models):  # noqa: F811
+def test_an_explicit_choice_that_fails_to_load_is_an_error(loads, tiny_models):
     loads.fail = True
     with pytest.raises(RuntimeError, match="exporter crashed"):
         choose.load_backend(_request(tiny_models("bert", "e5-small-v2"), backend="onnx"))
@@ -167,7 +166,7 @@ def test_onnx_runtime_missing_is_refused_before_the_run(monkeypatch):
         choose.check_backend_supported("onnx", "bert", "cpu")
 
 
-def test_decoder_models_are_refused_before_the_run(tiny_models):  # noqa: F811
+def test_decoder_models_are_refused_before_the_run(tiny_models):
     path = tiny_models("mistral", "e5-mistral-7b-instruct")
     with pytest.raises(ConfigError, match="use --backend torch"):
         EncoderConfig(path, backend="onnx").resolve()
@@ -177,24 +176,24 @@ def test_decoder_models_are_refused_before_the_run(tiny_models):  # noqa: F811
     (dict(backend="onnx", dtype="bfloat16"), "computes in float32"),
     (dict(backend="tensorrt"), "--backend must be one of"),
 ])
-def test_bad_backend_options_are_refused(minilm_dir, kwargs, message):  # noqa: F811
+def test_bad_backend_options_are_refused(minilm_dir, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         EncoderConfig(minilm_dir, **kwargs).resolve()
 
 
-def test_onnx_on_cuda_is_refused(minilm_dir):  # noqa: F811
+def test_onnx_on_cuda_is_refused(minilm_dir):
     with pytest.raises(ConfigError, match="CPU only"):
         EncoderConfig(minilm_dir, backend="onnx", device="cuda").resolve()
 
 
-def test_only_the_approximate_backend_enters_the_signature(minilm_dir):  # noqa: F811
+def test_only_the_approximate_backend_enters_the_signature(minilm_dir):
     for same in ("auto", "torch", "onnx"):  # one function: snapshots carry over between them
         assert "backend" not in EncoderConfig(minilm_dir, backend=same).resolve().signature()
     assert EncoderConfig(minilm_dir, backend="onnx-int8").resolve().signature()["backend"] == \
         "onnx-int8"
 
 
-def test_auto_picks_onnx_on_cpu_and_torch_where_onnx_cannot_run(minilm_dir, tiny_models,  # noqa: F811
+def test_auto_picks_onnx_on_cpu_and_torch_where_onnx_cannot_run(minilm_dir, tiny_models,
                                                                  onnx_cache, caplog):
     caplog.set_level("INFO", logger="beam_e5")
     enc = Encoder.load(EncoderConfig(minilm_dir, model_cache_dir=onnx_cache).resolve())
@@ -209,7 +208,7 @@ def test_auto_picks_onnx_on_cpu_and_torch_where_onnx_cannot_run(minilm_dir, tiny
     assert Encoder.load(bf16.resolve()).backend.name == "torch"
 
 
-def test_auto_falls_back_to_torch_when_the_graph_cannot_be_built(minilm_dir, tmp_path,  # noqa: F811
+def test_auto_falls_back_to_torch_when_the_graph_cannot_be_built(minilm_dir, tmp_path,
                                                                   monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("exporter crashed")

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from model_fixtures import minilm_dir, tiny_models  # noqa: F401  (pytest fixtures)
 
 from beam_e5.model.backends.onnxruntime_backend import OnnxRuntimeBackend
 from beam_e5.model.config import EncoderConfig
@@ -10,7 +9,7 @@ from beam_e5.model.encoder import Encoder
 
 
 @pytest.mark.slow
-def test_onnx_matches_torch_and_keeps_order(minilm_dir, onnx_cache, texts,  # noqa: F811
+def test_onnx_matches_torch_and_keeps_order(minilm_dir, onnx_cache, texts,
                                             torch_vectors):
     enc = Encoder.load(EncoderConfig(minilm_dir, backend="onnx",
                                      model_cache_dir=onnx_cache).resolve())
@@ -24,7 +23,7 @@ def test_onnx_matches_torch_and_keeps_order(minilm_dir, onnx_cache, texts,  # no
 
 
 @pytest.mark.slow
-def test_onnx_int8_is_close_but_not_identical(minilm_dir, onnx_cache, texts,  # noqa: F811
+def test_onnx_int8_is_close_but_not_identical(minilm_dir, onnx_cache, texts,
                                               torch_vectors):
     enc = Encoder.load(EncoderConfig(minilm_dir, backend="onnx-int8",
                                      model_cache_dir=onnx_cache).resolve())
@@ -37,7 +36,7 @@ def test_onnx_int8_is_close_but_not_identical(minilm_dir, onnx_cache, texts,  # 
 
 
 @pytest.mark.slow
-def test_tiny_xlm_roberta_with_prefix_matches_torch(tiny_models, tmp_path):  # noqa: F811
+def test_tiny_xlm_roberta_with_prefix_matches_torch(tiny_models, tmp_path):
     path = tiny_models("xlm-roberta", "multilingual-e5-base")
     texts = ["hello world", "query passage " * 40, "", "the quick brown fox"]
     ref, _ = Encoder.load(EncoderConfig(path, role="query", backend="torch").resolve()
@@ -51,7 +50,7 @@ def test_tiny_xlm_roberta_with_prefix_matches_torch(tiny_models, tmp_path):  # n
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "mpnet", "electra"])
-def test_every_onnx_encoder_family_matches_torch(tiny_models, tmp_path, family):  # noqa: F811
+def test_every_onnx_encoder_family_matches_torch(tiny_models, tmp_path, family):
     path = tiny_models(family, f"tiny-{family}")
     texts = ["hello world", "query passage " * 60, "", "the quick brown fox", "licence " * 7]
     ref, _ = Encoder.load(EncoderConfig(path, backend="torch").resolve()).encode(texts)

@@ -5,7 +5,6 @@ import threading
 
 import numpy as np
 import pytest
-from model_fixtures import minilm_dir, tiny_models  # noqa: F401  (pytest fixtures)
 
 from beam_e5.model.config import EncoderConfig
 from beam_e5.model.encoder import Encoder
@@ -13,7 +12,7 @@ from beam_e5.model.onnx_graph import cache
 
 
 @pytest.mark.slow
-def test_graph_is_cached_and_reused_without_loading_torch(minilm_dir, onnx_cache):  # noqa: F811
+def test_graph_is_cached_and_reused_without_loading_torch(minilm_dir, onnx_cache):
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(minilm_dir)
@@ -33,7 +32,7 @@ def test_graph_is_cached_and_reused_without_loading_torch(minilm_dir, onnx_cache
 
 
 @pytest.mark.slow
-def test_concurrent_builds_export_once(tiny_models, tmp_path):  # noqa: F811
+def test_concurrent_builds_export_once(tiny_models, tmp_path):
     from transformers import AutoConfig, AutoModel
 
     path = tiny_models("bert", "e5-small-v2")
@@ -56,7 +55,7 @@ def test_concurrent_builds_export_once(tiny_models, tmp_path):  # noqa: F811
     assert leftovers == []
 
 
-def test_failed_build_leaves_nothing_under_the_final_name(tiny_models, tmp_path):  # noqa: F811
+def test_failed_build_leaves_nothing_under_the_final_name(tiny_models, tmp_path):
     from transformers import AutoConfig
 
     path = tiny_models("bert", "e5-small-v2")
@@ -71,7 +70,7 @@ def test_failed_build_leaves_nothing_under_the_final_name(tiny_models, tmp_path)
     assert [p for p in (tmp_path / "onnx").iterdir() if p.is_dir()] == []
 
 
-def test_the_cache_key_names_the_weights_and_the_variant(tiny_models, tmp_path):  # noqa: F811
+def test_the_cache_key_names_the_weights_and_the_variant(tiny_models, tmp_path):
     path = tiny_models("bert", "e5-small-v2")
     onnx = cache.graph_dir(str(tmp_path), path, None, "onnx")
     assert onnx == cache.graph_dir(str(tmp_path), path.rstrip("/") + "/", None, "onnx")
@@ -83,7 +82,7 @@ def test_the_cache_key_names_the_weights_and_the_variant(tiny_models, tmp_path):
 
 
 @pytest.mark.parametrize("variant", ["onnx", pytest.param("onnx-int8", marks=pytest.mark.slow)])
-def test_external_data_graph_matches_torch_and_is_cached(minilm_dir, texts, torch_vectors,  # noqa: F811
+def test_external_data_graph_matches_torch_and_is_cached(minilm_dir, texts, torch_vectors,
                                                          tmp_path, monkeypatch, variant):
     """Encoders over 2 GiB (multilingual-e5-large) are written as graph + weights file; the
     limit is lowered so that MiniLM's 90 MB take that path, the same code as the real size."""
@@ -119,7 +118,7 @@ def test_external_data_graph_matches_torch_and_is_cached(minilm_dir, texts, torc
     assert [p.name for p in (tmp_path / "onnx").iterdir() if p.name.startswith(".building")] == []
 
 
-def test_small_encoders_stay_one_self_contained_file(minilm_dir, onnx_cache):  # noqa: F811
+def test_small_encoders_stay_one_self_contained_file(minilm_dir, onnx_cache):
     enc = Encoder.load(EncoderConfig(minilm_dir, backend="onnx",
                                      model_cache_dir=onnx_cache).resolve())
     folder = enc.backend.graph_file.parent

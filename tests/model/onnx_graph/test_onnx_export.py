@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from model_fixtures import minilm_dir, tiny_models  # noqa: F401  (pytest fixtures)
 
 from beam_e5.model.config import EncoderConfig
 from beam_e5.model.encoder import Encoder
@@ -26,7 +25,7 @@ def fuser_fails(monkeypatch):
     monkeypatch.setattr(export, "fuse_for_ort", broken)
 
 
-def test_fp32_graph_has_one_fused_attention_per_layer(minilm_dir, onnx_cache):  # noqa: F811
+def test_fp32_graph_has_one_fused_attention_per_layer(minilm_dir, onnx_cache):
     from transformers import AutoConfig
 
     enc = Encoder.load(EncoderConfig(minilm_dir, backend="onnx",
@@ -43,7 +42,7 @@ def test_fp32_graph_has_one_fused_attention_per_layer(minilm_dir, onnx_cache):  
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["bert", "mpnet"])
-def test_external_data_without_the_attention_fuser(tiny_models, tmp_path, monkeypatch,  # noqa: F811
+def test_external_data_without_the_attention_fuser(tiny_models, tmp_path, monkeypatch,
                                                    fuser_fails, family):
     """The other optimiser paths (ORT's for BERT-likes, none for MPNet) also keep the .data."""
     path = tiny_models(family, f"tiny-{family}")
@@ -58,7 +57,7 @@ def test_external_data_without_the_attention_fuser(tiny_models, tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_a_failing_attention_rewrite_falls_back_to_ort_fusions(tiny_models, tmp_path,  # noqa: F811
+def test_a_failing_attention_rewrite_falls_back_to_ort_fusions(tiny_models, tmp_path,
                                                                fuser_fails, caplog):
     path = tiny_models("bert", "e5-small-v2")
     texts = ["hello world", "query passage " * 60, "the quick brown fox"]

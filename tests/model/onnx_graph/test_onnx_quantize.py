@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from model_fixtures import minilm_dir  # noqa: F401  (pytest fixture)
 
 from beam_e5.model.config import EncoderConfig
 from beam_e5.model.encoder import Encoder
@@ -76,7 +75,7 @@ def test_only_the_initializers_still_read_are_kept(tmp_path):
 
 
 @pytest.mark.slow
-def test_int8_graph_keeps_fused_attention_and_quantises_every_weight_matmul(minilm_dir,  # noqa: F811
+def test_int8_graph_keeps_fused_attention_and_quantises_every_weight_matmul(minilm_dir,
                                                                            onnx_cache):
     import onnx
     from transformers import AutoConfig
