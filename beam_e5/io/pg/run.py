@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from beam_e5.errors import ConfigError
 from beam_e5.io.pg.config import PgSinkConfig
-from beam_e5.io.pg.connection import connect, register_types, sql
+from beam_e5.io.pg.connection import PgError, connect, register_types, scrubbed, sql
 from beam_e5.io.pg.copy import WriteToPgvector, column_list, create_table_sql, pg_columns
 from beam_e5.io.pg.read import (
     CHUNKED_COLUMNS,
@@ -42,6 +42,7 @@ __all__ = ["PgRun"]
 # these from the published table, the rest (text_sha256, source fields, text) from this run
 ROW_COLUMNS = ("id", "embedding", "tokens", "doc_id", "chunk", "chunks", "char_start",
                "char_end", "tokens_cut")
+_INSUFFICIENT_PRIVILEGE = "42501"
 _EXTENSION_VERSION = "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
 _META_COLUMNS = ("name text PRIMARY KEY, table_name text NOT NULL, run_id text NOT NULL, "
                  "previous_table text, signature jsonb NOT NULL, manifest jsonb, "
@@ -75,6 +76,7 @@ class PgRun:
         self.carry_table = f"{name}__carry_{run_id}"
         self.new_table = f"{name}__r{run_id}"
         self.done = False
+        self.retired: Optional[str] = None  # after the swap: the table dropped at close
 
     # ---- names
     def qualified(self, table: str) -> sql.Identifier:
@@ -93,11 +95,20 @@ class PgRun:
             conn = connect(target.dsn, register=False)
         except ConfigError:
             raise
-        except Exception as e:  # noqa: BLE001 - psycopg's errors (an optional import); their text names no password
-            raise ConfigError(f"cannot connect to {target.redacted}: {str(e).strip()}; check "
-                              "the URI, the network path and PGPASSWORD/.pgpass") from None
+        except PgError as e:  # its text is scrubbed of the password (libpq may repeat it)
+            raise ConfigError(f"cannot connect to {target.redacted}: {target.scrub(str(e))}; "
+                              "check the connection string, the network path and "
+                              "PGPASSWORD/.pgpass") from None
         try:
-            run = cls._prepare(cfg, conn, schema)
+            with scrubbed(target.secrets):
+                run = cls._prepare(cfg, conn, schema)
+        except PgError as e:
+            conn.close()
+            if e.sqlstate == _INSUFFICIENT_PRIVILEGE:
+                raise ConfigError(f"{target.redacted}: {e}; grant this user what it needs "
+                                  "(USAGE and CREATE on the schema of table=) or use another "
+                                  "schema") from None
+            raise
         except BaseException:
             conn.close()
             raise
@@ -125,13 +136,14 @@ class PgRun:
         return run
 
     def _drop_leftovers(self) -> None:
-        """Drop tables of crashed runs: every NAME__* but the published and previous ones."""
+        """Drop what earlier runs left: every NAME__* but the published and previous ones."""
         keep = set()
         if self.published is not None:
             keep = {self.published.table, self.published.previous_table}
         for table in self._run_tables():
             if table not in keep:
-                LOG.info("beam-e5: dropping %s, left by an unfinished run", table)
+                LOG.info("beam-e5: dropping %s, %s", table,
+                         _leftover_kind(table, self.cfg.target.name))
                 self._drop(table)
 
     def _drop(self, table: str) -> None:
@@ -184,6 +196,11 @@ class PgRun:
     def publish(self, expected_rows: int, signature: dict[str, Any],
                 manifest: dict[str, Any]) -> dict[str, Any]:
         """Merge, check, index, swap. Returns timings and sizes for the manifest."""
+        with scrubbed(self.cfg.target.secrets):
+            return self._publish(expected_rows, signature, manifest)
+
+    def _publish(self, expected_rows: int, signature: dict[str, Any],
+                 manifest: dict[str, Any]) -> dict[str, Any]:
         conn, new = self._conn, self.qualified(self.new_table)
         stats: dict[str, Any] = {"run_id": self.run_id, "table": self.new_table}
         t0 = time.perf_counter()
@@ -282,6 +299,7 @@ class PgRun:
                           json.dumps(manifest, sort_keys=True, default=str)))
         LOG.info("beam-e5: published %s.%s -> %s", self.schema, name, self.new_table)
         # after the swap: the table before the one just replaced is no longer needed
+        self.retired = self.published.previous_table if self.published else None
         self.published = PublishedTable(self.new_table, self.run_id, signature, old)
 
     # ---- close
@@ -289,13 +307,22 @@ class PgRun:
         """Drop the load tables (and an unpublished new table); release the lock."""
         try:
             if not self._conn.closed:
-                for table in (self.load_table, self.carry_table) + (
-                        () if self.done else (self.new_table,)):
-                    self._drop(table)
-                if self.done:
-                    self._drop_leftovers()
+                with scrubbed(self.cfg.target.secrets):
+                    for table in (self.load_table, self.carry_table) + (
+                            () if self.done else (self.new_table,)):
+                        self._drop(table)
+                    if self.done:
+                        self._drop_retired()
         finally:
             self._conn.close()
+
+    def _drop_retired(self) -> None:
+        """After a swap: drop the table published before the one just replaced."""
+        old = self.published.previous_table if self.published else None
+        if self.retired and self.retired not in (old, self.new_table):
+            LOG.info("beam-e5: dropping %s: it was published before %s, and only the table "
+                     "a run replaces is kept (as previous_table)", self.retired, old)
+            self._drop(self.retired)
 
 
 def _check_vector_extension(conn: Connection[Any], target: PgTarget,
@@ -318,8 +345,24 @@ def _check_vector_extension(conn: Connection[Any], target: PgTarget,
                           "or upgrade the extension")
 
 
+def _leftover_kind(table: str, name: str) -> str:
+    """Why a run table found at open is dropped, in words for the log."""
+    if table.startswith((f"{name}__load_", f"{name}__carry_")):
+        return "a load table left by a run that did not finish"
+    return ("a run table that is neither published nor kept as the previous table (left by "
+            "a run that did not finish)")
+
+
 def _schema_of(conn: Connection[Any], target: PgTarget) -> str:
-    schema_name = target.schema or conn.execute("SELECT current_schema()").fetchone()[0]
+    if target.schema is not None:
+        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                             (target.schema,)).fetchone()
+        if found is None:
+            raise ConfigError(f"schema {target.schema} does not exist in the database of "
+                              f"{target.redacted}: create it (CREATE SCHEMA {target.schema}) "
+                              "or name an existing schema in table=SCHEMA.NAME")
+        return target.schema
+    schema_name = conn.execute("SELECT current_schema()").fetchone()[0]
     if schema_name is None:
         raise ConfigError(f"{target.redacted}: no current schema; name one in "
                           "table=SCHEMA.NAME")

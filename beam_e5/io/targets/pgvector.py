@@ -73,22 +73,23 @@ class PgvectorOutput(VectorOutput):
 
     def open(self, schema: pa.Schema, signature: dict[str, Any],
              previous: Optional[str]) -> "PgvectorRun":
-        claim = claim_output(self.run_dir)
+        # the database first: a run it refuses (cannot connect, no schema, locked) leaves
+        # no report directory behind
+        run = PgRun.open(self.sink, schema)
         try:
-            run = PgRun.open(self.sink, schema)
+            snapshot = self._previous_snapshot(run, signature) if previous else None
+            claim = claim_output(self.run_dir)
         except BaseException:
-            claim.abandon()
+            run.close()
             raise
-        snapshot = None
-        if previous:
-            if run.published is None:
-                run.close()
-                claim.abandon()
-                raise ConfigError(f"nothing is published under {self.sink.target.name} yet: "
-                                  "run `beam-e5 embed` with this --output first")
-            snapshot = PreviousSnapshot(f"{run.schema}.{run.published.table}",
-                                        same_signature(run.published.signature, signature))
         return PgvectorRun(claim, snapshot, self, run)
+
+    def _previous_snapshot(self, run: PgRun, signature: dict[str, Any]) -> PreviousSnapshot:
+        if run.published is None:
+            raise ConfigError(f"nothing is published under {self.sink.target.name} yet: "
+                              "run `beam-e5 embed` with this --output first")
+        return PreviousSnapshot(f"{run.schema}.{run.published.table}",
+                                same_signature(run.published.signature, signature))
 
 
 class PgvectorRun(OutputRun):

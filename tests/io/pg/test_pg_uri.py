@@ -48,3 +48,44 @@ def test_bad_uris_fail_with_a_message_that_says_what_to_do(uri, message):
 def test_is_pg_uri():
     assert is_pg_uri("postgresql://x/y") and is_pg_uri("POSTGRES://x/y")
     assert not is_pg_uri("out/") and not is_pg_uri("gs://b/x") and not is_pg_uri(None)
+
+
+def test_keyword_form_splits_table_and_redacts():
+    t = parse_pg_uri("host=/run/pg dbname=vectors user=app password='a b\\'c' table=s.docs")
+    assert (t.schema, t.name) == ("s", "docs")
+    assert t.dsn == "host=/run/pg dbname=vectors user=app password='a b\\'c'"
+    assert t.redacted == "host=/run/pg dbname=vectors user=app password=***"
+    assert t.secrets == ("a b'c",) and "a b" not in repr(t)
+    assert is_pg_uri("host=x dbname=y") and not is_pg_uri("out=dir") and not is_pg_uri("out/")
+
+
+@pytest.mark.parametrize("password", ["p#w", "p?w", "p:w", "p&w", "p=w", "pñw€"])
+def test_characters_libpq_reads_raw_in_a_uri_password_are_kept(password):
+    t = parse_pg_uri(f"postgresql://u:{password}@h/db?sslmode=require&table=docs")
+    assert t.name == "docs" and t.dsn == f"postgresql://u:{password}@h/db?sslmode=require"
+    assert t.redacted == "postgresql://u:***@h/db?sslmode=require"
+    assert password in t.secrets and t.scrub(f"x {password} y") == "x *** y"
+
+
+@pytest.mark.parametrize("password", ["p/w", "p@w", "p%w", "p%zzw", "p w", "p/w?x@y"])
+def test_a_uri_password_libpq_would_misread_is_refused_with_how_to_encode(password):
+    with pytest.raises(ConfigError, match="percent-encode") as err:
+        parse_pg_uri(f"postgresql://u:{password}@h:5432/db?table=docs")
+    message = str(err.value)
+    assert password not in message and "pw" not in message.replace("PASSWORD", "")
+    assert "postgresql://u:***@" in message
+
+
+def test_redact_hides_up_to_the_last_at_when_the_uri_is_ambiguous():
+    assert redact("postgresql://u:a@b/c@h/db?table=x") == "postgresql://u:***@h/db?table=x"
+    assert redact("postgresql://h/db?password=a&b&sslmode=require") == \
+        "postgresql://h/db?password=***&sslmode=require"
+    assert redact("host=h password='unterminated") == "host=h password=***"
+
+
+def test_scrub_takes_pgpassword_from_the_environment(monkeypatch):
+    from beam_e5.io.pg.uri import scrub, secrets_of
+
+    monkeypatch.setenv("PGPASSWORD", "envpw")
+    assert scrub("a envpw b pw", ("pw",)) == "a *** b ***"
+    assert secrets_of("postgresql://u:p%40ss@h/db") == ("p%40ss", "p@ss")
