@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import apache_beam as beam
 import numpy as np
 import psycopg
 import pytest
 
+from beam_e5.cli import main
 from beam_e5.errors import ConfigError
 from beam_e5.io.pg.config import PgSinkConfig
 from beam_e5.io.pg.connection import connect
@@ -213,3 +215,60 @@ def test_ivfflat_index_with_maintenance_work_mem(pg_database, tmp_path):
         indexdef = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s",
                                 (run.new_table + "_embedding_idx",)).fetchone()[0]
     assert "USING ivfflat (embedding vector_cosine_ops) WITH (lists='1')" in indexdef
+
+
+def _publish_direct(uri: str, tmp_path, records: list[dict]) -> PgRun:
+    """One run without Beam: COPY the records, publish, close."""
+    run = PgRun.open(_cfg(uri, tmp_path, index="none"), SCHEMA)
+    try:
+        with connect(uri) as conn:
+            copy_table(conn, run.qualified(run.load_table), vectors_to_table(records, SCHEMA),
+                       pg_columns(SCHEMA))
+        run.publish(len(records), {"model": "random"}, {})
+    finally:
+        run.close()
+    return run
+
+
+def test_the_log_says_what_each_dropped_table_was(pg_database, tmp_path):
+    """A completed table dropped after a later swap is never called 'left by a run that did
+    not finish'; a crashed run's load table is."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    log = logging.getLogger("beam_e5.io.pg.run")
+    log.addHandler(handler)
+    old_level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        first = _publish_direct(pg_database, tmp_path, _records(20))
+        second = _publish_direct(pg_database, tmp_path, _records(20, seed=1))
+        crashed = PgRun.open(_cfg(pg_database, tmp_path, index="none"), SCHEMA)
+        crashed._conn.close()  # the driver died: its load tables stay until the next open
+        third = _publish_direct(pg_database, tmp_path, _records(20, seed=2))
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old_level)
+    dropped = {line.split()[2].rstrip(":,"): line for line in lines if "dropping" in line}
+    assert set(dropped) == {first.new_table, crashed.load_table, crashed.carry_table}
+    assert f"published before {second.new_table}" in dropped[first.new_table]
+    assert "did not finish" not in dropped[first.new_table]
+    assert "left by a run that did not finish" in dropped[crashed.load_table]
+    with connect(pg_database) as conn:
+        row = conn.execute("SELECT table_name, previous_table FROM beam_e5_published").fetchone()
+    assert row == (third.new_table, second.new_table)
+
+
+def test_a_missing_schema_is_one_line_and_exit_2(pg_database, tmp_path, tiny_models, capsys):
+    with pytest.raises(ConfigError, match="schema nosuch does not exist"):
+        PgRun.open(PgSinkConfig(pg_database + "&table=nosuch.docs", str(tmp_path / "r")), SCHEMA)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "text": "one"}\n')
+    model = tiny_models("bert", "e5-small-v2")
+    capsys.readouterr()  # building the model prints progress
+    code = main(["embed", "--input", str(corpus), "--model", model,
+                 "--output", pg_database + "&table=nosuch.docs",
+                 "--report-dir", str(tmp_path / "report")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and not (tmp_path / "report").exists()
+    assert "schema nosuch does not exist" in err[0] and "CREATE SCHEMA nosuch" in err[0]
