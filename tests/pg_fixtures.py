@@ -57,10 +57,21 @@ def with_database(uri: str, database: str) -> str:
 @pytest.fixture
 def pg_database(pg_server) -> Iterator[str]:
     """A fresh database with the vector extension; yields its libpq URI (unix socket)."""
+    yield from _fresh_database(pg_server, "")
+
+
+@pytest.fixture
+def pg_latin1_database(pg_server) -> Iterator[str]:
+    """The same in LATIN1: a server that refuses characters outside Latin-1 at COPY."""
+    yield from _fresh_database(pg_server, " ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' "
+                                          "TEMPLATE template0")
+
+
+def _fresh_database(pg_server, options: str) -> Iterator[str]:
     name = "t_" + uuid.uuid4().hex[:12]
     admin = pg_server.get_uri()
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"{options}')
     uri = with_database(admin, name)
     with psycopg.connect(uri, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")

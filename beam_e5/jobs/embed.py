@@ -56,6 +56,7 @@ from beam_e5.transforms.reembed_split import (
     split_by_previous,
 )
 from beam_e5.transforms.semantic_dedupe import SemanticDedupeConfig, dedupe_documents
+from beam_e5.transforms.store_refusals import RefusedDocuments, RefuseUnstorable
 
 LOG = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob,
     return the output streams and the streams to count."""
     streams = Streams()
     docs = read_stage(p, job, resolved, streams)
+    docs = store_rule_stage(docs, run, streams)
     docs = exact_stage(docs, job, streams)
     if run.previous is not None:
         docs = previous_stage(p, docs, run, streams)
@@ -158,6 +160,28 @@ def read_stage(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob,
     if job.output.stores_text:
         docs = docs | "StoreText" >> beam.Map(_with_text_field)
     return docs
+
+
+def store_rule_stage(docs: beam.PCollection, run: OutputRun,
+                     streams: Streams) -> beam.PCollection:
+    """Documents whose values the output cannot store go to errors before they are
+    embedded (and before exact dedupe, so a duplicate is never kept for one of them)."""
+    rule = run.record_rule()
+    if rule is None:
+        return docs
+    kept, refused = docs | "StoreRule" >> RefuseUnstorable(rule)
+    streams.errors.append(refused)
+    streams.counts["unstorable"] = refused
+    return kept
+
+
+def refused_stage(refused_rows: beam.PCollection, streams: Streams) -> None:
+    """Rows the output refused while loading: one error per document, counted invalid
+    instead of written (the output left every row of those documents out)."""
+    refused = refused_rows | "RefusedDocuments" >> RefusedDocuments()
+    streams.errors.append(refused.errors)
+    streams.counts["refused_at_write"] = refused.errors
+    streams.sums["refused_window_rows"] = refused.window_rows
 
 
 def exact_stage(docs: beam.PCollection, job: EmbedJob, streams: Streams) -> beam.PCollection:
@@ -223,7 +247,9 @@ def carried_chunk_rows(doc: dict) -> int:
 def write_streams(p: beam.Pipeline, streams: Streams, job: EmbedJob, resolved: ResolvedJob,
                   run: OutputRun) -> None:
     out = job.run_dir
-    run.write(streams.written, streams.carried, resolved.schema)
+    refused_rows = run.write(streams.written, streams.carried, resolved.schema)
+    if refused_rows is not None:
+        refused_stage(refused_rows, streams)
     _ = (tuple(streams.duplicates) | "AllDuplicates" >> beam.Flatten(pipeline=p)
          | "WriteDuplicates" >> WriteDuplicates(out))
     errors = tuple(streams.errors) | "AllErrors" >> beam.Flatten(pipeline=p)

@@ -28,9 +28,12 @@ if TYPE_CHECKING:
 __all__ = ["CONNECTION_DEFAULTS", "PgError", "connect", "register_types", "scrubbed", "sql"]
 
 # TCP keepalives and a connect timeout unless the URI sets its own: the launcher's connection
-# (holding the lock) sits idle for as long as the pipeline runs.
-CONNECTION_DEFAULTS = {"connect_timeout": "30", "keepalives": "1", "keepalives_idle": "60",
-                       "keepalives_interval": "10", "keepalives_count": "6",
+# (holding the lock) sits idle for as long as the pipeline runs. Text goes as UTF-8 (what
+# Python holds), so a character the database's encoding lacks is the server's refusal of
+# that one row (SQLSTATE 22P05), not an encoding error in the client.
+CONNECTION_DEFAULTS = {"client_encoding": "UTF8", "connect_timeout": "30", "keepalives": "1",
+                       "keepalives_idle": "60", "keepalives_interval": "10",
+                       "keepalives_count": "6",
                        "application_name": "beam-e5"}
 
 

@@ -2,7 +2,9 @@
 
 The workers' side of a run: :class:`WriteToPgvector` batches embedded records and loads each
 batch with one binary ``COPY ... (FORMAT BINARY)`` into the run's load (or carry) table, one
-transaction per batch, never a row at a time.
+transaction per batch, never a row at a time. A batch the server refuses for a value is
+split until the refused rows are found (:mod:`beam_e5.io.pg.refusals`); those come out of
+:class:`WriteToPgvector` as error records, and the rest are loaded.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import numpy as np
 import pyarrow as pa
 
 from beam_e5.errors import ConfigError
-from beam_e5.io.pg.connection import connect, sql
+from beam_e5.io.pg.connection import connect, scrubbed, sql
+from beam_e5.io.pg.refusals import copy_or_find_refused, record_refused, refused_row
+from beam_e5.io.pg.uri import secrets_of
 from beam_e5.io.sinks import vectors_to_table
 from beam_e5.records import METRICS_NAMESPACE
 
@@ -105,17 +109,19 @@ def copy_table(conn: Connection[Any], table: sql.Identifier, rows: pa.Table,
 
 
 class _CopyBatches(beam.DoFn):
-    """Batches of embedded records -> one binary COPY each into the run's load table."""
+    """Batches of embedded records -> one binary COPY each into the run's load table; the
+    rows the server refuses come out as error records."""
 
-    def __init__(self, dsn: str, table: sql.Identifier, schema: pa.Schema,
-                 without_embedding: bool) -> None:
+    def __init__(self, dsn: str, tables: tuple[sql.Identifier, sql.Identifier],
+                 schema: pa.Schema, without_embedding: bool) -> None:
         self._dsn = dsn
-        self._table = table
+        self._table, self._refused_table = tables
         self._schema = schema
         self._without_embedding = without_embedding
         self._conn: Optional[Connection[Any]] = None
         self._rows = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "pg_rows_copied")
         self._copies = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "pg_copies")
+        self._refused = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "pg_rows_refused")
 
     def setup(self) -> None:
         self._conn = connect(self._dsn)
@@ -129,13 +135,23 @@ class _CopyBatches(beam.DoFn):
         table = vectors_to_table([dict(r, embedding=zero) for r in records], self._schema)
         return table.drop_columns(["embedding"])
 
-    def process(self, records: list[dict[str, Any]]) -> Iterable[None]:
+    def _copy(self, conn: Connection[Any], rows: pa.Table) -> None:
+        copy_table(conn, self._table, rows, pg_columns(rows.schema))
+
+    def process(self, records: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
         table = self._to_table(records)
         if self._conn is None or self._conn.closed:
             self._conn = connect(self._dsn)
-        self._rows.inc(copy_table(self._conn, self._table, table, pg_columns(table.schema)))
+        secrets = secrets_of(self._dsn)
+        with scrubbed(secrets):
+            refused = copy_or_find_refused(self._copy, self._conn, table, secrets)
+            if refused:
+                record_refused(self._conn, self._refused_table,
+                               [records[i].get("doc_id") or records[i]["id"] for i, _ in refused])
+        self._rows.inc(table.num_rows - len(refused))
+        self._refused.inc(len(refused))
         self._copies.inc()
-        return []
+        return [refused_row(records[i], reason) for i, reason in refused]
 
     def teardown(self) -> None:
         if self._conn is not None:
@@ -144,12 +160,16 @@ class _CopyBatches(beam.DoFn):
 
 
 class WriteToPgvector(beam.PTransform):
-    """Embedded records -> the run's load table (or its carry table), by binary COPY."""
+    """Embedded records -> the run's load table (or its carry table), by binary COPY.
 
-    def __init__(self, dsn: str, table: sql.Identifier, schema: pa.Schema, batch_rows: int,
-                 without_embedding: bool = False) -> None:
+    Its output: an error record per row the server refused (see
+    :mod:`beam_e5.io.pg.refusals`), whose document the merge leaves out whole.
+    """
+
+    def __init__(self, dsn: str, tables: tuple[sql.Identifier, sql.Identifier],
+                 schema: pa.Schema, batch_rows: int, without_embedding: bool = False) -> None:
         super().__init__()
-        self._dofn_args = (dsn, table, schema, without_embedding)
+        self._dofn_args = (dsn, tables, schema, without_embedding)
         self._batch_rows = batch_rows
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:

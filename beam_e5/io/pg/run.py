@@ -29,6 +29,7 @@ from beam_e5.io.pg.read import (
     read_publication,
     table_columns,
 )
+from beam_e5.io.pg.refusals import REFUSED_KEY
 from beam_e5.io.pg.uri import META_TABLE, PgTarget
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class PgRun:
         name = cfg.target.name
         self.load_table = f"{name}__load_{run_id}"
         self.carry_table = f"{name}__carry_{run_id}"
+        self.refused_table = f"{name}__rej_{run_id}"  # keys of documents the server refused
         self.new_table = f"{name}__r{run_id}"
         self.done = False
         self.retired: Optional[str] = None  # after the swap: the table dropped at close
@@ -131,6 +133,8 @@ class PgRun:
         conn.execute(create_table_sql(run.qualified(run.carry_table),
                                       [c for c in columns if c[0] != "embedding"],
                                       unlogged=True))
+        conn.execute(create_table_sql(run.qualified(run.refused_table), [("doc_key", "bytea")],
+                                      unlogged=True))
         LOG.info("beam-e5: loading %s.%s (run %s) at %s", schema_name, target.name, run.run_id,
                  target.redacted)
         return run
@@ -150,9 +154,9 @@ class PgRun:
         self._conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self.qualified(table)))
 
     def _run_tables(self) -> list[str]:
-        """This name's run tables (NAME__rRUN, NAME__load_RUN, NAME__carry_RUN), by pattern."""
+        """This name's run tables (NAME__rRUN and its __load_, __carry_, __rej_ tables)."""
         # a regular expression passed as a parameter; NAME is [a-z0-9_] only (uri.py checks)
-        pattern = f"^{self.cfg.target.name}__(load_|carry_|r)[0-9]{{14}}_[0-9a-f]{{6}}$"
+        pattern = f"^{self.cfg.target.name}__(load_|carry_|rej_|r)[0-9]{{14}}_[0-9a-f]{{6}}$"
         rows = self._conn.execute(
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = %s AND c.relkind = 'r' AND c.relname ~ %s",
@@ -161,12 +165,15 @@ class PgRun:
 
     # ---- Beam stages
     def write_vectors(self, schema: pa.Schema) -> WriteToPgvector:
-        return WriteToPgvector(self.dsn, self.qualified(self.load_table), schema,
+        return WriteToPgvector(self.dsn, self._write_tables(self.load_table), schema,
                                self.cfg.batch_rows)
 
     def write_carried(self, schema: pa.Schema) -> WriteToPgvector:
-        return WriteToPgvector(self.dsn, self.qualified(self.carry_table), schema,
+        return WriteToPgvector(self.dsn, self._write_tables(self.carry_table), schema,
                                self.cfg.batch_rows, without_embedding=True)
+
+    def _write_tables(self, table: str) -> tuple[sql.Identifier, sql.Identifier]:
+        return self.qualified(table), self.qualified(self.refused_table)
 
     def published_documents(self) -> Optional[int]:
         """Documents of the table the name serves now: its rows less the window rows of
@@ -206,7 +213,7 @@ class PgRun:
         t0 = time.perf_counter()
         loaded, carried = self._merge()
         stats.update(rows=loaded + carried, rows_loaded=loaded, rows_carried_in_db=carried,
-                     duplicate_rows_dropped=self._count(self.load_table) - loaded)
+                     **self._load_stats())
         if loaded + carried != expected_rows:
             raise RuntimeError(f"the new table holds {loaded + carried} rows but the run wrote "
                                f"{expected_rows}: not publishing (the previous table stays); "
@@ -229,8 +236,9 @@ class PgRun:
         cols = column_list(name for name, _ in self.columns)
         conn.execute(create_table_sql(new, self.columns, unlogged=False))
         loaded = conn.execute(
-            sql.SQL("INSERT INTO {} ({}) SELECT DISTINCT ON (id) {} FROM {} ORDER BY id").format(
-                new, cols, cols, self.qualified(self.load_table))).rowcount
+            sql.SQL("INSERT INTO {} ({}) SELECT DISTINCT ON (id) {} FROM {} l WHERE {} "
+                    "ORDER BY id").format(new, cols, cols, self.qualified(self.load_table),
+                                          self._not_refused("l"))).rowcount
         if self.published is None:
             return loaded, 0
         carried = conn.execute(sql.SQL("INSERT INTO {} ({}) {}").format(
@@ -249,10 +257,26 @@ class PgRun:
                                    for n in names)
         key = "doc_id" if chunked else "id"
         return sql.SQL("SELECT {} FROM (SELECT DISTINCT ON (id) * FROM {} ORDER BY id) c "
-                       "JOIN {} o ON {} = {}").format(
+                       "JOIN {} o ON {} = {} WHERE {}").format(
                            picks, self.qualified(self.carry_table),
                            self.qualified(self.published.table),
-                           sql.Identifier("o", key), sql.Identifier("c", key))
+                           sql.Identifier("o", key), sql.Identifier("c", key),
+                           self._not_refused("c"))
+
+    def _not_refused(self, alias: str) -> sql.Composed:
+        """No row of a document the server refused a row of (see refusals.py)."""
+        doc = sql.SQL("coalesce({}, {})").format(sql.Identifier(alias, "doc_id"),
+                                                 sql.Identifier(alias, "id"))
+        return sql.SQL("NOT EXISTS (SELECT 1 FROM {} r WHERE r.doc_key = " + REFUSED_KEY
+                       + ")").format(self.qualified(self.refused_table), doc)
+
+    def _load_stats(self) -> dict[str, int]:
+        rows, ids = self._conn.execute(
+            sql.SQL("SELECT count(*), count(DISTINCT id) FROM {}").format(
+                self.qualified(self.load_table))).fetchone()
+        refused = self._conn.execute(sql.SQL("SELECT count(DISTINCT doc_key) FROM {}").format(
+            self.qualified(self.refused_table))).fetchone()[0]
+        return {"duplicate_rows_dropped": rows - ids, "refused_documents": refused}
 
     def _count(self, table: str) -> int:
         return count_rows(self._conn, self.qualified(table))
@@ -308,7 +332,7 @@ class PgRun:
         try:
             if not self._conn.closed:
                 with scrubbed(self.cfg.target.secrets):
-                    for table in (self.load_table, self.carry_table) + (
+                    for table in (self.load_table, self.carry_table, self.refused_table) + (
                             () if self.done else (self.new_table,)):
                         self._drop(table)
                     if self.done:
@@ -347,7 +371,7 @@ def _check_vector_extension(conn: Connection[Any], target: PgTarget,
 
 def _leftover_kind(table: str, name: str) -> str:
     """Why a run table found at open is dropped, in words for the log."""
-    if table.startswith((f"{name}__load_", f"{name}__carry_")):
+    if table.startswith((f"{name}__load_", f"{name}__carry_", f"{name}__rej_")):
         return "a load table left by a run that did not finish"
     return ("a run table that is neither published nor kept as the previous table (left by "
             "a run that did not finish)")

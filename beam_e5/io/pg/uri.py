@@ -140,7 +140,7 @@ def _uri_secrets(parts: _Uri) -> list[str]:
     found = [v for k, v in parts.params if k in SECRET_PARAMS and v]
     if parts.userinfo and ":" in parts.userinfo:
         found.append(parts.userinfo.split(":", 1)[1])
-    return found + [unquote(s) for s in found]
+    return [s for s in found + [unquote(s) for s in found] if s]
 
 
 def _redact_unparsed_uri(uri: str) -> str:
@@ -344,7 +344,8 @@ def secrets_of(dsn: str) -> tuple[str, ...]:
 
 def scrub(text: str, secrets_: tuple[str, ...] = ()) -> str:
     """``text`` with each of ``secrets_`` and ``$PGPASSWORD`` replaced by ``***``."""
-    known = set(secrets_) | ({os.environ["PGPASSWORD"]} if os.environ.get("PGPASSWORD") else set())
+    known = {s for s in secrets_ if s} | (
+        {os.environ["PGPASSWORD"]} if os.environ.get("PGPASSWORD") else set())
     for secret in sorted(known, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text

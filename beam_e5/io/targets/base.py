@@ -10,9 +10,16 @@ write, which runs on the workers):
    :class:`OutputRun`, a context manager: leaving it releases what the run holds, and a
    run that fails before :meth:`OutputRun.mark_complete` leaves nothing behind.
 3. :meth:`OutputRun.read_previous` and :meth:`OutputRun.write` add the store's Beam
-   read and write to the graph.
+   read and write to the graph, and :meth:`OutputRun.record_rule` the store's rule for
+   values it cannot hold.
 4. :meth:`OutputRun.publish`, after the pipeline and the manifest: the publish guards,
    then the store's atomic switch to the new snapshot.
+
+Rows the store cannot hold go to errors, for every output, in two steps: a document whose
+values (id, kept fields, stored text) the store can never hold is refused by
+:meth:`OutputRun.record_rule` before it is embedded (all its rows together), and a row the
+store still refuses while loading comes back from :meth:`OutputRun.write`; the job writes
+both to ``errors-*.jsonl`` and counts them as invalid, so the counts balance.
 
 Every output also has a run directory (:mod:`beam_e5.io.rundir`) for the manifest,
 errors, duplicates and deleted ids. A new store is one module beside ``parquet.py`` and
@@ -23,7 +30,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import apache_beam as beam
 import pyarrow as pa
@@ -31,7 +38,10 @@ import pyarrow as pa
 from beam_e5.io.rundir import OutputClaim, OutputConfig
 from beam_e5.io.snapshots import PreviousSnapshot, check_guards
 
-__all__ = ["JobShape", "OutputRun", "VectorOutput"]
+__all__ = ["JobShape", "OutputRun", "RecordRule", "VectorOutput"]
+
+#: a document -> why the store cannot hold its values, or None when it can
+RecordRule = Callable[[dict], Optional[str]]
 
 
 @dataclass(frozen=True)
@@ -72,11 +82,20 @@ class OutputRun(ABC):
         """(doc_id, row or None) for every row the previous snapshot has; None marks an id
         that snapshot holds as a duplicate."""
 
+    def record_rule(self) -> Optional[RecordRule]:
+        """What this store can never hold, as a picklable rule over one document (its ``id``
+        and ``fields``, which hold the text when the output stores it); checked before the
+        document is embedded, so all its rows are kept or refused together. None (the
+        default): the store holds any value."""
+        return None
+
     @abstractmethod
     def write(self, written: beam.PCollection, carried: Optional[beam.PCollection],
-              schema: pa.Schema) -> None:
+              schema: pa.Schema) -> Optional[beam.PCollection]:
         """Add the store's write of this run's rows to the graph; ``carried`` only when
-        :attr:`carries_in_store` (one row per carried document)."""
+        :attr:`carries_in_store` (one row per carried document). Returns the rows the store
+        refused while loading (error records with ``doc_id`` and ``chunks``; the store
+        leaves out every row of their documents), or None when it refuses none."""
 
     @abstractmethod
     def published_documents(self) -> Optional[int]:

@@ -85,9 +85,12 @@ class ParquetRun(OutputRun):
     def read_previous(self, p: beam.Pipeline) -> beam.PCollection:
         return read_previous(p, self.previous)
 
+    # no record_rule: a Parquet string column holds any string, NUL characters included
+
     def write(self, written: beam.PCollection, carried: Optional[beam.PCollection],
               schema: pa.Schema) -> None:
         _ = written | "WriteVectors" >> WriteVectors(self.output.directory.output, schema)
+        return None
 
     def published_documents(self) -> Optional[int]:
         return published_count(self.output.publish_pointer)

@@ -15,11 +15,12 @@ import pyarrow as pa
 
 from beam_e5.errors import ConfigError
 from beam_e5.io.pg.config import PgSinkConfig
+from beam_e5.io.pg.refusals import pg_cannot_hold
 from beam_e5.io.pg.run import PgRun
 from beam_e5.io.pg.uri import is_pg_uri, redact
 from beam_e5.io.rundir import OutputConfig, claim_output
 from beam_e5.io.snapshots import PreviousSnapshot, same_signature
-from beam_e5.io.targets.base import JobShape, OutputRun, VectorOutput
+from beam_e5.io.targets.base import JobShape, OutputRun, RecordRule, VectorOutput
 
 __all__ = ["PgvectorOutput"]
 
@@ -104,11 +105,16 @@ class PgvectorRun(OutputRun):
     def read_previous(self, p: beam.Pipeline) -> beam.PCollection:
         return p | "ReadPublished" >> self.run.read_published()
 
+    def record_rule(self) -> Optional[RecordRule]:
+        return pg_cannot_hold  # a NUL character in the id, a kept field or the stored text
+
     def write(self, written: beam.PCollection, carried: Optional[beam.PCollection],
-              schema: pa.Schema) -> None:
-        _ = written | "WriteVectorsToPg" >> self.run.write_vectors(schema)
-        if carried is not None:
-            _ = carried | "WriteCarriedToPg" >> self.run.write_carried(schema)
+              schema: pa.Schema) -> beam.PCollection:
+        refused = written | "WriteVectorsToPg" >> self.run.write_vectors(schema)
+        if carried is None:
+            return refused
+        refused_carried = carried | "WriteCarriedToPg" >> self.run.write_carried(schema)
+        return (refused, refused_carried) | "RefusedByPg" >> beam.Flatten()
 
     def published_documents(self) -> Optional[int]:
         return self.run.published_documents()

@@ -250,7 +250,8 @@ def test_the_log_says_what_each_dropped_table_was(pg_database, tmp_path):
         log.removeHandler(handler)
         log.setLevel(old_level)
     dropped = {line.split()[2].rstrip(":,"): line for line in lines if "dropping" in line}
-    assert set(dropped) == {first.new_table, crashed.load_table, crashed.carry_table}
+    assert set(dropped) == {first.new_table, crashed.load_table, crashed.carry_table,
+                            crashed.refused_table}
     assert f"published before {second.new_table}" in dropped[first.new_table]
     assert "did not finish" not in dropped[first.new_table]
     assert "left by a run that did not finish" in dropped[crashed.load_table]

@@ -89,3 +89,10 @@ def test_scrub_takes_pgpassword_from_the_environment(monkeypatch):
     monkeypatch.setenv("PGPASSWORD", "envpw")
     assert scrub("a envpw b pw", ("pw",)) == "a *** b ***"
     assert secrets_of("postgresql://u:p%40ss@h/db") == ("p%40ss", "p@ss")
+
+
+def test_an_empty_password_scrubs_nothing():
+    from beam_e5.io.pg.uri import scrub, secrets_of
+
+    assert secrets_of("postgresql://postgres:@/db?host=/tmp") == ()
+    assert scrub("NaN not allowed", ("",)) == "NaN not allowed"
