@@ -273,3 +273,16 @@ def test_a_missing_schema_is_one_line_and_exit_2(pg_database, tmp_path, tiny_mod
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and not (tmp_path / "report").exists()
     assert "schema nosuch does not exist" in err[0] and "CREATE SCHEMA nosuch" in err[0]
+
+
+def test_a_schema_this_user_may_not_write_is_one_line(pg_password_database, tmp_path):
+    db = pg_password_database
+    db.set_password("pw")
+    with psycopg.connect(db.admin_uri.replace("/postgres?", f"/{db.dbname}?"),
+                         autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA locked")  # owned by postgres: no CREATE for the role
+    uri = (f"postgresql://{db.role}:pw@/{db.dbname}?host={db.socket_dir}"
+           "&table=locked.docs")
+    with pytest.raises(ConfigError, match="permission denied for schema locked") as err:
+        PgRun.open(PgSinkConfig(uri, str(tmp_path / "r")), SCHEMA)
+    assert "grant this user" in str(err.value) and ":pw@" not in str(err.value)
