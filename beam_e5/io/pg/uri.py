@@ -45,9 +45,11 @@ __all__ = ["META_TABLE", "PG_SCHEMES", "PgTarget", "is_pg_uri", "parse_pg_uri", 
 PG_SCHEMES = ("postgresql://", "postgres://")
 TABLE_PARAM = "table"
 META_TABLE = "beam_e5_published"  # beam-e5's record of what each name serves: not a NAME
-# Run tables are named NAME__rYYYYmmddHHMMSS_xxxxxx (and __load_/__carry_ variants): 63 bytes
-# is PostgreSQL's identifier limit, so the stable name keeps room for the suffix.
-MAX_NAME = 36
+# Run tables are named NAME__rYYYYmmddHHMMSS_xxxxxx and NAME__carry_YYYYmmddHHMMSS_xxxxxx (the
+# longest suffix, 29 characters; also __load_, __rej_): 63 bytes is PostgreSQL's identifier
+# limit, past which it cuts names, and a cut name escapes the clean-up of leftover tables.
+RUN_SUFFIX = len("__carry_") + len("YYYYmmddHHMMSS_xxxxxx")
+MAX_NAME = 63 - RUN_SUFFIX
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 SECRET_PARAMS = frozenset({"password", "sslpassword", "oauth_client_secret",
                            "scram_client_key", "scram_server_key"})

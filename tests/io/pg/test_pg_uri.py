@@ -35,7 +35,7 @@ def test_redact_hides_password_parameters_too():
     ("postgresql://u@h/db?table=a&table=b", "names no table"),
     ("postgresql://u@h/db?table=Docs", "lower-case SQL identifier"),
     ("postgresql://u@h/db?table=docs;drop", "lower-case SQL identifier"),
-    ("postgresql://u@h/db?table=" + "x" * 37, "at most 36"),
+    ("postgresql://u@h/db?table=" + "x" * 35, "at most 34"),
     ("postgresql://u@h/db?table=beam_e5_published", "metadata table"),
     ("postgresql://u:pw@h?table=docs", "names no database"),
 ])
@@ -43,6 +43,15 @@ def test_bad_uris_fail_with_a_message_that_says_what_to_do(uri, message):
     with pytest.raises(ConfigError, match=message) as err:
         parse_pg_uri(uri)
     assert ":pw@" not in str(err.value)
+
+
+def test_the_longest_name_leaves_room_for_every_run_table_suffix():
+    from beam_e5.io.pg.uri import MAX_NAME
+
+    name = "x" * MAX_NAME
+    assert parse_pg_uri(f"postgresql://u@h/db?table={name}").name == name
+    for kind in ("r", "load_", "carry_", "rej_"):
+        assert len(f"{name}__{kind}20261204174035_5a1192") <= 63  # PostgreSQL's limit
 
 
 def test_is_pg_uri():
