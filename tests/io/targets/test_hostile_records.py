@@ -85,3 +85,29 @@ def test_each_hostile_record_through_both_outputs(encoding, request, tmp_path, t
     assert pg_counts["chunk_rows"] == pq_counts["chunk_rows"] - sum(
         1 for r in pq_rows if r["doc_id"] in bad_ids and r["chunk"] is not None
         and r["chunks"] > 1)
+
+
+def test_a_carried_row_the_server_refuses_costs_its_document(pg_latin1_database, tmp_path,
+                                                             tiny_models):
+    """reembed: a document whose text is unchanged is carried inside the database, but its
+    row is rebuilt from this run's kept fields; one the server refuses (a kept field now
+    outside Latin-1) leaves that document out, in errors, and the counts balance."""
+    out = pg_latin1_database + "&table=docs"
+    common = ["--model", tiny_models("bert", "e5-small-v2"), "--max-length", "32",
+              "--keep-fields", "src", "--output", out]
+    v1 = _write(tmp_path / "v1.jsonl", GOOD)
+    assert main(["embed", "--input", str(v1), "--report-dir", str(tmp_path / "r1")]
+                + common) == 0
+    changed = [dict(d, src="中文") if d["id"] in ("good3", "goodlong") else d for d in GOOD]
+    v2 = _write(tmp_path / "v2.jsonl", changed)
+    assert main(["reembed", "--input", str(v2), "--previous", out,
+                 "--report-dir", str(tmp_path / "r2")] + common) == 0
+    counts = _counts(tmp_path / "r2")
+    assert counts["carried"] == len(GOOD) and counts["invalid"] == 2
+    assert counts["written"] == len(GOOD) - 2 and counts["refused_at_write"] == 2
+    assert set(_errors(tmp_path / "r2")) == {"good3", "goodlong"}
+    with connect(pg_latin1_database) as conn:
+        doc_ids = {r[0] for r in conn.execute("SELECT doc_id FROM docs")}
+        rows = conn.execute("SELECT count(*) FROM docs").fetchone()[0]
+    assert doc_ids == {d["id"] for d in GOOD} - {"good3", "goodlong"}
+    assert rows == counts["written"] + counts["chunk_rows"]
