@@ -263,8 +263,11 @@ class PgRun:
                            sql.Identifier("o", key), sql.Identifier("c", key),
                            self._not_refused("c"))
 
-    def _not_refused(self, alias: str) -> sql.Composed:
-        """No row of a document the server refused a row of (see refusals.py)."""
+    def _not_refused(self, alias: str) -> sql.Composable:
+        """No row of a document the server refused a row of (see refusals.py); ``TRUE``
+        when it refused none (no hash of every row's id)."""
+        if self._count(self.refused_table) == 0:
+            return sql.SQL("TRUE")
         doc = sql.SQL("coalesce({}, {})").format(sql.Identifier(alias, "doc_id"),
                                                  sql.Identifier(alias, "id"))
         return sql.SQL("NOT EXISTS (SELECT 1 FROM {} r WHERE r.doc_key = " + REFUSED_KEY
