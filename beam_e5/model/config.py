@@ -203,7 +203,8 @@ def model_dim(source: ModelSource, read_json) -> int:
         try:
             cfg = AutoConfig.from_pretrained(source.ref, revision=source.revision).to_dict()
         except OSError as e:
-            raise ModelUnreachable(
+            error = ConfigError if hub_answered_no(e) else ModelUnreachable
+            raise error(
                 f"cannot read the config of {source.ref!r} from the Hugging Face Hub ({e}); "
                 "check the name and network, or download the model and pass its directory "
                 "to --model") from e
@@ -211,6 +212,22 @@ def model_dim(source: ModelSource, read_json) -> int:
         if cfg and isinstance(cfg.get(key), int):
             return int(cfg[key])
     raise ConfigError(f"{source.ref}: config.json has no hidden_size; is this a text encoder?")
+
+
+# the Hub was reached and said no: a wrong name, revision or file, or a gated repository
+_HUB_REFUSALS = ("RepositoryNotFoundError", "RevisionNotFoundError", "RemoteEntryNotFoundError",
+                 "GatedRepoError", "DisabledRepoError")
+
+
+def hub_answered_no(error: BaseException) -> bool:
+    """Did the Hub answer (the model is reachable, and wrong), rather than not answer (no
+    network, offline mode: the model may still be reachable from the workers)?"""
+    seen: Optional[BaseException] = error
+    while seen is not None:
+        if any(c.__name__ in _HUB_REFUSALS for c in type(seen).__mro__):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def model_type(read_json) -> Optional[str]:
