@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from apache_beam.ml.rag.types import EmbeddableItem
 from apache_beam.ml.transforms.base import MLTransform
-from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.testing.util import assert_that
 
 from beam_e5.errors import ConfigError, ModelUnreachable
 from beam_e5.model.config import EncoderConfig, EncoderSpec, hub_answered_no
