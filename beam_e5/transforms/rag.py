@@ -223,6 +223,7 @@ class E5TextEmbeddings(EmbeddingsManager):
                          inference_args=dict(inference_args or {}))
         self.model_name = config.model
         self.max_seq_length = max_seq_length
+        self.image_model = image_model  # Beam's attribute names (always False here)
         self.max_batch_duration_secs = max_batch_duration_secs
         self.encoder: EncoderSpec | EncoderConfig = config.resolve_where_reachable()
         if isinstance(self.encoder, EncoderSpec):
