@@ -98,8 +98,9 @@ class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
     was not reachable where the pipeline was built: the worker resolves it in
     :meth:`load_model`, with the same checks (a failure names the model).
     ``max_batch_duration_secs`` is Beam's (``BatchElements``): set, batches are gathered
-    across bundles by a stateful DoFn for at most that long, which a streaming pipeline
-    with one-element bundles needs to get batches of more than one text.
+    across bundles by a stateful DoFn for at most that long: how a streaming pipeline with
+    one-element bundles gets batches of more than one text on a long-lived worker (not on
+    the Python DirectRunner: docs/beam.md, "Streaming batching").
     """
 
     def __init__(self, encoder: Union[EncoderSpec, EncoderConfig],
@@ -116,10 +117,6 @@ class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
         self._long_text = long_text or LongTextConfig()
         self._metrics: Optional[_EncoderMetrics] = None
         self._progress: Optional[_Progress] = None
-
-    @property
-    def config(self) -> EncoderConfig:
-        return self._encoder.config if isinstance(self._encoder, EncoderSpec) else self._encoder
 
     @property
     def spec(self) -> EncoderSpec:
