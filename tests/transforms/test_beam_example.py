@@ -14,6 +14,10 @@ from beam_e5.transforms.rag import E5TextEmbeddings
 
 example = pytest.importorskip("apache_beam.examples.ml_transform.mltransform_text_embedding")
 
+# whole Beam pipelines, about 1 s to 6 s each: `make test` (and CI) runs them, `make test-fast`
+# keeps its 3-minute budget
+pytestmark = pytest.mark.slow
+
 
 def _run_example(tmp_path, name, model, lines):
     out = tmp_path / name

@@ -50,6 +50,10 @@ INPUTS = {
 MANAGERS = pytest.mark.parametrize("manager", [SentenceTransformerEmbeddings, E5TextEmbeddings],
                                    ids=["beam", "beam-e5"])
 
+# whole Beam pipelines, about 1 s to 6 s each: `make test` (and CI) runs them, `make test-fast`
+# keeps its 3-minute budget
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def reference(minilm_dir):

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.yaml.yaml_transform import YamlTransform
 
 from beam_e5.model.config import EncoderConfig
 from beam_e5.model.encoder import Encoder
@@ -19,15 +18,22 @@ CREATE = """
 """ + "".join(f"        - {{id: {i}, log_message: \"{t}\"}}\n" for i, t in LINES.items())
 
 
+def _yaml(spec: str):
+    from apache_beam.yaml.yaml_transform import YamlTransform  # heavy: imported when used
+
+    return YamlTransform(spec)
+
+
 def _options():
     return PipelineOptions(pickle_library="cloudpickle", yaml_experimental_features=["ML"])
 
 
+@pytest.mark.slow  # importing yaml_ml loads every apache_beam.ml.transforms module (~20 s)
 def test_yaml_mltransform_cannot_name_e5_text_embeddings(minilm_dir, tmp_path):
     """What the README says: yaml_ml looks the type up among apache_beam.ml.transforms."""
     with pytest.raises(Exception, match="Unknown ML transform type: 'E5TextEmbeddings'"):
         with beam.Pipeline(options=_options()) as p:
-            _ = p | YamlTransform(f"""
+            _ = p | _yaml(f"""
 type: chain
 transforms:
 {CREATE}
@@ -42,6 +48,7 @@ transforms:
 """)
 
 
+@pytest.mark.slow  # a whole YAML pipeline with the model
 def test_yaml_pytransform_runs_e5_text_embeddings(minilm_dir, tmp_path):
     spec = EncoderConfig(minilm_dir, role="query").resolve()
     vectors, _ = Encoder.load(spec).encode(list(LINES.values()))
@@ -53,7 +60,7 @@ def test_yaml_pytransform_runs_e5_text_embeddings(minilm_dir, tmp_path):
         return row.id
 
     with beam.Pipeline(options=_options()) as p:
-        result = p | YamlTransform(f"""
+        result = p | _yaml(f"""
 type: chain
 transforms:
 {CREATE}

@@ -100,6 +100,7 @@ def _assert_per_window(pairs, expected_vectors):
     assert_that(panes, equal_to_per_window(EXPECTED_WINDOWS), label="PerWindow")
 
 
+@pytest.mark.slow  # streaming pipelines with the model, 5-7 s each
 @pytest.mark.parametrize("max_batch_duration_secs", [None, 1.0], ids=["bundle-batches",
                                                                        "stateful-batches"])
 def test_embed_texts_streams_every_window_and_the_late_pane(texts, embed_vectors, minilm_dir,
@@ -112,6 +113,7 @@ def test_embed_texts_streams_every_window_and_the_late_pane(texts, embed_vectors
     p.run().wait_until_finish()
 
 
+@pytest.mark.slow
 def test_e5_text_embeddings_in_mltransform_streams_items(texts, embed_vectors, minilm_dir,
                                                          tmp_path):
     p = _streaming_pipeline()
