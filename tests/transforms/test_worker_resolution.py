@@ -141,3 +141,23 @@ def test_hub_answered_no_tells_a_refusal_from_no_answer():
                                                                    response=not_found)))
     assert not hub_answered_no(wrapped(LocalEntryNotFoundError("offline, not cached")))
     assert not hub_answered_no(OSError("connection refused"))
+
+
+def test_worker_applies_the_managers_checks_too(tiny_models, tmp_path):
+    """normalize_embeddings=False is checked against the model where it is resolved: here on
+    the worker, for a model whose modules.json has no Normalize module."""
+    import shutil
+
+    where = tmp_path / "models" / "e5-small-v2"
+    manager = E5TextEmbeddings(str(where), backend="torch",
+                               inference_args={"normalize_embeddings": False})
+    assert manager.spec is None
+    p = beam.Pipeline()
+    _ = (p | beam.Create([EmbeddableItem.from_text("a text", id="a")])
+         | MLTransform(write_artifact_location=str(tmp_path / "artifacts"))
+         .with_transform(manager))
+    shutil.copytree(tiny_models("bert", "e5-small-v2"), where)
+    (where / "modules.json").write_text(
+        '[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]')
+    with pytest.raises(Exception, match="has no Normalize module"):
+        p.run().wait_until_finish()
