@@ -15,6 +15,7 @@ from beam_e5._version import __version__
 _PUBLIC = {
     "EmbedTexts": "beam_e5.transforms.embed_texts",
     "E5TextEmbeddings": "beam_e5.transforms.rag",
+    "E5MLTransform": "beam_e5.transforms.beam_yaml",
     "E5ModelHandler": "beam_e5.transforms.handler",
     "Embedding": "beam_e5.transforms.handler",
     "ExactDedupe": "beam_e5.transforms.exact_dedupe",

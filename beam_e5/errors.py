@@ -9,6 +9,14 @@ class ConfigError(ValueError):
     """A misconfiguration detected before the pipeline runs."""
 
 
+class ModelUnreachable(ConfigError):
+    """The model cannot be reached from this machine: a local path that does not exist here,
+    a Hugging Face name without network (or cache), a ``gs://`` directory these credentials
+    cannot list. The CLI stops on it (exit 2); Python code building a pipeline for remote
+    workers accepts it and resolves the model on the workers
+    (:meth:`~beam_e5.model.config.EncoderConfig.resolve_where_reachable`)."""
+
+
 class RunFailed(RuntimeError):
     """The pipeline ran, but its result must not be trusted or published as is.
 

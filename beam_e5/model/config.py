@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from beam_e5.errors import ConfigError
+from beam_e5.errors import ConfigError, ModelUnreachable
 from beam_e5.model.backends.choose import BACKENDS, check_backend_supported
 from beam_e5.model.loading import (
     DEFAULT_CACHE_DIR,
@@ -32,6 +33,8 @@ from beam_e5.model.profiles import (
     read_st_config,
     resolve_profile,
 )
+
+LOG = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -112,6 +115,35 @@ class EncoderConfig:
                                  model_length_limit(st.tokenizer_max_length, read_json))
         return EncoderSpec(self, source, profile, dim)
 
+    def resolve_where_reachable(self) -> "EncoderSpec | EncoderConfig":
+        """:meth:`resolve` now if the model can be reached from this machine, else ``self``.
+
+        What Python code building a pipeline uses (``EmbedTexts``, ``E5TextEmbeddings``): a
+        model that is reachable is checked now, so a wrong one fails before the pipeline
+        starts; one that is not reachable from here (:class:`~beam_e5.errors.ModelUnreachable`:
+        a path that exists only on the workers, a hub name without network) is logged and
+        resolved on each worker by :func:`resolve_on_worker`, with the same checks. The CLI
+        calls :meth:`resolve` and stops early instead.
+        """
+        try:
+            return self.resolve()
+        except ModelUnreachable as e:
+            LOG.warning("beam-e5: the model %r is not reachable from this machine (%s); it will "
+                        "be resolved and checked on the workers", self.model, e)
+            return self
+
+
+def resolve_on_worker(encoder: "EncoderSpec | EncoderConfig") -> "EncoderSpec":
+    """The spec a worker builds its encoder from: ``encoder`` itself if it was resolved when
+    the pipeline was built, else resolved here (a failure names the model)."""
+    if isinstance(encoder, EncoderSpec):
+        return encoder
+    try:
+        return encoder.resolve()
+    except ConfigError as e:
+        raise ConfigError(f"beam-e5 could not resolve the model {encoder.model!r} on this "
+                          f"worker: {e}") from e
+
 
 # encoders with learned absolute positions: max_position_embeddings bounds the length
 # (RoBERTa-style models reserve the first 2 positions for padding)
@@ -171,13 +203,31 @@ def model_dim(source: ModelSource, read_json) -> int:
         try:
             cfg = AutoConfig.from_pretrained(source.ref, revision=source.revision).to_dict()
         except OSError as e:
-            raise ConfigError(f"cannot read the config of {source.ref!r} from the Hugging Face "
-                              f"Hub ({e}); check the name and network, or download the model "
-                              "and pass its directory to --model") from e
+            error = ConfigError if hub_answered_no(e) else ModelUnreachable
+            raise error(
+                f"cannot read the config of {source.ref!r} from the Hugging Face Hub ({e}); "
+                "check the name and network, or download the model and pass its directory "
+                "to --model") from e
     for key in ("hidden_size", "d_model", "dim"):
         if cfg and isinstance(cfg.get(key), int):
             return int(cfg[key])
     raise ConfigError(f"{source.ref}: config.json has no hidden_size; is this a text encoder?")
+
+
+# the Hub was reached and said no: a wrong name, revision or file, or a gated repository
+_HUB_REFUSALS = ("RepositoryNotFoundError", "RevisionNotFoundError", "RemoteEntryNotFoundError",
+                 "GatedRepoError", "DisabledRepoError")
+
+
+def hub_answered_no(error: BaseException) -> bool:
+    """Did the Hub answer (the model is reachable, and wrong), rather than not answer (no
+    network, offline mode: the model may still be reachable from the workers)?"""
+    seen: Optional[BaseException] = error
+    while seen is not None:
+        if any(c.__name__ in _HUB_REFUSALS for c in type(seen).__mro__):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def model_type(read_json) -> Optional[str]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
-from beam_e5.errors import ConfigError
+from beam_e5.errors import ConfigError, ModelUnreachable
 
 LOG = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ def classify_model_ref(ref: str, revision: Optional[str] = None) -> ModelSource:
     if os.path.isdir(ref):
         return ModelSource(os.path.abspath(ref), "local", revision)
     if ref.startswith((".", "/", "~")) or os.sep in ref.strip("/").replace("/", "", 1):
-        raise ConfigError(f"model directory {ref!r} does not exist; check the path, or pass a "
-                          "Hugging Face name like intfloat/e5-small-v2")
+        raise ModelUnreachable(f"model directory {ref!r} does not exist; check the path, or "
+                               "pass a Hugging Face name like intfloat/e5-small-v2")
     return ModelSource(ref, "hub", revision)
 
 
@@ -77,9 +77,10 @@ def list_gcs_files(prefix: str) -> list[GcsObject]:
     try:
         result = FileSystems.match([prefix.rstrip("/") + "/**"])[0]
     except BeamIOError as e:
-        raise ConfigError(f"cannot list {prefix}/ ({e}); check the bucket name and that your "
-                          "Application Default Credentials (gcloud auth application-default "
-                          "login, or the worker service account) may read it") from e
+        raise ModelUnreachable(f"cannot list {prefix}/ ({e}); check the bucket name and that "
+                               "your Application Default Credentials (gcloud auth "
+                               "application-default login, or the worker service account) "
+                               "may read it") from e
     return [GcsObject(m.path, m.size_in_bytes, m.last_updated_in_seconds)
             for m in result.metadata_list]
 

@@ -28,7 +28,7 @@ vector: the handler retries a failing batch text by text, so only the culprit fa
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Optional, Union
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
@@ -160,34 +160,47 @@ def _failed_batch_to_errors(failure: tuple) -> list[ErrorRecord]:
 
 
 class EmbedTexts(beam.PTransform):
-    """Embed texts with an E5/GTE-style encoder loaded once per worker process."""
+    """Embed texts with an E5/GTE-style encoder loaded once per worker process.
+
+    ``encoder``: an :class:`EncoderConfig` (resolved here when its model is reachable from
+    this machine, so a wrong model fails before the pipeline starts; otherwise logged and
+    resolved on the workers, with the same checks) or an :class:`EncoderSpec`.
+    ``max_batch_duration_secs`` (Beam's ``BatchElements`` setting, for streaming): gather a
+    batch across bundles for at most that long (see the README's streaming section).
+    """
 
     def __init__(self, encoder: Union[EncoderConfig, EncoderSpec], text_field: str = "text",
                  with_errors: bool = False,
-                 long_text: Union[LongTextConfig, str, None] = None) -> None:
+                 long_text: Union[LongTextConfig, str, None] = None, *,
+                 max_batch_duration_secs: Optional[float] = None) -> None:
         super().__init__()
-        self._spec = encoder.resolve() if isinstance(encoder, EncoderConfig) else encoder
+        self._encoder = (encoder.resolve_where_reachable() if isinstance(encoder, EncoderConfig)
+                         else encoder)
         self._text_field = text_field
         self._with_errors = with_errors
         if isinstance(long_text, str):
             long_text = LongTextConfig(long_text)
         self._long_text: LongTextConfig = long_text or LongTextConfig()
-        # the model's window less [CLS]/[SEP]-style tokens; the prefix is checked per text
-        self._long_text.check_budget(self._spec.profile.max_length - 2)
+        self._max_batch_duration_secs = max_batch_duration_secs
+        if isinstance(self._encoder, EncoderSpec):
+            # the model's window less [CLS]/[SEP]-style tokens; the prefix is checked per text
+            self._long_text.check_budget(self._encoder.profile.max_length - 2)
 
     @property
     def long_text(self) -> LongTextConfig:
         return self._long_text
 
     @property
-    def spec(self) -> EncoderSpec:
-        return self._spec
+    def spec(self) -> Optional[EncoderSpec]:
+        """The resolved spec; None when the model is resolved on the workers."""
+        return self._encoder if isinstance(self._encoder, EncoderSpec) else None
 
     def expand(self, pcoll):
         requests, bad_input = (
             pcoll | "ToRequest" >> beam.ParDo(_ToRequest(self._text_field)).with_outputs(
                 ERRORS_TAG, main="requests"))
-        inference = RunInference(E5ModelHandler(self._spec, self._long_text))
+        inference = RunInference(E5ModelHandler(
+            self._encoder, self._long_text, max_batch_duration_secs=self._max_batch_duration_secs))
         if not self._with_errors:
             _ = bad_input | "FailOnBadInput" >> beam.Map(_raise_bad_input)
             return (requests | "RunInference" >> inference

@@ -36,6 +36,7 @@ from beam_e5.dedupe.exact import (
     resolve_text_group,
 )
 from beam_e5.records import METRICS_NAMESPACE
+from beam_e5.transforms.streaming import require_bounded
 
 __all__ = ["DUPLICATES", "ERRORS", "UNIQUE", "ExactDedupe"]
 
@@ -71,6 +72,7 @@ class ExactDedupe(beam.PTransform):
         self._by_text = by_text
 
     def expand(self, docs: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        require_bounded(docs, "ExactDedupe")
         by_id = (
             docs
             | "KeyById" >> beam.Map(lambda d: (d["id"], d))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, Iterable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 from apache_beam.metrics import Metrics
@@ -21,7 +21,7 @@ from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.ml.rag.types import EmbeddableItem
 
 from beam_e5.model.chunking import LongTextConfig
-from beam_e5.model.config import EncoderSpec
+from beam_e5.model.config import EncoderConfig, EncoderSpec, resolve_on_worker
 from beam_e5.model.encoder import ChunkVector, Encoder
 from beam_e5.model.tokens import degenerate_reason, mostly_unknown
 from beam_e5.records import METRICS_NAMESPACE
@@ -92,24 +92,47 @@ class _Progress:
 
 
 class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
-    """Loads the encoder once per worker process and embeds batches of ``(key, text)``."""
+    """Loads the encoder once per worker process and embeds batches of ``(key, text)``.
 
-    def __init__(self, spec: EncoderSpec, long_text: Optional[LongTextConfig] = None) -> None:
-        size = spec.config.beam_batch_size
-        # A fixed batch size: adaptive batching starts at 1 element, which would defeat
-        # length sorting inside the batch. Bundle ends still flush partial batches.
-        super().__init__(min_batch_size=size, max_batch_size=size)
-        self._spec = spec
+    ``encoder`` is a resolved :class:`EncoderSpec`, or an :class:`EncoderConfig` whose model
+    was not reachable where the pipeline was built: the worker resolves it in
+    :meth:`load_model`, with the same checks (a failure names the model).
+    ``max_batch_duration_secs`` is Beam's (``BatchElements``): set, batches are gathered
+    across bundles by a stateful DoFn for at most that long: how a streaming pipeline with
+    one-element bundles gets batches of more than one text on a long-lived worker (not on
+    the Python DirectRunner: docs/beam.md, "Streaming batching").
+    """
+
+    def __init__(self, encoder: Union[EncoderSpec, EncoderConfig],
+                 long_text: Optional[LongTextConfig] = None, *,
+                 min_batch_size: Optional[int] = None, max_batch_size: Optional[int] = None,
+                 max_batch_duration_secs: Optional[float] = None) -> None:
+        config = encoder.config if isinstance(encoder, EncoderSpec) else encoder
+        # A fixed batch size by default: adaptive batching starts at 1 element, which would
+        # defeat length sorting inside the batch. Bundle ends still flush partial batches.
+        size = max_batch_size or config.beam_batch_size
+        super().__init__(min_batch_size=min_batch_size or size, max_batch_size=size,
+                         max_batch_duration_secs=max_batch_duration_secs)
+        self._encoder = encoder
         self._long_text = long_text or LongTextConfig()
         self._metrics: Optional[_EncoderMetrics] = None
         self._progress: Optional[_Progress] = None
 
     @property
     def spec(self) -> EncoderSpec:
-        return self._spec
+        """The resolved spec (resolving it here if the pipeline was built without it)."""
+        if not isinstance(self._encoder, EncoderSpec):
+            self._encoder = self._resolve()
+        return self._encoder
+
+    def _resolve(self) -> EncoderSpec:
+        spec = resolve_on_worker(self._encoder)
+        # the model's window less [CLS]/[SEP]-style tokens; the prefix is checked per text
+        self._long_text.check_budget(spec.profile.max_length - 2)
+        return spec
 
     def load_model(self) -> Encoder:
-        return Encoder.load(self._spec)
+        return Encoder.load(self.spec)
 
     def run_inference(self, batch: Sequence[tuple[Any, str]], model: Encoder,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[Embedding]:

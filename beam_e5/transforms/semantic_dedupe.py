@@ -53,6 +53,7 @@ from apache_beam.metrics import Metrics
 from beam_e5.dedupe import core
 from beam_e5.errors import ConfigError
 from beam_e5.records import METRICS_NAMESPACE, is_chunk_row, is_document_row
+from beam_e5.transforms.streaming import require_bounded
 
 MIN_SAMPLE_PER_CELL = 10  # 'auto' never asks k-means for more centroids than sample/10
 
@@ -470,6 +471,7 @@ class SemanticDedupe(beam.PTransform):
         self._config = config
 
     def expand(self, docs):
+        require_bounded(docs, "SemanticDedupe")
         cfg = self._config
         points = docs | "ToPoint" >> beam.Map(to_point, cfg.keep)
         model = points | "FitCells" >> beam.CombineGlobally(FitCellsFn(cfg))

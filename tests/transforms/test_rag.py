@@ -83,8 +83,10 @@ def test_manager_is_public_and_resolves_the_recipe_before_the_pipeline(minilm_di
 
 
 def test_manager_misconfiguration_fails_with_a_config_error(minilm_dir, tmp_path):
-    with pytest.raises(ConfigError, match="does not take load_model_args"):
-        E5TextEmbeddings(minilm_dir, load_model_args={"device": "cuda"})
+    with pytest.raises(ConfigError, match="load_model_args key 'token'"):
+        E5TextEmbeddings(minilm_dir, load_model_args={"token": "hf_x"})
+    with pytest.raises(ConfigError, match="inference_args key 'chunk_size'"):
+        E5TextEmbeddings(minilm_dir, inference_args={"chunk_size": 8})
     with pytest.raises(ConfigError, match="unknown options normalize"):
         E5TextEmbeddings(minilm_dir, normalize=True)
     with pytest.raises(ConfigError, match="EncoderConfig and role"):
@@ -93,8 +95,9 @@ def test_manager_misconfiguration_fails_with_a_config_error(minilm_dir, tmp_path
         E5TextEmbeddings(minilm_dir, max_seq_length=64, overrides=ProfileOverrides(max_length=128))
     with pytest.raises(ConfigError, match="--role"):
         E5TextEmbeddings(minilm_dir, role="document")
-    with pytest.raises(ConfigError):
-        E5TextEmbeddings(str(tmp_path / "no-such-model"))
+    (tmp_path / "not-a-model").mkdir()  # reachable, but wrong: refused before the pipeline
+    with pytest.raises(ConfigError, match="has no config.json"):
+        E5TextEmbeddings(str(tmp_path / "not-a-model"))
 
 
 # -- EmbedTexts with RAG items ---------------------------------------------------------------
