@@ -125,7 +125,9 @@ def add_reader_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--title-field", default=None,
                    help="prepended to the text as 'title text' (BEIR corpora)")
     g.add_argument("--keep-fields", default="",
-                   help="comma-separated input columns carried to the output")
+                   help="comma-separated input fields carried to the output (stored as "
+                        "strings); FIELD:COLUMN keeps FIELD as the column COLUMN, e.g. "
+                        "doc_id:source_doc_id for a field named like a column beam-e5 writes")
 
 
 def reader_config(args: argparse.Namespace):

@@ -238,9 +238,13 @@ def _check_fields(f: InputFile, names: list[str], explicit_title: bool) -> None:
     checks += [("--keep-fields", k) for k in spec.keep_fields]
     for flag, value in checks:
         if value not in names:
+            hint = ""
+            if flag == "--keep-fields" and any(n.startswith(value + ":") for n in names):
+                hint = (" (FIELD:COLUMN renames; a field whose own name holds ':' is kept as "
+                        "'its:name:column')")
             raise ConfigError(
                 f"{flag} {value!r} is not a field of {f.path}: its {_WHAT[f.format]} has "
-                f"{', '.join(map(repr, names)) or 'no fields'}. Use one of those names"
+                f"{', '.join(map(repr, names)) or 'no fields'}. Use one of those names{hint}"
             )
 
 

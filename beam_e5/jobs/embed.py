@@ -43,7 +43,7 @@ from beam_e5.jobs.summary import RunSummary, summarize
 from beam_e5.model.chunking import LongTextConfig
 from beam_e5.model.config import EncoderConfig, EncoderSpec, check_device_here
 from beam_e5.model.fingerprint import model_signature
-from beam_e5.records import is_chunk_row, is_document_row
+from beam_e5.records import TEXT_COLUMN, is_chunk_row, is_document_row
 from beam_e5.transforms.embed_texts import EmbedTexts
 from beam_e5.transforms.exact_dedupe import ExactDedupe
 from beam_e5.transforms.reembed_split import (
@@ -77,7 +77,7 @@ class EmbedJob:
     def __post_init__(self) -> None:
         check_min_ratio(self.publish_min_ratio)
         self.output.check_job(JobShape(self.previous, self.semantic is not None,
-                                       tuple(self.reader.keep_fields)))
+                                       self.reader.kept_columns))
         if not self.exact_dedupe and (self.semantic is not None or self.previous is not None):
             raise ConfigError(
                 "semantic dedupe and re-embedding match documents by id, and exact dedupe is "
@@ -239,7 +239,7 @@ def write_streams(p: beam.Pipeline, streams: Streams, job: EmbedJob, resolved: R
 
 def job_vectors_schema(job: EmbedJob, spec: EncoderSpec, signature: dict[str, Any]) -> pa.Schema:
     """The vectors' columns (plus ``text`` where the output stores it)."""
-    keep = tuple(job.reader.keep_fields) + (("text",) if job.output.stores_text else ())
+    keep = job.reader.kept_columns + ((TEXT_COLUMN,) if job.output.stores_text else ())
     return vectors_schema(spec.dim, job.output.run_dir.vector_dtype, keep,
                           file_metadata(signature))
 

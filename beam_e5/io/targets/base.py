@@ -40,7 +40,7 @@ class JobShape:
 
     previous: Optional[str]  # reembed's --previous, as given
     semantic_dedupe: bool
-    keep_fields: tuple[str, ...]
+    keep_fields: tuple[str, ...]  # the output columns of the kept fields
 
 
 class OutputRun(ABC):
