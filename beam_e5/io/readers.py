@@ -143,7 +143,7 @@ def validate_reader_config(cfg: ReaderConfig) -> ResolvedInput:
     """Match the input files and check field names before the pipeline runs.
 
     Raises ConfigError when no file matches a pattern, a field is not in a file's
-    Parquet schema / CSV or TSV header / first JSON record, a Parquet schema cannot be
+    Parquet schema / CSV or TSV header / first JSON records (a sample), a Parquet schema cannot be
     read, or field options are given for plain-text input.
     """
     return rv.resolve(

@@ -76,9 +76,10 @@ class OutputClaim:
     is ``mark_complete()`` (its manifest written), a later failure only releases it.
     """
 
-    def __init__(self, output_dir: str, marker: str) -> None:
+    def __init__(self, output_dir: str, marker: str, created: bool = False) -> None:
         self.output_dir = output_dir
         self.marker = marker
+        self.created = created  # the claim made the (local) directory: abandon removes it
         self.complete = False
 
     def mark_complete(self) -> None:
@@ -105,6 +106,16 @@ class OutputClaim:
             _delete_all([p for p in existing_outputs(self.output_dir) if p != self.marker])
         finally:
             self.release()
+            if self.created:
+                remove_if_empty(self.output_dir)
+
+
+def remove_if_empty(directory: str) -> None:
+    """Remove a local directory this run created, if nothing is left in it."""
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass  # not empty (someone else's files), or already gone: leave it
 
 
 def _marker_text() -> bytes:
@@ -167,21 +178,26 @@ def _create_exclusive(path: str) -> bool:
     return True
 
 
-def check_output_location(output: str) -> None:
-    """A local ``--output`` must be a directory we can create and write in."""
+def check_output_location(output: str) -> bool:
+    """A local ``--output`` must be a directory we can create and write in; True when this
+    call created it (a refused or failed run removes it again)."""
     if "://" in output:
-        return
+        return False
     if os.path.exists(output) and not os.path.isdir(output):
         raise ConfigError(f"--output {output} is an existing file, not a directory; choose a "
                           "new directory name")
+    created = not os.path.exists(output)
     try:
         os.makedirs(output, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create --output {output} ({e.strerror}); choose a "
                           "directory you can write to") from e
     if not os.access(output, os.W_OK | os.X_OK):
+        if created:
+            remove_if_empty(output)
         raise ConfigError(f"cannot write to --output {output} (permission denied); choose a "
                           "directory you can write to or fix its permissions")
+    return created
 
 
 def claim_output(cfg: OutputConfig) -> OutputClaim:
@@ -192,7 +208,16 @@ def claim_output(cfg: OutputConfig) -> OutputClaim:
     on this machine). Then refuses to mix runs, or with ``overwrite`` removes the previous
     run, manifest first.
     """
-    check_output_location(cfg.output)
+    created = check_output_location(cfg.output)
+    try:
+        return _claim(cfg, created)
+    except BaseException:
+        if created:
+            remove_if_empty(cfg.output)
+        raise
+
+
+def _claim(cfg: OutputConfig, created: bool) -> OutputClaim:
     if "://" in cfg.output and not FileSystems.exists(cfg.output):
         FileSystems.mkdirs(cfg.output)
     marker = FileSystems.join(cfg.output, RUN_MARKER)
@@ -209,7 +234,7 @@ def claim_output(cfg: OutputConfig) -> OutputClaim:
         if not _create_exclusive(marker):
             raise ConfigError(f"another beam-e5 run took {cfg.output} just now; choose "
                               "another --output")
-    claim = OutputClaim(cfg.output, marker)
+    claim = OutputClaim(cfg.output, marker, created)
     try:
         _clear_previous_run(cfg, marker)
     except BaseException:

@@ -40,7 +40,7 @@ from beam_e5.io.snapshots import DEFAULT_MIN_RATIO, check_min_ratio
 from beam_e5.io.targets import JobShape, OutputRun, VectorOutput
 from beam_e5.jobs.counts import manifest_counts
 from beam_e5.jobs.summary import RunSummary, summarize
-from beam_e5.model.chunking import LongTextConfig
+from beam_e5.model.chunking import LongTextConfig, window_budget
 from beam_e5.model.config import EncoderConfig, EncoderSpec, check_device_here
 from beam_e5.model.fingerprint import model_signature
 from beam_e5.records import TEXT_COLUMN, is_chunk_row, is_document_row
@@ -253,6 +253,7 @@ def validate_job(job: EmbedJob, beam_args: Optional[list[str]] = None) -> Resolv
     """Everything that can be checked before the output is opened (no side effect)."""
     reader_input = validate_reader_config(job.reader)
     spec = job.encoder.resolve()
+    job.long_text.check_budget(window_budget(spec.profile.max_length))
     check_device_here(job.encoder, beam_runner(beam_args or []))
     signature = {**model_signature(spec), "vector_dtype": job.output.run_dir.vector_dtype,
                  **job.long_text.signature()}

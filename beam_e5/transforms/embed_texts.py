@@ -34,7 +34,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
 from beam_e5.io.reader_formats import lone_surrogate
-from beam_e5.model.chunking import LongTextConfig
+from beam_e5.model.chunking import LongTextConfig, window_budget
 from beam_e5.model.config import EncoderConfig, EncoderSpec
 from beam_e5.records import MAX_RAW_RECORD_CHARS, ErrorRecord
 from beam_e5.transforms.handler import E5ModelHandler, Embedding
@@ -172,8 +172,7 @@ class EmbedTexts(beam.PTransform):
         if isinstance(long_text, str):
             long_text = LongTextConfig(long_text)
         self._long_text: LongTextConfig = long_text or LongTextConfig()
-        # the model's window less [CLS]/[SEP]-style tokens; the prefix is checked per text
-        self._long_text.check_budget(self._spec.profile.max_length - 2)
+        self._long_text.check_budget(window_budget(self._spec.profile.max_length))
 
     @property
     def long_text(self) -> LongTextConfig:

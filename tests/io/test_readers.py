@@ -485,3 +485,15 @@ def test_a_renamed_kept_field_reaches_the_document_under_its_column(tmp_path: Pa
     assert (kind, d["fields"]) == ("doc", {"source_doc_id": "D-1", "source_chunk": 3})
     with pytest.raises(ConfigError, match="'nosuch' is not a field"):
         validate_reader_config(ReaderConfig(str(path), keep_fields="nosuch:x"))
+
+
+def test_keep_fields_are_checked_against_a_sample_of_json_records(tmp_path: Path) -> None:
+    """A field the first record lacks but later ones have is kept (null where it is missing);
+    a field no sampled record has is still refused before the run."""
+    path = write_lines(tmp_path / "c.jsonl", ['{"id": "a", "text": "one"}',
+                                              '{"id": "b", "text": "two", "lang": "en"}'])
+    [f] = validate_reader_config(ReaderConfig(str(path), keep_fields=("lang",))).files
+    docs = [d for s in plan_splits(f) for kind, d in read_split(s) if kind == "doc"]
+    assert [d["fields"] for d in docs] == [{"lang": None}, {"lang": "en"}]
+    with pytest.raises(ConfigError, match="'country' is not a field .* first 100 JSON records"):
+        validate_reader_config(ReaderConfig(str(path), keep_fields=("country",)))
