@@ -30,7 +30,8 @@ def manifest_counts(raw: dict[str, int]) -> dict[str, int]:
     """The embed manifest's counts from the per-stream counts of the pipeline; balanced."""
     counts = {
         "read": raw["documents"] + raw["reader_errors"],
-        "invalid": raw["reader_errors"] + raw.get("id_conflicts", 0) + raw["embed_errors"],
+        "invalid": (raw["reader_errors"] + raw.get("id_conflicts", 0) + raw["embed_errors"]
+                    + raw.get("id_collisions", 0)),
         "exact_duplicates": raw.get("exact_duplicates", 0),
         "semantic_duplicates": raw.get("semantic_duplicates", 0),
         "embedded": raw["embedded"],

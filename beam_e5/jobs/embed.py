@@ -44,6 +44,7 @@ from beam_e5.model.chunking import LongTextConfig, window_budget
 from beam_e5.model.config import EncoderConfig, EncoderSpec, check_device_here
 from beam_e5.model.fingerprint import model_signature
 from beam_e5.records import TEXT_COLUMN, is_chunk_row, is_document_row
+from beam_e5.transforms.chunk_ids import SeparateIdCollisions
 from beam_e5.transforms.embed_texts import EmbedTexts
 from beam_e5.transforms.exact_dedupe import ExactDedupe
 from beam_e5.transforms.reembed_split import (
@@ -135,6 +136,7 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob,
     embedded = embed_stage(docs, job, resolved, streams)
     if streams.carried is not None and not run.carries_in_store:
         embedded = (embedded, streams.carried) | "WithCarried" >> beam.Flatten()
+    embedded = collision_stage(embedded, run, streams)
     written = embedded
     if job.semantic is not None:
         semantic = dedupe_documents(embedded, job.semantic)
@@ -193,6 +195,19 @@ def embed_stage(docs: beam.PCollection, job: EmbedJob, resolved: ResolvedJob,
     streams.counts.update(embedded=embedded | "EmbeddedDocs" >> beam.Filter(is_document_row),
                           embed_errors=embed_errors)
     return embedded
+
+
+def collision_stage(embedded: beam.PCollection, run: OutputRun,
+                    streams: Streams) -> beam.PCollection:
+    """A document whose id is another document's window id goes to errors (see
+    :mod:`beam_e5.transforms.chunk_ids`), also when either of them is carried in the store."""
+    in_store = streams.carried if run.carries_in_store else None
+    rows, carried, errors = embedded | "IdCollisions" >> SeparateIdCollisions(in_store)
+    if in_store is not None:
+        streams.carried = carried
+    streams.errors.append(errors)
+    streams.counts["id_collisions"] = errors
+    return rows
 
 
 def count_written(written: beam.PCollection, streams: Streams) -> None:
