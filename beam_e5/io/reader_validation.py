@@ -24,6 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_e5.errors import ConfigError
 from beam_e5.io import reader_formats as rf
+from beam_e5.io.compressed import open_input
 from beam_e5.io.reader_formats import FieldSpec
 
 FORMATS = ("auto", "jsonl", "parquet", "csv", "tsv", "text")
@@ -87,7 +88,7 @@ def check_not_archive(path: str) -> None:
 def _head(path: str) -> bytes:
     """The first ``SNIFF_BYTES`` (decompressed) bytes of a file; ConfigError if unreadable."""
     try:
-        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as fh:
+        with open_input(path, warn=False) as fh:
             return fh.read(SNIFF_BYTES)
     except Exception as e:
         raise ConfigError(
@@ -149,7 +150,7 @@ def _jsonl_names(path: str) -> list[str] | None:
     records have is still known. None for a file without a record."""
     probed = read = 0
     names: dict[str, None] = {}
-    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as fh:
+    with open_input(path, warn=False) as fh:
         for offset, line in rf.iter_lines(fh):
             line = rf.strip_bom(offset, line)
             read += len(line) + 1
@@ -173,7 +174,7 @@ def _jsonl_names(path: str) -> list[str] | None:
 
 
 def _header_names(path: str, fmt: str) -> list[str] | None:
-    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as fh:
+    with open_input(path, warn=False) as fh:
         lines = (rf.strip_bom(o, line) for o, line in rf.iter_lines(fh, keep_ends=True))
         decoded = (line.decode("utf-8", "surrogateescape") for line in lines)
         if fmt == "tsv":

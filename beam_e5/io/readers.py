@@ -53,6 +53,7 @@ from apache_beam.metrics import Metrics
 from beam_e5.errors import ConfigError
 from beam_e5.io import reader_formats as rf
 from beam_e5.io import reader_validation as rv
+from beam_e5.io.compressed import open_input
 from beam_e5.io.reader_formats import FieldSpec, split_keep_entry
 from beam_e5.io.reader_validation import FORMATS, InputFile, ResolvedInput
 from beam_e5.records import METRICS_NAMESPACE, check_kept_columns
@@ -195,7 +196,7 @@ def _sourced(path: str, lines: Iterator[tuple[int, bytes]],
 
 
 def _open(f: InputFile):  # Beam returns several file types
-    return FileSystems.open(f.path, compression_type=CompressionTypes.AUTO)
+    return open_input(f.path)
 
 
 def _tsv_header(f: InputFile) -> list[str]:
@@ -215,12 +216,14 @@ class _ReadState:
         self.problem = ""
 
 
-def _stream_complete(fh) -> bool:  # fh: Beam's CompressedFile
+def _stream_complete(fh) -> bool:  # fh: Beam's CompressedFile or GzipMembers
     """Whether a fully read compressed file reached the end of its compressed stream.
 
     Beam's ``CompressedFile`` stops quietly where a cut-off file ends; its decompressor
     (zlib, bz2, lzma, zstd) knows whether the end-of-stream marker was seen.
     """
+    if hasattr(fh, "complete"):  # gzip: GzipMembers
+        return bool(fh.complete)
     decompressor = getattr(fh, "_decompressor", None)
     eof = getattr(decompressor, "eof", None)
     return True if eof is None else bool(eof)

@@ -85,10 +85,11 @@ class OutputClaim:
     def mark_complete(self) -> None:
         self.complete = True
 
-    def end(self, failed: bool) -> None:
-        """Release the directory, or abandon it when the run failed before it was complete."""
+    def end(self, failed: bool, refused: bool = False) -> None:
+        """Release the directory, or abandon it when the run failed before it was complete
+        (``refused``: before it started, so a directory the claim made goes too)."""
         if failed and not self.complete:
-            self.abandon()
+            self.abandon(refused)
         else:
             self.release()
 
@@ -96,18 +97,25 @@ class OutputClaim:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.end(failed=exc_type is not None)
+        self.end(failed=exc_type is not None, refused=refusal(exc_type))
 
     def release(self) -> None:
         _delete_all([self.marker])
 
-    def abandon(self) -> None:
+    def abandon(self, refused: bool = False) -> None:
+        """Remove the run's partial files and the marker; ``refused`` (the run never
+        started): also the directory, if the claim created it and nothing else is in it."""
         try:
             _delete_all([p for p in existing_outputs(self.output_dir) if p != self.marker])
         finally:
             self.release()
-            if self.created:
+            if refused and self.created:
                 remove_if_empty(self.output_dir)
+
+
+def refusal(exc_type: Optional[type]) -> bool:
+    """Whether a run ended by ``exc_type`` was refused before it started (ConfigError)."""
+    return exc_type is not None and issubclass(exc_type, ConfigError)
 
 
 def remove_if_empty(directory: str) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Optional
 import apache_beam as beam
 import pyarrow as pa
 
-from beam_e5.io.rundir import OutputClaim, OutputConfig
+from beam_e5.io.rundir import OutputClaim, OutputConfig, refusal
 from beam_e5.io.snapshots import PreviousSnapshot, check_guards
 
 __all__ = ["JobShape", "OutputRun", "VectorOutput"]
@@ -61,7 +61,7 @@ class OutputRun(ABC):
         try:
             self.close()
         finally:
-            self.claim.end(failed=exc_type is not None)
+            self.claim.end(failed=exc_type is not None, refused=refusal(exc_type))
 
     def mark_complete(self) -> None:
         """The run directory holds a finished run (its manifest): keep it from here on."""

@@ -76,13 +76,13 @@ class PgvectorOutput(VectorOutput):
         try:
             run = PgRun.open(self.sink, schema)
         except BaseException:
-            claim.abandon()
+            claim.abandon(refused=True)  # nothing ran: the report directory it made goes too
             raise
         snapshot = None
         if previous:
             if run.published is None:
                 run.close()
-                claim.abandon()
+                claim.abandon(refused=True)
                 raise ConfigError(f"nothing is published under {self.sink.target.name} yet: "
                                   "run `beam-e5 embed` with this --output first")
             snapshot = PreviousSnapshot(f"{run.schema}.{run.published.table}",
