@@ -6,8 +6,18 @@ line, what is left in ``--output``). docs/reliability.md lists them beside round
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 from test_hostile_inputs import cli, model_args, write_jsonl
+
+from beam_e5.cli import main
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -45,3 +55,78 @@ def test_a_refusal_after_the_claim_removes_the_directory_it_created(tmp_path, ca
                    "--output", "postgresql://u@127.0.0.1:1/db?table=docs&connect_timeout=2",
                    *model_args(minilm_dir))
     assert rc == 2 and kept.is_dir() and not any(kept.iterdir())
+
+
+def _cli_process(*args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+               HF_HUB_OFFLINE="1")
+    return subprocess.Popen([sys.executable, "-m", "beam_e5", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_staging(out: Path, proc: subprocess.Popen, limit_s: float = 120) -> None:
+    start = time.monotonic()
+    while time.monotonic() - start < limit_s and proc.poll() is None:
+        if out.is_dir() and any(p.name.startswith("beam-temp-") for p in out.iterdir()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the run never started writing: {proc.poll()}")
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_long_document_stops_at_once_and_leaves_a_rerunnable_output(
+        tmp_path, minilm_dir):
+    long = " ".join(f"sentence {i} of a very long manual page about pipelines."
+                    for i in range(20000))  # minutes of embedding on a 2-core machine
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "long", "text": long}])
+    out = tmp_path / "out"
+    proc = _cli_process("embed", "--input", corpus, "--output", str(out), "--model", minilm_dir)
+    _wait_for_staging(out, proc)
+    time.sleep(2)  # inside the long document: tokenising, cutting, embedding its windows
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    stopped_s = time.monotonic() - sent
+    assert proc.returncode == 130, err
+    assert stopped_s < 5, stopped_s
+    assert "Traceback" not in err
+    [last] = err.strip().splitlines()[-1:]
+    assert last.startswith("beam-e5: interrupted (Ctrl-C)") and str(out) in last
+    assert list(out.iterdir()) == []  # no marker, no partial file
+    short = write_jsonl(tmp_path / "s.jsonl", [{"id": "s", "text": "a short document"}])
+    assert main(["embed", "--input", short, "--output", str(out),
+                 *model_args(minilm_dir)]) == 0  # the same --output, no --overwrite
+
+
+def _can_mount_tmpfs(where: Path) -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c",
+                            f"mount -t tmpfs -o size=64k tmpfs {where}"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+def test_disk_full_is_one_line_naming_the_output_and_exit_1(tmp_path, tiny_models):
+    """A real full filesystem: a 64 KiB tmpfs mounted in a private mount namespace."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not _can_mount_tmpfs(disk):
+        pytest.skip("cannot mount a tmpfs here (needs unshare -m and the right to mount)")
+    model = tiny_models("bert", "e5-small-v2")
+    corpus = write_jsonl(tmp_path / "c.jsonl", [
+        {"id": f"d{i}", "text": f"document {i} " + "words about beam " * (i % 7 + 1)}
+        for i in range(3000)])
+    out = disk / "out"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+               HF_HUB_OFFLINE="1")
+    script = (f"mount -t tmpfs -o size=64k tmpfs {disk} && {sys.executable} -m beam_e5 embed "
+              f"--input {corpus} --output {out} --model {model} --max-length 32; rc=$?; "
+              f"ls -A {out}; exit $rc")
+    run = subprocess.run(["unshare", "-m", "sh", "-c", script], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    [line] = [x for x in run.stderr.splitlines() if x.startswith("beam-e5: run failed")]
+    assert line.startswith(f"beam-e5: run failed: disk full at {out} (No space left on device)")
+    assert run.stdout.strip() == ""  # the directory holds nothing: rerun once there is space

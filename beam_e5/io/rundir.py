@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -81,6 +82,8 @@ class OutputClaim:
         self.marker = marker
         self.created = created  # the claim made the (local) directory: abandon removes it
         self.complete = False
+        with _HELD_LOCK:
+            _HELD.append(self)
 
     def mark_complete(self) -> None:
         self.complete = True
@@ -100,6 +103,9 @@ class OutputClaim:
         self.end(failed=exc_type is not None, refused=refusal(exc_type))
 
     def release(self) -> None:
+        with _HELD_LOCK:
+            if self in _HELD:
+                _HELD.remove(self)
         _delete_all([self.marker])
 
     def abandon(self, refused: bool = False) -> None:
@@ -116,6 +122,16 @@ class OutputClaim:
 def refusal(exc_type: Optional[type]) -> bool:
     """Whether a run ended by ``exc_type`` was refused before it started (ConfigError)."""
     return exc_type is not None and issubclass(exc_type, ConfigError)
+
+
+_HELD: list[OutputClaim] = []  # the claims of this process not yet released
+_HELD_LOCK = threading.Lock()
+
+
+def held_claims() -> list[OutputClaim]:
+    """The output claims this process holds now (what an interrupted run must give up)."""
+    with _HELD_LOCK:
+        return list(_HELD)
 
 
 def remove_if_empty(directory: str) -> None:
