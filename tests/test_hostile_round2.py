@@ -37,6 +37,20 @@ def test_refusals_exit_2_on_one_line_and_create_no_output_directory(
     assert not out.exists()  # not even an empty directory
 
 
+@pytest.mark.parametrize("field", ["doc_id", "chunk", "chunks", "char_start", "char_end",
+                                   "tokens_cut"])
+def test_a_kept_field_named_like_a_chunk_column_is_refused_with_the_rename(
+        tmp_path, capsys, minilm_dir, field):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "t", field: "mine"}])
+    out = tmp_path / "out"
+    rc, _, err = cli(capsys, "embed", "--input", corpus, "--output", str(out),
+                     "--keep-fields", field, *model_args(minilm_dir))
+    assert rc == 2 and err.startswith("beam-e5: error: ") and err.count("\n") == 1, err
+    assert f"--keep-fields {field!r} names a column beam-e5 writes itself" in err
+    assert f"--keep-fields {field}:source_{field}" in err
+    assert not out.exists()
+
+
 def test_a_refusal_after_the_claim_removes_the_directory_it_created(tmp_path, capsys,
                                                                      minilm_dir):
     """A PostgreSQL output claims --report-dir, then connects: a server that cannot be
@@ -130,3 +144,40 @@ def test_disk_full_is_one_line_naming_the_output_and_exit_1(tmp_path, tiny_model
     [line] = [x for x in run.stderr.splitlines() if x.startswith("beam-e5: run failed")]
     assert line.startswith(f"beam-e5: run failed: disk full at {out} (No space left on device)")
     assert run.stdout.strip() == ""  # the directory holds nothing: rerun once there is space
+
+
+@pytest.mark.slow
+def test_binary_text_trailing_gzip_garbage_and_late_kept_fields_are_read(
+        tmp_path, capsys, caplog, tiny_models):
+    """Three inputs the first round refused or lost, in one run: all their records arrive."""
+    import gzip
+    import json
+    import logging
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    model = tiny_models("bert", "e5-small-v2")
+    src = tmp_path / "in"
+    src.mkdir()
+    pq.write_table(pa.table({"id": ["p1", "p2", "p3"],
+                             "text": pa.array([b"binary but UTF-8 \xc3\xa9", b"plain bytes",
+                                               b"not \xff UTF-8"], pa.binary()),
+                             "lang": ["fr", "en", "xx"]}), src / "b.parquet")
+    lines = [{"id": "g1", "text": "first record has no lang"},
+             {"id": "g2", "text": "the second one has it", "lang": "de"}]
+    (src / "g.jsonl.gz").write_bytes(
+        gzip.compress("".join(json.dumps(r) + "\n" for r in lines).encode()) + b"junk\n")
+    out = tmp_path / "out"
+    caplog.set_level(logging.WARNING)
+    rc, _, err = cli(capsys, "embed", "--input", f"{src}/*", "--output", str(out),
+                     "--model", model, "--max-length", "32", "--keep-fields", "lang")
+    assert rc == 0, err
+    rows = {r["id"]: r["lang"] for f in out.glob("vectors-*.parquet")
+            for r in pq.read_table(f, columns=["id", "lang"]).to_pylist()}
+    assert rows == {"p1": "fr", "p2": "en", "g1": None, "g2": "de"}
+    [error] = [json.loads(x) for f in out.glob("errors-*.jsonl") for x in f.read_text().split("\n")
+               if x]
+    assert error["source"].endswith("b.parquet:row=2") and "not valid UTF-8" in error["reason"]
+    assert any("trailing garbage" in r.getMessage() and "g.jsonl.gz" in r.getMessage()
+               for r in caplog.records) or "trailing garbage" in err
