@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
+import os
+import signal
 import sys
+import threading
 from typing import Any, Optional, Sequence
 
 from beam_e5.errors import ConfigError, RunFailed
 from beam_e5.io.pg.uri import is_pg_uri
-from beam_e5.io.rundir import OutputConfig
+from beam_e5.io.rundir import OutputConfig, held_claims
 from beam_e5.io.sinks import VECTOR_DTYPES
 from beam_e5.io.snapshots import DEFAULT_MIN_RATIO
 from beam_e5.model.backends.choose import BACKENDS
@@ -125,7 +129,9 @@ def add_reader_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--title-field", default=None,
                    help="prepended to the text as 'title text' (BEIR corpora)")
     g.add_argument("--keep-fields", default="",
-                   help="comma-separated input columns carried to the output")
+                   help="comma-separated input fields carried to the output (stored as "
+                        "strings); FIELD:COLUMN keeps FIELD as the column COLUMN, e.g. "
+                        "doc_id:source_doc_id for a field named like a column beam-e5 writes")
 
 
 def reader_config(args: argparse.Namespace):
@@ -319,6 +325,17 @@ def setup_logging(verbose: bool) -> None:
     LOG.addHandler(handler)
     LOG.setLevel(logging.DEBUG if verbose else logging.INFO)
     LOG.propagate = False
+    beam_steps = logging.getLogger("apache_beam.runners.common")
+    if not any(isinstance(f, _NotDiskFull) for f in beam_steps.filters):
+        beam_steps.addFilter(_NotDiskFull())  # the CLI says it in one line
+
+
+class _NotDiskFull(logging.Filter):
+    """Drops Beam's traceback of a step that failed on a full disk (main() reports it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.exc_info[1] is not None
+                    and disk_full(record.exc_info[1]))
 
 
 def run_embed_command(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -389,6 +406,97 @@ def _suggest(arg: str, ours: argparse.ArgumentParser) -> str:
     return f" (did you mean {match[0]}?)" if match else ""
 
 
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
+
+
+class StopOnInterrupt:
+    """Ctrl-C (SIGINT) during a run stops it within a second, whatever the pipeline does.
+
+    Python runs a signal handler only in the main thread, between bytecodes, so a long call
+    into native code (tokenising one huge document, an inference pass) held Ctrl-C back for
+    tens of seconds, and the KeyboardInterrupt then came out of some stage as a traceback.
+    Here SIGINT is blocked in this thread and in every thread the run starts, and a watcher
+    thread takes it (``sigtimedwait``): it gives up the run's output claims (partial files
+    and the ``_RUNNING`` marker removed, so the same command can simply be rerun), prints
+    one line and exits with status 130 without waiting for the pipeline's threads.
+    """
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._interrupted = threading.Event()  # set by the handler, for a thread started
+        self._thread: Optional[threading.Thread] = None  # before the block that got SIGINT
+        self._old: Any = None
+
+    def __enter__(self) -> "StopOnInterrupt":
+        if (threading.current_thread() is threading.main_thread()
+                and hasattr(signal, "sigtimedwait")):
+            self._old = (signal.signal(signal.SIGINT, lambda *_: self._interrupted.set()),
+                         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}))
+            self._thread = threading.Thread(target=self._watch, name="beam-e5-sigint",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            if (self._interrupted.is_set()
+                    or signal.sigtimedwait({signal.SIGINT}, 0.2) is not None):
+                stop_run_now()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._old[1])
+            signal.signal(signal.SIGINT, self._old[0])
+
+
+def stop_run_now() -> None:
+    """Give up every output claim of this process, say so on one line, exit 130 at once."""
+    places = []
+    for claim in held_claims():
+        try:
+            claim.end(failed=True)
+            if not claim.complete:
+                claim.abandon()  # again: a bundle may have finished a file meanwhile
+            places.append(claim.output_dir)
+        except Exception:  # noqa: BLE001 - stopping must not fail; the rerun says what is left
+            pass
+    where = f" from {', '.join(places)}" if places else ""
+    sys.stdout.flush()
+    print(f"beam-e5: interrupted (Ctrl-C): the run stopped and published nothing; its partial "
+          f"files were removed{where}: rerun the same command to start again",
+          file=sys.stderr, flush=True)
+    os._exit(INTERRUPTED_EXIT)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is ENOSPC; Beam re-raises a worker's
+    OSError as another type with the text ``[Errno 28] No space left on device``."""
+    seen: set[int] = set()
+    stack: list[Optional[BaseException]] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or (
+                f"[Errno {errno.ENOSPC}]" in str(e) or os.strerror(errno.ENOSPC) in str(e)):
+            return True
+        stack += [e.__cause__, e.__context__]
+    return False
+
+
+def disk_full_message(exc: BaseException, args: argparse.Namespace) -> str:
+    """One line naming where the run was writing."""
+    filename = next((e.filename for e in (exc, exc.__cause__, exc.__context__)
+                     if isinstance(e, OSError) and e.filename), None)
+    where = filename or (args.report_dir if is_pg_uri(args.output) else args.output)
+    return (f"disk full at {where} ({os.strerror(errno.ENOSPC)}): the run stopped and "
+            "published nothing, and its partial files were removed; free some space (or "
+            "choose an --output on a larger disk) and rerun the same command")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
@@ -403,9 +511,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(args.verbose)
     try:
         if args.command in ("embed", "reembed"):
-            return run_embed_command(args, beam_args)
+            with StopOnInterrupt():
+                return run_embed_command(args, beam_args)
         if args.command == "dedupe":
-            return run_dedupe_command(args, beam_args)
+            with StopOnInterrupt():
+                return run_dedupe_command(args, beam_args)
         if args.command == "neighbours":
             from beam_e5.jobs.neighbours import run_neighbours
 
@@ -418,6 +528,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if getattr(e, "summary", None) is not None:
             print(e.summary.render())
         print(f"beam-e5: run failed: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if not disk_full(e):
+            raise
+        print(f"beam-e5: run failed: {disk_full_message(e, args)}", file=sys.stderr)
         return 1
     parser.error(f"unknown command {args.command}")
     return 2

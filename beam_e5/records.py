@@ -11,9 +11,12 @@ document and type-check them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypedDict
 
 import numpy as np
+
+from beam_e5.errors import ConfigError
 
 
 class Document(TypedDict):
@@ -71,3 +74,35 @@ MAX_RAW_RECORD_CHARS = 10_000
 FILE_SCOPE = "file"  # ErrorRecord.scope of an error about a whole input file
 # The namespace of every Beam metric beam-e5 reports (Dataflow's UI groups counters by it).
 METRICS_NAMESPACE = "beam_e5"
+
+
+# The columns beam-e5 writes itself in every vectors row (Parquet files and PostgreSQL tables
+# alike), in order; TEXT_COLUMN only where the output stores the text (``--store-text``).
+# Every check of a kept field's column name reads this one list.
+TEXT_COLUMN = "text"
+OUTPUT_COLUMNS = ("id", "embedding", "text_sha256", "tokens", "doc_id", "chunk", "chunks",
+                  "char_start", "char_end", "tokens_cut", TEXT_COLUMN)
+
+
+def written_columns(stores_text: bool) -> tuple[str, ...]:
+    """The columns of :data:`OUTPUT_COLUMNS` an output writes (``text`` only if it stores it)."""
+    return tuple(c for c in OUTPUT_COLUMNS if stores_text or c != TEXT_COLUMN)
+
+
+def check_kept_columns(kept: Sequence[tuple[str, str]], stores_text: bool) -> None:
+    """Refuse a kept field whose output column is one beam-e5 writes itself: two columns of
+    one name, the user's values lost. ``kept``: ``(field, column)`` pairs."""
+    written = written_columns(stores_text)
+    for field_name, column in kept:
+        if column not in written:
+            continue
+        entry = field_name if field_name == column else f"{field_name}:{column}"
+        rename = f"--keep-fields {field_name}:source_{column} (FIELD:COLUMN)"
+        if column == TEXT_COLUMN:
+            raise ConfigError(f"--store-text adds a 'text' column, and --keep-fields {entry!r} "
+                              f"names 'text' too: keep the field as {rename}, or drop one "
+                              "of them")
+        raise ConfigError(
+            f"--keep-fields {entry!r} names a column beam-e5 writes itself "
+            f"({', '.join(written)}); the output cannot hold it twice. Keep the field under "
+            f"another column name with {rename}, or drop it (the id is always written as 'id')")

@@ -288,3 +288,35 @@ def test_flex_template_parameters_are_reembed_options():
                 if isinstance(key, ast.Constant) and key.value == "parameters":
                     passed |= {k.value for k in value.keys}
     assert passed and passed <= names, passed - names
+
+
+def test_disk_full_is_found_through_beams_rewrapping() -> None:
+    import errno
+
+    from beam_e5.cli import disk_full
+
+    assert disk_full(OSError(errno.ENOSPC, "No space left on device", "/out/x"))
+    assert disk_full(RuntimeError("OSError: [Errno 28] No space left on device [while "
+                                  "running 'WriteVectors/Write']"))
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as inner:
+            raise ValueError("writing failed") from inner
+    except ValueError as outer:
+        assert disk_full(outer)
+    assert not disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not disk_full(RuntimeError("[Errno 2] No such file or directory"))
+
+
+def test_stop_on_interrupt_gives_the_signal_back_as_it_found_it() -> None:
+    import signal
+
+    from beam_e5.cli import StopOnInterrupt
+
+    handler = signal.getsignal(signal.SIGINT)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    with StopOnInterrupt():
+        assert signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == mask

@@ -22,11 +22,25 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from beam_e5.dedupe.text_key import text_key
+from beam_e5.errors import ConfigError
 from beam_e5.records import FILE_SCOPE, MAX_RAW_RECORD_CHARS, Document, ErrorRecord
 
 READ_CHUNK_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 Parsed = tuple[str, Any]  # ("doc", Document) or ("error", ErrorRecord)
+
+
+def split_keep_entry(entry: str) -> tuple[str, str]:
+    """``--keep-fields`` entry -> ``(input field, output column)``: ``FIELD:COLUMN`` renames
+    (split at the last ``:``, so ``a:b:c`` keeps the field ``a:b`` as ``c``), ``FIELD`` keeps
+    the field under its own name."""
+    field_name, sep, column = entry.rpartition(":")
+    if not sep:
+        return entry, entry
+    if not field_name.strip() or not column.strip():
+        raise ConfigError(f"--keep-fields {entry!r}: FIELD:COLUMN needs both names, e.g. "
+                          "doc_id:source_doc_id")
+    return field_name, column
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,12 @@ class FieldSpec:
     text_field: str = "text"
     title_field: str | None = None
     keep_fields: tuple[str, ...] = ()
+    # the output column of each kept field, in order (empty: the field names themselves)
+    keep_columns: tuple[str, ...] = ()
+
+    def kept(self) -> list[tuple[str, str]]:
+        """``(input field, output column)`` of every kept field."""
+        return list(zip(self.keep_fields, self.keep_columns or self.keep_fields, strict=True))
 
     def columns(self) -> list[str]:
         """The distinct fields a record must be read with, in a stable order."""
@@ -217,7 +237,7 @@ def build_document(rec: Mapping[str, Any], fields: FieldSpec, source: str, raw: 
     if lone_surrogate(text):
         return error(source, _SURROGATE.format(what=f"text field {fields.text_field!r}"), raw,
                      doc_id)
-    kept = {k: jsonable(rec.get(k)) for k in fields.keep_fields}
+    kept = {column: jsonable(rec.get(name)) for name, column in fields.kept()}
     bad = next((k for k, v in kept.items() if lone_surrogate(v)), None)
     if bad is not None:
         return error(source, _SURROGATE.format(what=f"kept field {bad!r}"), raw, doc_id)
@@ -361,8 +381,31 @@ def parse_csv(
 def parse_rows(
     rows: list[dict[str, Any]], path: str, row_offset: int, fields: FieldSpec
 ) -> Iterator[Parsed]:
-    """Build documents from Parquet rows; ``source`` is ``path:row=N`` (0-based in file)."""
+    """Build documents from Parquet rows; ``source`` is ``path:row=N`` (0-based in file).
+
+    An id, text or title column typed binary is read as UTF-8 text (many writers type text
+    as binary); a value that is not valid UTF-8 rejects its record, with the reason."""
     for i, row in enumerate(rows):
         source = f"{path}:row={row_offset + i}"
         raw = json.dumps(jsonable(row), ensure_ascii=False)
-        yield build_document(row, fields, source, raw)
+        row, reason = binary_as_text(row, fields)
+        if reason:
+            yield error(source, reason, raw)
+        else:
+            yield build_document(row, fields, source, raw)
+
+
+def binary_as_text(row: dict[str, Any], fields: FieldSpec) -> tuple[dict[str, Any], str]:
+    """``row`` with its binary id, text and title values decoded as UTF-8, and ``""``; or
+    the row as it is and the reason when one is not valid UTF-8."""
+    named = (("id", fields.id_field), ("text", fields.text_field), ("title", fields.title_field))
+    decoded = dict(row)
+    for what, name in named:
+        value = row.get(name) if name is not None else None
+        if isinstance(value, (bytes, bytearray)):
+            try:
+                decoded[name] = bytes(value).decode("utf-8")
+            except UnicodeDecodeError as e:
+                return row, (f"{what} field {name!r} is binary and not valid UTF-8 ({e.reason} at "
+                             f"byte {e.start}); re-export the column as UTF-8 text")
+    return decoded, ""

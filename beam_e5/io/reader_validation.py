@@ -3,9 +3,11 @@
 Runs on the launching machine through ``apache_beam.io.filesystems.FileSystems`` (local
 paths and ``gs://`` alike) and raises :class:`~beam_e5.errors.ConfigError` with a message
 that says what to change. Field names are checked against the Parquet schema, the CSV or
-TSV header, or the first JSON object among the first ``JSONL_PROBE_LINES`` non-blank
-lines, for the first ``SCHEMA_CHECK_MAX_FILES`` non-empty files of each format (the
-rest are assumed to share the layout; a record lacking a field is rejected at read time).
+TSV header, or the fields of the JSON objects among the first ``JSONL_PROBE_LINES``
+non-blank lines (a field that only later records have is still found), for the first
+``SCHEMA_CHECK_MAX_FILES`` non-empty files of each format (the rest are assumed to share
+the layout; a record lacking its id or text is rejected at read time, a kept field it lacks
+is written as null).
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_e5.errors import ConfigError
 from beam_e5.io import reader_formats as rf
+from beam_e5.io.compressed import open_input
 from beam_e5.io.reader_formats import FieldSpec
 
 FORMATS = ("auto", "jsonl", "parquet", "csv", "tsv", "text")
 SCHEMA_CHECK_MAX_FILES = 16
 JSONL_PROBE_LINES = 100
+JSONL_PROBE_BYTES = 16 * 1024 * 1024
 _EXTENSIONS = {
     ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
     ".parquet": "parquet", ".csv": "csv", ".tsv": "tsv",
@@ -35,7 +39,7 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz", ".
 SNIFF_BYTES = 64 * 1024
 _UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 _WHAT = {"parquet": "Parquet schema", "csv": "CSV header", "tsv": "TSV header",
-         "jsonl": "first JSON record"}
+         "jsonl": f"sample (its first {JSONL_PROBE_LINES} JSON records)"}
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ def check_not_archive(path: str) -> None:
 def _head(path: str) -> bytes:
     """The first ``SNIFF_BYTES`` (decompressed) bytes of a file; ConfigError if unreadable."""
     try:
-        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as fh:
+        with open_input(path, warn=False) as fh:
             return fh.read(SNIFF_BYTES)
     except Exception as e:
         raise ConfigError(
@@ -141,23 +145,28 @@ def match_inputs(patterns: list[str]) -> list[FileMetadata]:
 
 
 def _jsonl_names(path: str) -> list[str] | None:
-    probed = 0
-    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as fh:
+    """The fields of the JSON objects among the first ``JSONL_PROBE_LINES`` non-blank lines
+    (at most ``JSONL_PROBE_BYTES``), in order of first appearance: a field that only later
+    records have is still known. None for a file without a record."""
+    probed = read = 0
+    names: dict[str, None] = {}
+    with open_input(path, warn=False) as fh:
         for offset, line in rf.iter_lines(fh):
             line = rf.strip_bom(offset, line)
+            read += len(line) + 1
             if not line.strip():
                 continue
             probed += 1
             try:
                 rec = json.loads(line.decode("utf-8"))
-            except ValueError:
+            except (ValueError, RecursionError):  # a bad line is its record's error
                 rec = None
             if isinstance(rec, dict):
-                return list(rec)
-            if probed >= JSONL_PROBE_LINES:
+                names.update(dict.fromkeys(rec))
+            if probed >= JSONL_PROBE_LINES or read >= JSONL_PROBE_BYTES:
                 break
-    if probed == 0:
-        return None
+    if names or probed == 0:
+        return list(names) if names else None
     raise ConfigError(
         f"none of the first {probed} non-blank lines of {path} is a JSON object: is it JSONL? "
         "Fix the file or set --input-format to its real format"
@@ -165,7 +174,7 @@ def _jsonl_names(path: str) -> list[str] | None:
 
 
 def _header_names(path: str, fmt: str) -> list[str] | None:
-    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as fh:
+    with open_input(path, warn=False) as fh:
         lines = (rf.strip_bom(o, line) for o, line in rf.iter_lines(fh, keep_ends=True))
         decoded = (line.decode("utf-8", "surrogateescape") for line in lines)
         if fmt == "tsv":
@@ -238,9 +247,13 @@ def _check_fields(f: InputFile, names: list[str], explicit_title: bool) -> None:
     checks += [("--keep-fields", k) for k in spec.keep_fields]
     for flag, value in checks:
         if value not in names:
+            hint = ""
+            if flag == "--keep-fields" and any(n.startswith(value + ":") for n in names):
+                hint = (" (FIELD:COLUMN renames; a field whose own name holds ':' is kept as "
+                        "'its:name:column')")
             raise ConfigError(
                 f"{flag} {value!r} is not a field of {f.path}: its {_WHAT[f.format]} has "
-                f"{', '.join(map(repr, names)) or 'no fields'}. Use one of those names"
+                f"{', '.join(map(repr, names)) or 'no fields'}. Use one of those names{hint}"
             )
 
 

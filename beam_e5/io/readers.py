@@ -53,10 +53,10 @@ from apache_beam.metrics import Metrics
 from beam_e5.errors import ConfigError
 from beam_e5.io import reader_formats as rf
 from beam_e5.io import reader_validation as rv
-from beam_e5.io.reader_formats import FieldSpec
+from beam_e5.io.compressed import open_input
+from beam_e5.io.reader_formats import FieldSpec, split_keep_entry
 from beam_e5.io.reader_validation import FORMATS, InputFile, ResolvedInput
-from beam_e5.io.sinks import CORE_COLUMNS
-from beam_e5.records import METRICS_NAMESPACE
+from beam_e5.records import METRICS_NAMESPACE, check_kept_columns
 
 __all__ = [
     "DOCUMENTS",
@@ -84,7 +84,9 @@ class ReaderConfig:
     """What to read. Validated on construction; raises ConfigError.
 
     ``input`` is a path, a glob or a gs:// path/glob, or several of them separated by
-    commas. ``keep_fields`` may also be given as a comma-separated string.
+    commas. ``keep_fields`` may also be given as a comma-separated string; an entry
+    ``FIELD:COLUMN`` keeps the input field ``FIELD`` as the output column ``COLUMN`` (split at
+    the last ``:``), so a field named like a column beam-e5 writes (``doc_id``) can be kept.
     """
 
     input: str
@@ -113,13 +115,25 @@ class ReaderConfig:
             keep = tuple(k.strip() for k in keep.split(",") if k.strip())
         if not all(isinstance(k, str) and k.strip() for k in keep):
             raise ConfigError(f"--keep-fields must be non-empty field names, got {list(keep)!r}")
-        reserved = [k for k in keep if k in CORE_COLUMNS]
-        if reserved:
-            raise ConfigError(
-                f"--keep-fields {reserved[0]!r} names a column beam-e5 writes itself "
-                f"({', '.join(CORE_COLUMNS)}); the vectors file cannot hold it twice. Drop it "
-                "from --keep-fields (the id is always written as 'id')")
-        object.__setattr__(self, "keep_fields", tuple(dict.fromkeys(keep)))
+        keep = tuple(dict.fromkeys(keep))
+        pairs = [split_keep_entry(k) for k in keep]
+        columns = [column for _, column in pairs]
+        twice = next((c for c in columns if columns.count(c) > 1), None)
+        if twice is not None:
+            raise ConfigError(f"--keep-fields writes two fields to the column {twice!r}; give "
+                              "each its own column name (FIELD:COLUMN)")
+        check_kept_columns(pairs, stores_text=False)
+        object.__setattr__(self, "keep_fields", keep)
+
+    @property
+    def kept(self) -> tuple[tuple[str, str], ...]:
+        """``(input field, output column)`` of every ``--keep-fields`` entry."""
+        return tuple(split_keep_entry(k) for k in self.keep_fields)
+
+    @property
+    def kept_columns(self) -> tuple[str, ...]:
+        """The output column names of the kept fields, in order."""
+        return tuple(column for _, column in self.kept)
 
     def patterns(self) -> list[str]:
         """The comma-separated parts of ``input``."""
@@ -130,13 +144,14 @@ def validate_reader_config(cfg: ReaderConfig) -> ResolvedInput:
     """Match the input files and check field names before the pipeline runs.
 
     Raises ConfigError when no file matches a pattern, a field is not in a file's
-    Parquet schema / CSV or TSV header / first JSON record, a Parquet schema cannot be
+    Parquet schema / CSV or TSV header / first JSON records (a sample), a Parquet schema cannot be
     read, or field options are given for plain-text input.
     """
     return rv.resolve(
         cfg.patterns(),
         cfg.input_format,
-        FieldSpec(cfg.id_field, cfg.text_field, cfg.title_field, cfg.keep_fields),
+        FieldSpec(cfg.id_field, cfg.text_field, cfg.title_field,
+                  tuple(f for f, _ in cfg.kept), cfg.kept_columns),
     )
 
 
@@ -181,7 +196,7 @@ def _sourced(path: str, lines: Iterator[tuple[int, bytes]],
 
 
 def _open(f: InputFile):  # Beam returns several file types
-    return FileSystems.open(f.path, compression_type=CompressionTypes.AUTO)
+    return open_input(f.path)
 
 
 def _tsv_header(f: InputFile) -> list[str]:
@@ -201,12 +216,14 @@ class _ReadState:
         self.problem = ""
 
 
-def _stream_complete(fh) -> bool:  # fh: Beam's CompressedFile
+def _stream_complete(fh) -> bool:  # fh: Beam's CompressedFile or GzipMembers
     """Whether a fully read compressed file reached the end of its compressed stream.
 
     Beam's ``CompressedFile`` stops quietly where a cut-off file ends; its decompressor
     (zlib, bz2, lzma, zstd) knows whether the end-of-stream marker was seen.
     """
+    if hasattr(fh, "complete"):  # gzip: GzipMembers
+        return bool(fh.complete)
     decompressor = getattr(fh, "_decompressor", None)
     eof = getattr(decompressor, "eof", None)
     return True if eof is None else bool(eof)
@@ -257,7 +274,7 @@ def read_split(split: Split) -> Iterator[rf.Parsed]:
     elif f.format == "csv":
         with _open(f) as fh:
             raw = _guarded(f, fh, rf.iter_lines(fh, keep_ends=True), state)
-            yield from rf.parse_csv((line for _, line in raw), f.path, fields)
+            yield from rf.parse_csv((rf.strip_bom(o, line) for o, line in raw), f.path, fields)
     else:
         try:
             header = _tsv_header(f) if f.format == "tsv" else []

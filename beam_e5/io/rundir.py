@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -76,18 +77,22 @@ class OutputClaim:
     is ``mark_complete()`` (its manifest written), a later failure only releases it.
     """
 
-    def __init__(self, output_dir: str, marker: str) -> None:
+    def __init__(self, output_dir: str, marker: str, created: bool = False) -> None:
         self.output_dir = output_dir
         self.marker = marker
+        self.created = created  # the claim made the (local) directory: abandon removes it
         self.complete = False
+        with _HELD_LOCK:
+            _HELD.append(self)
 
     def mark_complete(self) -> None:
         self.complete = True
 
-    def end(self, failed: bool) -> None:
-        """Release the directory, or abandon it when the run failed before it was complete."""
+    def end(self, failed: bool, refused: bool = False) -> None:
+        """Release the directory, or abandon it when the run failed before it was complete
+        (``refused``: before it started, so a directory the claim made goes too)."""
         if failed and not self.complete:
-            self.abandon()
+            self.abandon(refused)
         else:
             self.release()
 
@@ -95,16 +100,46 @@ class OutputClaim:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.end(failed=exc_type is not None)
+        self.end(failed=exc_type is not None, refused=refusal(exc_type))
 
     def release(self) -> None:
+        with _HELD_LOCK:
+            if self in _HELD:
+                _HELD.remove(self)
         _delete_all([self.marker])
 
-    def abandon(self) -> None:
+    def abandon(self, refused: bool = False) -> None:
+        """Remove the run's partial files and the marker; ``refused`` (the run never
+        started): also the directory, if the claim created it and nothing else is in it."""
         try:
             _delete_all([p for p in existing_outputs(self.output_dir) if p != self.marker])
         finally:
             self.release()
+            if refused and self.created:
+                remove_if_empty(self.output_dir)
+
+
+def refusal(exc_type: Optional[type]) -> bool:
+    """Whether a run ended by ``exc_type`` was refused before it started (ConfigError)."""
+    return exc_type is not None and issubclass(exc_type, ConfigError)
+
+
+_HELD: list[OutputClaim] = []  # the claims of this process not yet released
+_HELD_LOCK = threading.Lock()
+
+
+def held_claims() -> list[OutputClaim]:
+    """The output claims this process holds now (what an interrupted run must give up)."""
+    with _HELD_LOCK:
+        return list(_HELD)
+
+
+def remove_if_empty(directory: str) -> None:
+    """Remove a local directory this run created, if nothing is left in it."""
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass  # not empty (someone else's files), or already gone: leave it
 
 
 def _marker_text() -> bytes:
@@ -167,21 +202,26 @@ def _create_exclusive(path: str) -> bool:
     return True
 
 
-def check_output_location(output: str) -> None:
-    """A local ``--output`` must be a directory we can create and write in."""
+def check_output_location(output: str) -> bool:
+    """A local ``--output`` must be a directory we can create and write in; True when this
+    call created it (a refused or failed run removes it again)."""
     if "://" in output:
-        return
+        return False
     if os.path.exists(output) and not os.path.isdir(output):
         raise ConfigError(f"--output {output} is an existing file, not a directory; choose a "
                           "new directory name")
+    created = not os.path.exists(output)
     try:
         os.makedirs(output, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create --output {output} ({e.strerror}); choose a "
                           "directory you can write to") from e
     if not os.access(output, os.W_OK | os.X_OK):
+        if created:
+            remove_if_empty(output)
         raise ConfigError(f"cannot write to --output {output} (permission denied); choose a "
                           "directory you can write to or fix its permissions")
+    return created
 
 
 def claim_output(cfg: OutputConfig) -> OutputClaim:
@@ -192,7 +232,16 @@ def claim_output(cfg: OutputConfig) -> OutputClaim:
     on this machine). Then refuses to mix runs, or with ``overwrite`` removes the previous
     run, manifest first.
     """
-    check_output_location(cfg.output)
+    created = check_output_location(cfg.output)
+    try:
+        return _claim(cfg, created)
+    except BaseException:
+        if created:
+            remove_if_empty(cfg.output)
+        raise
+
+
+def _claim(cfg: OutputConfig, created: bool) -> OutputClaim:
     if "://" in cfg.output and not FileSystems.exists(cfg.output):
         FileSystems.mkdirs(cfg.output)
     marker = FileSystems.join(cfg.output, RUN_MARKER)
@@ -209,7 +258,7 @@ def claim_output(cfg: OutputConfig) -> OutputClaim:
         if not _create_exclusive(marker):
             raise ConfigError(f"another beam-e5 run took {cfg.output} just now; choose "
                               "another --output")
-    claim = OutputClaim(cfg.output, marker)
+    claim = OutputClaim(cfg.output, marker, created)
     try:
         _clear_previous_run(cfg, marker)
     except BaseException:

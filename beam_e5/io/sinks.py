@@ -19,15 +19,19 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 
 from beam_e5.errors import ConfigError
+from beam_e5.records import OUTPUT_COLUMNS, check_kept_columns, written_columns
 
 VECTOR_DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
 ARROW_BATCH_ROWS = 2048
-CORE_COLUMNS = ("id", "embedding", "text_sha256", "tokens")
+# beam_e5.records.OUTPUT_COLUMNS names them all; the text, where an output stores it,
+# travels as a kept field (a string column named "text")
+CORE_COLUMNS = OUTPUT_COLUMNS[:4]
 # Where each vector's text lies: its document, window and characters (beam_e5.records).
 CHUNK_COLUMNS = (("doc_id", pa.string()), ("chunk", pa.int32()), ("chunks", pa.int32()),
                  ("char_start", pa.int64()), ("char_end", pa.int64()),
                  ("tokens_cut", pa.int32()))
 _CHUNK_NAMES = tuple(name for name, _ in CHUNK_COLUMNS)
+assert CORE_COLUMNS + _CHUNK_NAMES == written_columns(stores_text=False)
 
 
 def vectors_schema(dim: int, vector_dtype: str, keep_fields: Sequence[str],
@@ -38,6 +42,7 @@ def vectors_schema(dim: int, vector_dtype: str, keep_fields: Sequence[str],
     if vector_dtype not in VECTOR_DTYPES:
         raise ConfigError(f"--vector-dtype must be one of {', '.join(VECTOR_DTYPES)}, "
                           f"got {vector_dtype!r}")
+    check_kept_columns([(name, name) for name in keep_fields], stores_text=False)
     fields = [pa.field("id", pa.string(), nullable=False),
               pa.field("embedding", pa.list_(VECTOR_DTYPES[vector_dtype][1], dim), nullable=False),
               pa.field("text_sha256", pa.string()),

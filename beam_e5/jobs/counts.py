@@ -38,7 +38,8 @@ def manifest_counts(raw: dict[str, int]) -> dict[str, int]:
     counts = {
         "read": raw["documents"] + raw["reader_errors"],
         "invalid": (raw["reader_errors"] + raw.get("id_conflicts", 0) + raw["embed_errors"]
-                    + raw.get("unstorable", 0) + refused),
+                    + raw.get("unstorable", 0) + refused
+                    + raw.get("id_collisions", 0)),
         "exact_duplicates": raw.get("exact_duplicates", 0),
         "semantic_duplicates": raw.get("semantic_duplicates", 0),
         "embedded": raw["embedded"],

@@ -40,10 +40,11 @@ from beam_e5.io.snapshots import DEFAULT_MIN_RATIO, check_min_ratio
 from beam_e5.io.targets import JobShape, OutputRun, VectorOutput
 from beam_e5.jobs.counts import manifest_counts
 from beam_e5.jobs.summary import RunSummary, summarize
-from beam_e5.model.chunking import LongTextConfig
+from beam_e5.model.chunking import LongTextConfig, window_budget
 from beam_e5.model.config import EncoderConfig, EncoderSpec, check_device_here
 from beam_e5.model.fingerprint import model_signature
-from beam_e5.records import is_chunk_row, is_document_row
+from beam_e5.records import TEXT_COLUMN, is_chunk_row, is_document_row
+from beam_e5.transforms.chunk_ids import SeparateIdCollisions
 from beam_e5.transforms.embed_texts import EmbedTexts
 from beam_e5.transforms.exact_dedupe import ExactDedupe
 from beam_e5.transforms.reembed_split import (
@@ -78,7 +79,7 @@ class EmbedJob:
     def __post_init__(self) -> None:
         check_min_ratio(self.publish_min_ratio)
         self.output.check_job(JobShape(self.previous, self.semantic is not None,
-                                       tuple(self.reader.keep_fields)))
+                                       self.reader.kept_columns))
         if not self.exact_dedupe and (self.semantic is not None or self.previous is not None):
             raise ConfigError(
                 "semantic dedupe and re-embedding match documents by id, and exact dedupe is "
@@ -137,6 +138,7 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob,
     embedded = embed_stage(docs, job, resolved, streams)
     if streams.carried is not None and not run.carries_in_store:
         embedded = (embedded, streams.carried) | "WithCarried" >> beam.Flatten()
+    embedded = collision_stage(embedded, run, streams)
     written = embedded
     if job.semantic is not None:
         semantic = dedupe_documents(embedded, job.semantic)
@@ -219,6 +221,19 @@ def embed_stage(docs: beam.PCollection, job: EmbedJob, resolved: ResolvedJob,
     return embedded
 
 
+def collision_stage(embedded: beam.PCollection, run: OutputRun,
+                    streams: Streams) -> beam.PCollection:
+    """A document whose id is another document's window id goes to errors (see
+    :mod:`beam_e5.transforms.chunk_ids`), also when either of them is carried in the store."""
+    in_store = streams.carried if run.carries_in_store else None
+    rows, carried, errors = embedded | "IdCollisions" >> SeparateIdCollisions(in_store)
+    if in_store is not None:
+        streams.carried = carried
+    streams.errors.append(errors)
+    streams.counts["id_collisions"] = errors
+    return rows
+
+
 def count_written(written: beam.PCollection, streams: Streams) -> None:
     """Written documents and window rows; a document carried inside the store counts as
     written, its window rows as chunk rows."""
@@ -265,7 +280,7 @@ def write_streams(p: beam.Pipeline, streams: Streams, job: EmbedJob, resolved: R
 
 def job_vectors_schema(job: EmbedJob, spec: EncoderSpec, signature: dict[str, Any]) -> pa.Schema:
     """The vectors' columns (plus ``text`` where the output stores it)."""
-    keep = tuple(job.reader.keep_fields) + (("text",) if job.output.stores_text else ())
+    keep = job.reader.kept_columns + ((TEXT_COLUMN,) if job.output.stores_text else ())
     return vectors_schema(spec.dim, job.output.run_dir.vector_dtype, keep,
                           file_metadata(signature))
 
@@ -279,6 +294,7 @@ def validate_job(job: EmbedJob, beam_args: Optional[list[str]] = None) -> Resolv
     """Everything that can be checked before the output is opened (no side effect)."""
     reader_input = validate_reader_config(job.reader)
     spec = job.encoder.resolve()
+    job.long_text.check_budget(window_budget(spec.profile.max_length))
     check_device_here(job.encoder, beam_runner(beam_args or []))
     signature = {**model_signature(spec), "vector_dtype": job.output.run_dir.vector_dtype,
                  **job.long_text.signature()}

@@ -51,6 +51,12 @@ _SENTENCE_END = ".!?;\u2026"  # followed by whitespace
 _CJK_SENTENCE_END = "\u3002\uff01\uff1f\uff1b\uff0e"  # 。！？；． (no space follows)
 
 
+def window_budget(max_length: int) -> int:
+    """Text tokens a model of ``max_length`` holds at most: less [CLS]/[SEP]-style tokens
+    (the prefix, checked per text, takes a few more)."""
+    return max_length - 2
+
+
 @dataclass(frozen=True)
 class LongTextConfig:
     """What to do with a document longer than the model's window.
@@ -98,10 +104,17 @@ class LongTextConfig:
         return min(self.overlap, window // 2)
 
     def check_budget(self, budget: int) -> None:
-        """Fail before the run if the model's window cannot hold the configured overlap."""
+        """Fail before the run if the model's window cannot hold the configured windows:
+        ``--chunk-tokens`` beyond it (it would be cut to the window silently, while the
+        manifest said otherwise), or an overlap over half of it."""
         if self.mode == "chunk" and budget < MIN_WINDOW_TOKENS:
             raise ConfigError(f"the model's window holds only {budget} text tokens after its "
                               f"special tokens and prefix; raise --max-length")
+        if self.mode == "chunk" and self.chunk_tokens is not None and self.chunk_tokens > budget:
+            raise ConfigError(f"--chunk-tokens {self.chunk_tokens} exceeds what the model's "
+                              f"window holds ({budget} text tokens: max length less its special "
+                              f"tokens); pass --chunk-tokens {budget} or less, or leave it out "
+                              "(windows then fill the model)")
         if self.mode == "chunk" and self.overlap is not None and 2 * self.overlap > self.window(
                 budget):
             raise ConfigError(f"--chunk-overlap {self.overlap} is more than half of the window "

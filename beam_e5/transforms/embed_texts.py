@@ -34,7 +34,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
 from beam_e5.io.reader_formats import lone_surrogate
-from beam_e5.model.chunking import LongTextConfig
+from beam_e5.model.chunking import LongTextConfig, window_budget
 from beam_e5.model.config import EncoderConfig, EncoderSpec
 from beam_e5.records import MAX_RAW_RECORD_CHARS, ErrorRecord
 from beam_e5.transforms.handler import E5ModelHandler, Embedding
@@ -183,8 +183,7 @@ class EmbedTexts(beam.PTransform):
         self._long_text: LongTextConfig = long_text or LongTextConfig()
         self._max_batch_duration_secs = max_batch_duration_secs
         if isinstance(self._encoder, EncoderSpec):
-            # the model's window less [CLS]/[SEP]-style tokens; the prefix is checked per text
-            self._long_text.check_budget(self._encoder.profile.max_length - 2)
+            self._long_text.check_budget(window_budget(self._encoder.profile.max_length))
 
     @property
     def long_text(self) -> LongTextConfig:

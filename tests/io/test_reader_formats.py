@@ -411,24 +411,11 @@ def test_parse_csv_header_bom_is_dropped() -> None:
         ("doc", doc("1", "hello", "c.csv:2"))]
 
 
-BOM_QUOTED_HEADER = pytest.mark.xfail(strict=True, reason=(
-    "bug: read_split hands parse_csv the raw first line, BOM included, and parse_csv only "
-    "strips U+FEFF from the parsed header cells: a BOM before a quoted header cell makes the "
-    "quote literal (header '\"id\"'), so validation (which strips the BOM first) passes and "
-    "then every record is rejected with 'missing or null id field'. UTF-8-BOM exports with "
-    "quoted headers (pandas quoting=QUOTE_ALL, encoding='utf-8-sig'; R write.csv) hit it"))
-BOM_BLANK_LINE = pytest.mark.xfail(strict=True, reason=(
-    "bug: a CSV whose first line is only a BOM (BOM then a blank line) takes that line as its "
-    "header (U+FEFF is not whitespace), so every row is rejected as 'row has 2 fields, the "
-    "header has 1'; JSONL, TSV and text drop the BOM first and read the same file fine"))
-
-
 @pytest.mark.parametrize(("data", "line"), [
     (b"\xef\xbb\xbfid,text\n1,hello\n", 2),
-    pytest.param(b'\xef\xbb\xbf"id","text"\n"1","hello"\n', 2, marks=BOM_QUOTED_HEADER,
-                 id="quoted-header"),
-    pytest.param(b"\xef\xbb\xbf\nid,text\n1,hello\n", 3, marks=BOM_BLANK_LINE, id="blank-line"),
-], ids=["plain-header", None, None])
+    (b'\xef\xbb\xbf"id","text"\n"1","hello"\n', 2),  # pandas QUOTE_ALL + utf-8-sig, R
+    (b"\xef\xbb\xbf\nid,text\n1,hello\n", 3),  # a first line that is only a BOM
+], ids=["plain-header", "quoted-header", "blank-line"])
 def test_a_bom_at_the_start_of_a_csv_file_is_ignored(tmp_path: Path, data: bytes,
                                                      line: int) -> None:
     path = tmp_path / "bom.csv"
@@ -474,8 +461,25 @@ def test_parse_rows_rejects_non_string_parquet_columns(tmp_path: Path) -> None:
     ]
     named = FieldSpec("name", "text")
     assert list(rf.parse_rows(rows[:1], "p", 7, named)) == [
-        ("error", err("p:row=7", "text field 'text' must be a string, got bytes",
-                      '{"id": 1.5, "text": "bytes", "name": "n1"}', "n1"))]
+        ("doc", doc("n1", "bytes", "p:row=7"))]  # binary holding UTF-8 is text
+
+
+def test_binary_parquet_text_columns_are_read_as_utf8_text(tmp_path: Path) -> None:
+    """Writers that type text as binary (Spark without the UTF8 annotation, some Arrow code):
+    valid UTF-8 is read as text, a value that is not UTF-8 rejects its record alone."""
+    path = tmp_path / "b.parquet"
+    pq.write_table(pa.table({"id": pa.array([b"a", b"b", b"\xff", b"d"], pa.binary()),
+                             "text": pa.array(["caf\u00e9".encode(), b"\xc3(", b"x", b"ok"],
+                                              pa.large_binary()),
+                             "title": pa.array([b"T", None, None, b"\xe2\x82"], pa.binary())}),
+                   path)
+    [f] = validate_reader_config(ReaderConfig(str(path), title_field="title")).files
+    docs, errors = split(item for s in plan_splits(f) for item in read_split(s))
+    assert [(d["id"], d["text"]) for d in docs] == [("a", "T caf\u00e9")]
+    assert [(e["source"], e["reason"].split(" (")[0]) for e in errors] == [
+        (f"{path}:row=1", "text field 'text' is binary and not valid UTF-8"),
+        (f"{path}:row=2", "id field 'id' is binary and not valid UTF-8"),
+        (f"{path}:row=3", "title field 'title' is binary and not valid UTF-8")]
 
 
 def test_parse_rows_keeps_unicode_in_the_raw_record() -> None:

@@ -21,6 +21,7 @@ from beam_e5.io.readers import (
     read_split,
     validate_reader_config,
 )
+from beam_e5.records import OUTPUT_COLUMNS
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -452,3 +453,47 @@ def test_lone_surrogates_are_errors_with_a_reason(tmp_path: Path) -> None:
 def test_reserved_keep_fields_are_refused() -> None:
     with pytest.raises(ConfigError, match="names a column beam-e5 writes itself"):
         ReaderConfig("x", keep_fields="title,tokens")
+
+
+@pytest.mark.parametrize("column", list(OUTPUT_COLUMNS[:-1]))
+def test_every_column_beam_e5_writes_is_refused_as_a_kept_field_with_a_rename_hint(
+        column: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        ReaderConfig("x", keep_fields=("lang", column))
+    assert f"--keep-fields {column!r} names a column beam-e5 writes itself" in str(e.value)
+    assert f"--keep-fields {column}:source_{column}" in str(e.value)
+
+
+def test_keep_fields_rename_a_field_to_a_column() -> None:
+    cfg = ReaderConfig("x", keep_fields="doc_id:source_doc_id, lang,dc:title:dc_title")
+    assert cfg.kept == (("doc_id", "source_doc_id"), ("lang", "lang"), ("dc:title", "dc_title"))
+    assert cfg.kept_columns == ("source_doc_id", "lang", "dc_title")
+    with pytest.raises(ConfigError, match="'x:chunk' names a column beam-e5 writes itself"):
+        ReaderConfig("x", keep_fields="x:chunk")
+    with pytest.raises(ConfigError, match="two fields to the column 'a'"):
+        ReaderConfig("x", keep_fields="a,b:a")
+    with pytest.raises(ConfigError, match="needs both names"):
+        ReaderConfig("x", keep_fields="doc_id:")
+
+
+def test_a_renamed_kept_field_reaches_the_document_under_its_column(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"id": "a", "text": "t", "doc_id": "D-1", "chunk": 3}\n')
+    cfg = ReaderConfig(str(path), keep_fields="doc_id:source_doc_id,chunk:source_chunk")
+    [f] = validate_reader_config(cfg).files
+    [(kind, d)] = [item for s in plan_splits(f) for item in read_split(s)]
+    assert (kind, d["fields"]) == ("doc", {"source_doc_id": "D-1", "source_chunk": 3})
+    with pytest.raises(ConfigError, match="'nosuch' is not a field"):
+        validate_reader_config(ReaderConfig(str(path), keep_fields="nosuch:x"))
+
+
+def test_keep_fields_are_checked_against_a_sample_of_json_records(tmp_path: Path) -> None:
+    """A field the first record lacks but later ones have is kept (null where it is missing);
+    a field no sampled record has is still refused before the run."""
+    path = write_lines(tmp_path / "c.jsonl", ['{"id": "a", "text": "one"}',
+                                              '{"id": "b", "text": "two", "lang": "en"}'])
+    [f] = validate_reader_config(ReaderConfig(str(path), keep_fields=("lang",))).files
+    docs = [d for s in plan_splits(f) for kind, d in read_split(s) if kind == "doc"]
+    assert [d["fields"] for d in docs] == [{"lang": None}, {"lang": "en"}]
+    with pytest.raises(ConfigError, match="'country' is not a field .* first 100 JSON records"):
+        validate_reader_config(ReaderConfig(str(path), keep_fields=("country",)))

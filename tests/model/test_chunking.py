@@ -17,6 +17,7 @@ from beam_e5.model.chunking import (
     split_prefix,
     text_offsets,
     truncate_span,
+    window_budget,
 )
 
 
@@ -263,6 +264,10 @@ def test_config_validation():
     assert LongTextConfig(chunk_tokens=128).window(510) == 128
     with pytest.raises(ConfigError, match="more than half"):
         LongTextConfig(overlap=100).check_budget(126)
+    with pytest.raises(ConfigError, match=r"--chunk-tokens 511 exceeds .*\(510 text tokens"):
+        LongTextConfig(chunk_tokens=511).check_budget(510)
+    LongTextConfig(chunk_tokens=510).check_budget(510)  # the whole window: fine
+    assert window_budget(512) == 510
     assert LongTextConfig("truncate").signature() == {}
     assert LongTextConfig().signature()["long_text"] == "chunk"
 

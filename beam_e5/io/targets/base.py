@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional
 import apache_beam as beam
 import pyarrow as pa
 
-from beam_e5.io.rundir import OutputClaim, OutputConfig
+from beam_e5.io.rundir import OutputClaim, OutputConfig, refusal
 from beam_e5.io.snapshots import PreviousSnapshot, check_guards
 
 __all__ = ["JobShape", "OutputRun", "RecordRule", "VectorOutput"]
@@ -50,7 +50,7 @@ class JobShape:
 
     previous: Optional[str]  # reembed's --previous, as given
     semantic_dedupe: bool
-    keep_fields: tuple[str, ...]
+    keep_fields: tuple[str, ...]  # the output columns of the kept fields
 
 
 class OutputRun(ABC):
@@ -71,7 +71,7 @@ class OutputRun(ABC):
         try:
             self.close()
         finally:
-            self.claim.end(failed=exc_type is not None)
+            self.claim.end(failed=exc_type is not None, refused=refusal(exc_type))
 
     def mark_complete(self) -> None:
         """The run directory holds a finished run (its manifest): keep it from here on."""

@@ -21,6 +21,7 @@ from beam_e5.io.pg.uri import is_pg_uri, redact
 from beam_e5.io.rundir import OutputConfig, claim_output
 from beam_e5.io.snapshots import PreviousSnapshot, same_signature
 from beam_e5.io.targets.base import JobShape, OutputRun, RecordRule, VectorOutput
+from beam_e5.records import check_kept_columns
 
 __all__ = ["PgvectorOutput"]
 
@@ -58,9 +59,7 @@ class PgvectorOutput(VectorOutput):
                 raise ConfigError("--dedupe-threshold needs every vector in the workers, but a "
                                   "postgresql:// reembed keeps unchanged vectors in the "
                                   "database: drop it, or reembed to files")
-        if self.sink.store_text and "text" in shape.keep_fields:
-            raise ConfigError("--store-text adds a 'text' column, and --keep-fields names 'text' "
-                              "too: drop one of them")
+        check_kept_columns([(c, c) for c in shape.keep_fields], self.stores_text)
 
     def _check_previous(self, previous: str) -> None:
         if not is_pg_uri(previous):
