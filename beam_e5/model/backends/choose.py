@@ -13,7 +13,7 @@ import torch
 from beam_e5.errors import ConfigError
 from beam_e5.model.backends.base import InferenceBackend, LoadRequest
 from beam_e5.model.backends.onnxruntime_backend import OnnxRuntimeBackend
-from beam_e5.model.backends.openvino_backend import OpenVinoBackend
+from beam_e5.model.backends.openvino_backend import OpenVinoBackend, openvino_available
 from beam_e5.model.backends.torch_backend import TorchBackend, pick_device, pick_dtype
 from beam_e5.model.hardware import cpu_flags, native_bf16, precision_advice
 
@@ -99,6 +99,6 @@ def _log_choice(backend: InferenceBackend, request: LoadRequest) -> None:
     LOG.info("beam-e5: %s on %s with %s", request.model, backend.device,
              describe_backend(backend, request.backend))
     advice = precision_advice(backend.device, backend.precision, request.dtype,
-                              request.backend, native_bf16(cpu_flags()))
+                              request.backend, native_bf16(cpu_flags()), openvino_available())
     if advice is not None:
         LOG.log(*advice)
