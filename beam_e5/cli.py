@@ -88,12 +88,17 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
                    help="texts per Beam batch, sorted by length inside (default %(default)s)")
     g.add_argument("--torch-threads", type=int,
                    default=default_of(EncoderConfig, "torch_threads"),
-                   help="CPU threads for inference, torch's or ONNX Runtime's; 0: one per core")
+                   help="CPU threads for inference, torch's, ONNX Runtime's or OpenVINO's; "
+                        "0: one per core")
     g.add_argument("--backend", choices=BACKENDS, default=default_of(EncoderConfig, "backend"),
                    help="auto (default): onnx on CPU for encoder models (ONNX Runtime comes "
-                        "with every install), torch on GPUs and for decoder models; torch "
-                        "(CPU or CUDA); onnx: ONNX Runtime fp32 on CPU, same vectors, faster; "
-                        "onnx-int8: int8 weights, fastest, approximate (see docs/benchmarks.md)")
+                        "with every install), openvino for --dtype bfloat16 on CPU where the "
+                        "openvino extra is installed, torch on GPUs and for decoder models; "
+                        "torch (CPU or CUDA); onnx: ONNX Runtime fp32 on CPU, same vectors, "
+                        "faster; onnx-int8: int8 weights, approximate; openvino: OpenVINO "
+                        "Runtime on CPU (pip install 'beam-e5[openvino]'), fp32 (same vectors) "
+                        "or, with --dtype bfloat16 on a CPU with bf16 instructions, bf16 "
+                        "(see docs/benchmarks.md)")
     g.add_argument("--model-cache-dir", default=None,
                    help="where gs:// models are staged on workers (default "
                         f"{default_of(EncoderConfig, 'model_cache_dir')})")

@@ -27,6 +27,29 @@ on every variant alike; the table shows medians over rounds.
   ``beam_e5/model/hardware.py``), compared like E. Its bf16 matmul rate is printed beside the
   fp32 one; its share of the fp32 roofline is shown for scale only.
 
+* G, H: A with ``--backend openvino`` (OpenVINO Runtime, fp32 hint) and ``--backend openvino
+  --dtype bfloat16`` (bf16 where the CPU has bf16 instructions); their IR is converted once
+  before the first round and the compiled blob cached, like D's graph.
+* I, J: C with sentence-transformers' ``backend="openvino"`` (optimum-intel), loading an
+  OpenVINO export saved once before the first round (not timed): I in its default precision
+  (OpenVINO picks bf16 on CPUs with AMX/avx512_bf16), J with ``INFERENCE_PRECISION_HINT`` f32.
+* K: B with ``SentenceTransformerEmbeddings(load_model_args={"backend": "openvino"})``.
+
+I, J and K need optimum-intel, which does not install beside beam-e5's transformers; they run
+under ``--peer-python`` (default ``/work/peer-venv/bin/python``), a venv of their own, never
+committed nor used in CI. Build it with::
+
+    python3.11 -m venv /work/peer-venv
+    /work/peer-venv/bin/pip install torch==2.13.0+cpu 'optimum-intel[openvino]==2.2.0' \
+        openvino==2026.4.1 sentence-transformers==6.3.0 apache-beam==2.77.0 pyarrow
+    /work/peer-venv/bin/pip uninstall -y torchvision   # its wheel breaks transformers' import
+
+``--in-process`` times the encoder alone (what a library user calls) instead of the whole
+process: beam-e5's variants run ``Encoder.encode`` over the corpus in Beam-batch-sized calls
+(``--beam-batch-size``, 512) in a child (this script, ``--child E5``), sentence-transformers'
+variants their ``encode``; both report ``encode_seconds``, which the ratios then compare
+(B and K, pipelines, are not run). ``--json`` writes one JSON per run.
+
 Job time is comparable across variants: each clock starts after ``torch`` (and, for A and
 B, ``apache_beam``) is imported and before ``transformers`` is (A imports it lazily when the
 pipeline loads the model; B and C start their clock before importing sentence-transformers),
@@ -81,10 +104,21 @@ VARIANTS = {
     "D": "beam-e5 embed --backend onnx (CPU default)",
     "E": "beam-e5 embed --backend onnx-int8",
     "F": "beam-e5 embed --dtype bfloat16 (PyTorch)",
+    "G": "beam-e5 embed --backend openvino (fp32)",
+    "H": "beam-e5 embed --backend openvino --dtype bfloat16",
+    "I": "ST backend=openvino (its default precision)",
+    "J": "ST backend=openvino, f32 hint",
+    "K": "MLTransform + ST backend=openvino",
 }
-BEAM_E5 = {"A": "torch", "D": "onnx", "E": "onnx-int8", "F": "torch"}  # variant -> --backend
-DTYPE = {"F": "bfloat16"}  # variant -> --dtype (others: the default, float32 on CPU)
-APPROXIMATE = ("E", "F")  # not fp32: compared with A (top-10 overlap too), fp32 roofline for scale
+# variant -> --backend
+BEAM_E5 = {"A": "torch", "D": "onnx", "E": "onnx-int8", "F": "torch", "G": "openvino",
+           "H": "openvino"}
+DTYPE = {"F": "bfloat16", "H": "bfloat16"}  # variant -> --dtype (others: float32 on CPU)
+# not fp32: compared with A (top-10 overlap too), fp32 roofline for scale
+APPROXIMATE = ("E", "F", "H", "I", "K")
+ST_CHILDREN = {"C": ("torch", ""), "I": ("openvino", ""), "J": ("openvino", "f32")}
+PEER = ("I", "J", "K")  # run under --peer-python (optimum-intel)
+PIPELINES = ("B", "K")  # not run with --in-process
 ST_BATCH_SIZE = 32
 
 
@@ -109,9 +143,34 @@ def default_max_length(model: str) -> int:
 
 # ------------------------------------------------------------------ child: variant C --
 
-def child_c(args: argparse.Namespace) -> None:
-    """Variant C in this (child) process; writes ``result.json`` and ``vectors.npy``."""
+def st_model_kwargs(backend: str, hint: str, threads: int) -> dict:
+    """sentence-transformers' arguments for its OpenVINO backend: the thread count as every
+    variant's, and the precision hint if one is forced (else OpenVINO's default)."""
+    if backend != "openvino":
+        return {}
+    ov_config = {"INFERENCE_NUM_THREADS": str(threads)}
+    if hint:
+        ov_config["INFERENCE_PRECISION_HINT"] = hint
+    return {"backend": "openvino", "model_kwargs": {"ov_config": ov_config}}
+
+
+def write_child_result(out: Path, ids: list[str], vectors, seconds: float,
+                       encode_seconds: float, stats: dict, encode_cpu_seconds: float) -> None:
+    """``encode_cpu_seconds``: the process's CPU time (every thread) over the encode; on a
+    loaded machine it says how much work the encode took, where wall time says how long the
+    scheduler made it wait too."""
     import numpy as np
+
+    np.save(out / "vectors.npy", np.asarray(vectors, dtype=np.float32))
+    (out / "ids.json").write_text(json.dumps(ids))
+    (out / "result.json").write_text(json.dumps(
+        {"seconds": round(seconds, 3), "encode_seconds": round(encode_seconds, 3),
+         "encode_cpu_seconds": round(encode_cpu_seconds, 3), **stats}, indent=2))
+
+
+def child_c(args: argparse.Namespace) -> None:
+    """Variants C, I, J in this (child) process: load the model (I, J: the saved OpenVINO
+    export), encode, save; writes ``result.json`` and ``vectors.npy``."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -124,21 +183,50 @@ def child_c(args: argparse.Namespace) -> None:
     stats = instrument_sentence_transformers()
     from sentence_transformers import SentenceTransformer
 
-    with open(args.corpus, encoding="utf-8") as f:
-        docs = [json.loads(line) for line in f if line.strip()]
-    texts = [d["text"] for d in docs]
-    model = SentenceTransformer(args.model, device="cpu")
+    ids, texts = load_corpus(args.corpus)
+    st_backend, hint = ST_CHILDREN[args.child]
+    model = SentenceTransformer(args.st_ov_export if st_backend == "openvino" else args.model,
+                                device="cpu", **st_model_kwargs(st_backend, hint, args.threads))
     model.max_seq_length = args.max_length
-    encode_start = time.perf_counter()
+    encode_start, cpu_start = time.perf_counter(), time.process_time()
     vectors = model.encode(texts, batch_size=ST_BATCH_SIZE, normalize_embeddings=True,
                            convert_to_numpy=True)
     encode_seconds = time.perf_counter() - encode_start
-    np.save(out / "vectors.npy", vectors.astype(np.float32))
-    (out / "ids.json").write_text(json.dumps([str(d["id"]) for d in docs]))
-    seconds = time.perf_counter() - start
-    (out / "result.json").write_text(json.dumps(
-        {"seconds": round(seconds, 3), "encode_seconds": round(encode_seconds, 3),
-         **stats.as_dict()}, indent=2))
+    write_child_result(out, ids, vectors, time.perf_counter() - start, encode_seconds,
+                       stats.as_dict(), time.process_time() - cpu_start)
+
+
+def child_e5(args: argparse.Namespace) -> None:
+    """A beam-e5 variant in process (``--in-process``): the Encoder, no Beam; its
+    ``encode`` over the corpus in calls of ``--beam-batch-size`` texts, as a Beam batch."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.child_out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    from beam_e5.model.config import EncoderConfig
+    from beam_e5.model.encoder import Encoder
+    from beam_e5.model.profiles import ProfileOverrides
+
+    ids, texts = load_corpus(args.corpus)
+    enc = Encoder.load(EncoderConfig(
+        args.model, backend=BEAM_E5[args.e5_variant], dtype=DTYPE.get(args.e5_variant, "auto"),
+        torch_threads=args.threads, max_batch_tokens=args.max_batch_tokens,
+        overrides=ProfileOverrides(max_length=args.max_length)).resolve())
+    encode_start, cpu_start = time.perf_counter(), time.process_time()
+    parts, real, padded, calls = [], 0, 0, 0
+    for lo in range(0, len(texts), args.beam_batch_size):
+        vecs, st = enc.encode(texts[lo:lo + args.beam_batch_size])
+        parts.append(vecs)
+        real, padded, calls = real + st.real_tokens, padded + st.padded_tokens, \
+            calls + st.micro_batches
+    encode_seconds = time.perf_counter() - encode_start
+    write_child_result(out, ids, np.concatenate(parts), time.perf_counter() - start,
+                       encode_seconds, {"real_tokens": real, "padded_tokens": padded,
+                                        "forward_calls": calls, "backend": enc.backend.label},
+                       time.process_time() - cpu_start)
 
 
 # ------------------------------------------------------------------ corpus and model facts --
@@ -272,20 +360,43 @@ def bf16_matmul_flops(threads: int, size: int = 2048, seconds: float = 1.5) -> f
     return _best_flops(lambda: torch.mm(a, b), size, seconds)
 
 
-def prepare_graph(backend: str, args: argparse.Namespace) -> float:
-    """Build (or find) the cached ONNX graph in a subprocess, as a first run would; seconds."""
-    code = ("import sys; from beam_e5.model.config import EncoderConfig; from beam_e5.model.encoder import "
-            "Encoder; Encoder.load(EncoderConfig(sys.argv[1], backend=sys.argv[2]).resolve())")
+def prepare_graph(backend: str, args: argparse.Namespace, dtype: str = "auto") -> float:
+    """Build (or find) the cached graph (and, for openvino, the compiled blob) in a
+    subprocess, as a first run would; seconds."""
+    code = ("import sys; from beam_e5.model.config import EncoderConfig; "
+            "from beam_e5.model.encoder import Encoder; Encoder.load(EncoderConfig(sys.argv[1], "
+            "backend=sys.argv[2], dtype=sys.argv[3], torch_threads=int(sys.argv[4])).resolve())")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p), HF_HUB_OFFLINE="1")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code, args.model, backend], env=env, check=True,
-                   cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-c", code, args.model, backend, dtype, str(args.threads)],
+                   env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def prepare_st_openvino(args: argparse.Namespace, work: Path) -> float:
+    """Export the model with sentence-transformers' OpenVINO backend once and save it (what a
+    user of I/J does once, like our cached graph); seconds."""
+    args.st_ov_export = str(work / "st-openvino-export")
+    code = ("import sys; from sentence_transformers import SentenceTransformer; "
+            "SentenceTransformer(sys.argv[1], backend='openvino', device='cpu')"
+            ".save_pretrained(sys.argv[2])")
+    start = time.perf_counter()
+    subprocess.run([args.peer_python, "-c", code, args.model, args.st_ov_export],
+                   env=dict(os.environ, HF_HUB_OFFLINE="1"), check=True, cwd=ROOT,
+                   stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
 def variant_command(v: str, args: argparse.Namespace, out: Path) -> list[str]:
-    py = sys.executable
+    py = args.peer_python if v in PEER else sys.executable
+    me = [py, str(Path(__file__).resolve())]
+    common = ["--corpus", args.corpus, "--model", args.model, "--max-length",
+              str(args.max_length), "--threads", str(args.threads), "--child-out", str(out)]
+    if v in BEAM_E5 and args.in_process:
+        return [*me, "--child", "E5", "--e5-variant", v, "--max-batch-tokens",
+                str(args.max_batch_tokens), "--beam-batch-size", str(args.beam_batch_size),
+                *common]
     if v in BEAM_E5:
         return [py, "-m", "beam_e5", "embed", "--input", args.corpus, "--output", str(out),
                 "--model", args.model, "--no-exact-dedupe", "--overwrite",
@@ -293,13 +404,12 @@ def variant_command(v: str, args: argparse.Namespace, out: Path) -> list[str]:
                 "--max-length", str(args.max_length), "--torch-threads", str(args.threads),
                 "--max-batch-tokens", str(args.max_batch_tokens), "--backend", BEAM_E5[v],
                 *(["--dtype", DTYPE[v]] if v in DTYPE else []), *shlex.split(args.a_args)]
-    if v == "B":
+    if v in PIPELINES:  # K: the saved OpenVINO export, as I and J
         return [py, str(HERE / "mltransform_runner.py"), "--input", args.corpus, "--output",
-                str(out), "--model", args.model, "--max-seq-length", str(args.max_length),
-                "--threads", str(args.threads)]
-    return [py, str(Path(__file__).resolve()), "--child", "C", "--corpus", args.corpus,
-            "--model", args.model, "--max-length", str(args.max_length), "--threads",
-            str(args.threads), "--child-out", str(out)]
+                str(out), "--model", args.st_ov_export if v == "K" else args.model,
+                "--max-seq-length", str(args.max_length), "--threads", str(args.threads),
+                *(["--st-backend", "openvino"] if v == "K" else [])]
+    return [*me, "--child", v, "--st-ov-export", args.st_ov_export or "", *common]
 
 
 def run_variant(v: str, args: argparse.Namespace, work: Path, round_no: int) -> dict:
@@ -312,7 +422,7 @@ def run_variant(v: str, args: argparse.Namespace, work: Path, round_no: int) -> 
     cmd = variant_command(v, args, out)
     load = os.getloadavg()[0]
     wall, usage = run_child(cmd, env, log, ROOT)
-    if v in BEAM_E5:
+    if v in BEAM_E5 and not args.in_process:
         stats = json.loads((out / "manifest.json").read_text())["stats"]
         result = {"seconds": stats["seconds"], "padded_tokens": stats["padded_tokens"],
                   "own_real_tokens": stats["real_tokens"], "forward_calls": stats["micro_batches"],
@@ -333,7 +443,7 @@ def run_variant(v: str, args: argparse.Namespace, work: Path, round_no: int) -> 
 def read_vectors(v: str, out: Path) -> dict:
     import numpy as np
 
-    if v == "C":
+    if (out / "ids.json").exists():  # a child: C, I, J, or beam-e5 --in-process
         ids = json.loads((out / "ids.json").read_text())
         return dict(zip(ids, np.load(out / "vectors.npy")))
     import pyarrow.parquet as pq
@@ -364,8 +474,9 @@ def neighbour_overlap(a, b, k: int = 10, block: int = 1024) -> float:
 def agreement(variants: list[str], work: Path) -> dict:
     """Cosine between each variant's vectors and C's (else the first variant's), by id.
 
-    Variants D, E and F are also compared with A (the torch fp32 vectors of the same
-    pipeline): mean and min cosine, and top-10 nearest-neighbour overlap.
+    Variants D, E, F, G, H, I and K are also compared with the first fp32 variant run among
+    A, D, G, J (its vectors stand for fp32): mean and min cosine, and top-10
+    nearest-neighbour overlap.
     """
     import numpy as np
 
@@ -373,7 +484,9 @@ def agreement(variants: list[str], work: Path) -> dict:
     report = {}
     ref = "C" if "C" in vecs else variants[0]
     pairs = [(v, ref) for v in variants if v != ref]
-    pairs += [(v, "A") for v in ("D", *APPROXIMATE) if v in vecs and "A" in vecs and ref != "A"]
+    fp32 = next((v for v in ("A", "D", "G", "J") if v in vecs), None)
+    pairs += [(v, fp32) for v in ("D", "G", *APPROXIMATE)
+              if v in vecs and fp32 and v != fp32 and ref != fp32]
     for v, ref in pairs:
         common = sorted(set(vecs[v]) & set(vecs[ref]))
         if not common:
@@ -385,7 +498,7 @@ def agreement(variants: list[str], work: Path) -> dict:
         report[f"{v}~{ref}"] = {"common_ids": len(common), "ids_only_in_one":
                                 len(set(vecs[v]) ^ set(vecs[ref])),
                                 "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
-        if v in ("D", *APPROXIMATE) and ref in ("A", "C"):
+        if v in ("D", "G", *APPROXIMATE) and ref in ("A", "C", "D", "G", "J"):
             report[f"{v}~{ref}"]["top10_overlap"] = neighbour_overlap(a, b)
     return report
 
@@ -408,10 +521,15 @@ def summarize(variants: list[str], runs: dict, docs: int, real: int, padded_sim:
         rs = runs[v]
         med = lambda key: statistics.median(r[key] for r in rs)  # noqa: E731
         secs, wall = med("seconds"), med("wall_seconds")
+        encode = med("encode_seconds") if all("encode_seconds" in r for r in rs) else None
+        encode_cpu = (med("encode_cpu_seconds")
+                      if all("encode_cpu_seconds" in r for r in rs) else None)
         padded = rs[-1].get("padded_tokens") or 0
         summary[v] = {
             "name": VARIANTS[v], "rounds": len(rs),
             "job_seconds": secs, "wall_seconds": wall, "cpu_seconds": med("cpu_seconds"),
+            "encode_seconds": encode, "encode_docs_per_s": docs / encode if encode else None,
+            "encode_cpu_seconds": encode_cpu,
             "docs_per_s": docs / secs, "docs_per_s_wall": docs / wall,
             "real_tokens_per_s": real / secs,
             "padded_tokens": padded or None,
@@ -422,7 +540,7 @@ def summarize(variants: list[str], runs: dict, docs: int, real: int, padded_sim:
             "roofline_share": real / secs / roofline,
             "padded_roofline_share": padded / secs / roofline if padded else None,
         }
-        if v == "B":
+        if v in PIPELINES:
             summary[v]["beam_batches"] = rs[-1].get("encode_calls")
             summary[v]["beam_batch_size_median"] = rs[-1].get("encode_batch_size_median")
         if v == "C":
@@ -451,12 +569,16 @@ def print_summary(summary: dict, real: int) -> None:
             notes.append(f"{s['beam_batches']} Beam batches, median size "
                          f"{s['beam_batch_size_median']}")
         print(f"  {v}: " + "; ".join(notes))
-    for ours in ("A", "D", "E", "F"):
-        for other in ("B", "C", "A"):
-            if ours in summary and other in summary and ours != other:
+    for ours in (v for v in BEAM_E5 if v in summary):
+        for other in (v for v in summary if v not in BEAM_E5 or v in ("A", "D")):
+            if ours != other:
                 a, o = summary[ours], summary[other]
+                enc = (f", {a['encode_docs_per_s'] / o['encode_docs_per_s']:.2f}x (encode)"
+                       if a["encode_docs_per_s"] and o["encode_docs_per_s"] else "")
+                if a.get("encode_cpu_seconds") and o.get("encode_cpu_seconds"):
+                    enc += f", {o['encode_cpu_seconds'] / a['encode_cpu_seconds']:.2f}x (encode CPU)"
                 print(f"{ours}/{other} docs/s: {a['docs_per_s'] / o['docs_per_s']:.2f}x (job), "
-                      f"{a['docs_per_s_wall'] / o['docs_per_s_wall']:.2f}x (wall)")
+                      f"{a['docs_per_s_wall'] / o['docs_per_s_wall']:.2f}x (wall){enc}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -474,27 +596,38 @@ def main(argv: list[str] | None = None) -> int:
                     help="max tokens per text for every variant (default: the model's)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="A,B,C,D,E",
-                    help="comma-separated subset of A,B,C,D,E,F")
+                    help=f"comma-separated subset of {','.join(VARIANTS)}")
+    ap.add_argument("--in-process", action="store_true",
+                    help="time the encoders alone (beam-e5's Encoder, no Beam; ST's encode); "
+                         "B and K are not run")
+    ap.add_argument("--beam-batch-size", type=int, default=512,
+                    help="texts per Encoder.encode call with --in-process")
+    ap.add_argument("--peer-python", default="/work/peer-venv/bin/python",
+                    help="the Python of the venv with optimum-intel (variants I, J, K)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="torch threads for every variant and the matmul roofline")
     ap.add_argument("--max-batch-tokens", type=int, default=8192, help="forwarded to A")
     ap.add_argument("--a-args", default="", help="more beam-e5 embed options for A, one string")
     ap.add_argument("--workdir", help="where outputs and logs go (default: a new temp dir)")
     ap.add_argument("--json", help="save all results to this file")
-    ap.add_argument("--child", choices=["C"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["C", "I", "J", "E5"], help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
+    ap.add_argument("--e5-variant", help=argparse.SUPPRESS)
+    ap.add_argument("--st-ov-export", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.model = args.model or default_model()
     if args.max_length is None:
         args.max_length = default_max_length(args.model)
     if args.child:
-        child_c(args)
+        (child_e5 if args.child == "E5" else child_c)(args)
         return 0
     variants = [v.strip().upper() for v in args.only.split(",") if v.strip()]
     if not variants or any(v not in VARIANTS for v in variants) or len(set(variants)) < len(variants):
         ap.error(f"--only takes distinct letters among {','.join(VARIANTS)}, got {args.only!r}")
     if args.rounds < 1:
         ap.error("--rounds must be >= 1")
+    if args.in_process:
+        variants = [v for v in variants if v not in PIPELINES]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-embed-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     if not args.corpus:
@@ -521,7 +654,11 @@ def main(argv: list[str] | None = None) -> int:
     for v in variants:
         if v in BEAM_E5 and BEAM_E5[v] != "torch":
             print(f"building the {BEAM_E5[v]} graph once (cached, not timed): "
-                  f"{prepare_graph(BEAM_E5[v], args):.1f} s", flush=True)
+                  f"{prepare_graph(BEAM_E5[v], args, DTYPE.get(v, 'auto')):.1f} s", flush=True)
+    args.st_ov_export = None
+    if {"I", "J", "K"} & set(variants):
+        print(f"saving sentence-transformers' OpenVINO export once (not timed): "
+              f"{prepare_st_openvino(args, work):.1f} s", flush=True)
     matmul: list[dict[str, float]] = []
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(args.rounds):
@@ -535,7 +672,10 @@ def main(argv: list[str] | None = None) -> int:
         for v in order:
             res = run_variant(v, args, work, r + 1)
             runs[v].append(res)
-            print(f"  {v}: job {res['seconds']:.1f} s, wall {res['wall_seconds']:.1f} s, "
+            enc = (f", encode {res['encode_seconds']:.1f} s (CPU "
+                   f"{res.get('encode_cpu_seconds', float('nan')):.1f} s)"
+                   if "encode_seconds" in res else "")
+            print(f"  {v}: job {res['seconds']:.1f} s{enc}, wall {res['wall_seconds']:.1f} s, "
                   f"{len(texts) / res['seconds']:.1f} docs/s, CPU {res['cpu_seconds']:.1f} s, "
                   f"peak RSS {res['peak_rss_mib']:,.0f} MiB "
                   f"(load avg before {res['loadavg_1m_before']:.2f})", flush=True)
@@ -550,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"roofline: fp32 matmul {peak / 1e9:.1f} GFLOP/s ({peak_lib}, best of {len(matmul)} "
           f"rounds; {libs}) / {flops_per_token / 1e6:.2f} MFLOP/token = {roofline:,.0f} real "
           "tokens/s")
-    for v in ("A", "D", "E", "F"):
+    for v in BEAM_E5:
         if v in summary:
             print(f"{v} reaches {summary[v]['roofline_share']:.1%} of the roofline in real "
                   "tokens/s")

@@ -5,8 +5,9 @@ as on a worker that already has it):
 
 1. ``imports``: seconds to import each heavy package alone in a fresh interpreter, and
    ``beam_e5.cli`` (what ``beam-e5 embed`` imports before it parses its options).
-2. ``encoder``: in one process, the steps of ``Encoder.load`` (tokenizer, config, ONNX
-   Runtime session on the cached graph), then the corpus encoded twice in batches of
+2. ``encoder``: in one process, the steps of ``Encoder.load`` (tokenizer, config, the
+   ``--backend``'s session on the cached graph: ONNX Runtime's, or OpenVINO's compiled model
+   read from its blob cache), then the corpus encoded twice in batches of
    ``--beam-batch-size``: the first batch of the first pass (cold: first runs of each
    shape) against the second pass (steady), and the steady docs/s of the bare encoder.
 3. ``pipeline``: ``python -m beam_e5 embed`` on the same corpus, each stderr line stamped
@@ -32,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PACKAGES = ("numpy", "apache_beam", "torch", "transformers", "onnxruntime", "beam_e5.cli")
+PACKAGES = ("numpy", "apache_beam", "torch", "transformers", "onnxruntime", "openvino",
+            "beam_e5.cli")
 
 
 def import_seconds(module: str, env: dict) -> float:
@@ -46,14 +48,14 @@ def import_seconds(module: str, env: dict) -> float:
 def child_encoder(args: argparse.Namespace) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
-    from beam_e5.model.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from beam_e5.model.backends.base import LoadRequest
+    from beam_e5.model.backends.choose import RUNTIMES
     from beam_e5.model.config import EncoderConfig
     from beam_e5.model.encoder import Encoder
-    from beam_e5.model.onnx_graph.cache import ensure_graph
 
     texts = [json.loads(line)["text"] for line in open(args.corpus)]
-    cfg = EncoderConfig(args.model, backend="onnx", model_cache_dir=args.cache,
-                        beam_batch_size=args.beam_batch_size)
+    cfg = EncoderConfig(args.model, backend=args.backend, dtype=args.dtype,
+                        model_cache_dir=args.cache, beam_batch_size=args.beam_batch_size)
     res: dict = {}
     t = time.perf_counter()
     spec = cfg.resolve()
@@ -62,11 +64,12 @@ def child_encoder(args: argparse.Namespace) -> None:
     AutoTokenizer.from_pretrained(args.model)
     res["tokenizer_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    config = AutoConfig.from_pretrained(args.model)
+    AutoConfig.from_pretrained(args.model)
     res["config_s"] = time.perf_counter() - t
-    graph = ensure_graph(args.model, config, "onnx", args.cache, None)
-    t = time.perf_counter()
-    OnnxRuntimeBackend(graph)
+    t = time.perf_counter()  # the cached graph found, and the session or compiled model built
+    RUNTIMES[args.backend].load(LoadRequest(model=args.model, path=args.model,
+                                            backend=args.backend, dtype=args.dtype,
+                                            cache_dir=args.cache), args.backend)
     res["session_s"] = time.perf_counter() - t
     t = time.perf_counter()
     enc = Encoder.load(spec)
@@ -91,6 +94,7 @@ def run_pipeline(args: argparse.Namespace, env: dict, out: Path) -> dict:
     cmd = [sys.executable, "-m", "beam_e5", "embed", "--input", args.corpus, "--output",
            str(out), "--model", args.model, "--no-exact-dedupe", "--overwrite",
            "--model-cache-dir", args.cache, "--beam-batch-size", str(args.beam_batch_size),
+           "--backend", args.backend, "--dtype", args.dtype,
            *args.pipeline_args.split()]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=dict(env, PYTHONUNBUFFERED="1"), stderr=subprocess.PIPE,
@@ -121,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", help="JSONL with id and text (default: generate --n docs)")
     p.add_argument("--model", default=None, help="default: the packaged all-MiniLM-L6-v2")
     p.add_argument("--beam-batch-size", type=int, default=512)
+    p.add_argument("--backend", default="onnx", help="a CPU runtime: onnx, openvino, ...")
+    p.add_argument("--dtype", default="auto", help="--dtype for both (bfloat16: openvino)")
     p.add_argument("--pipeline-args", default="", help="more beam-e5 embed options")
     p.add_argument("--rounds", type=int, default=3, help="bare encoder / pipeline pairs")
     p.add_argument("--workdir", default=None)
@@ -147,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     # build the graph once (a worker that has it cached), not timed
     subprocess.run([sys.executable, "-c", "from beam_e5.model.config import EncoderConfig; "
                     "from beam_e5.model.encoder import Encoder; "
-                    f"Encoder.load(EncoderConfig({args.model!r}, backend='onnx', "
-                    f"model_cache_dir={args.cache!r}).resolve())"], env=env, check=True)
+                    f"Encoder.load(EncoderConfig({args.model!r}, backend={args.backend!r}, "
+                    f"dtype={args.dtype!r}, model_cache_dir={args.cache!r}).resolve())"],
+                   env=env, check=True)
     result = {"imports_s": {m: import_seconds(m, env) for m in PACKAGES}}
     print("imports (fresh interpreter each):", json.dumps(result["imports_s"]), flush=True)
     # alternate bare encoder and pipeline, so both see the same machine (shared and noisy)
@@ -156,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         out = subprocess.run([sys.executable, __file__, "--child", "--corpus", args.corpus,
                               "--model", args.model, "--cache", args.cache,
+                              "--backend", args.backend, "--dtype", args.dtype,
                               "--beam-batch-size", str(args.beam_batch_size)], env=env,
                              capture_output=True, text=True, check=True).stdout
         enc = json.loads(out.split("RESULT ", 1)[1])

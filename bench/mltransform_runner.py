@@ -112,7 +112,8 @@ def _to_row(row: dict) -> dict:
 
 
 def run(input_path: str, output_dir: str, model: str, max_seq_length: int,
-        normalize: bool = False, beam_args: list[str] | None = None) -> dict:
+        normalize: bool = False, beam_args: list[str] | None = None,
+        load_model_args: dict | None = None) -> dict:
     import apache_beam as beam
     import pyarrow as pa
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -129,6 +130,8 @@ def run(input_path: str, output_dir: str, model: str, max_seq_length: int,
     stats = instrument_sentence_transformers()
     artifacts = tempfile.mkdtemp(prefix="bench-mltransform-artifacts-")
     extra = {"inference_args": {"normalize_embeddings": True}} if normalize else {}
+    if load_model_args:
+        extra["load_model_args"] = load_model_args
     embedder = SentenceTransformerEmbeddings(model_name=model, columns=["text"],
                                              max_seq_length=max_seq_length, **extra)
     schema = pa.schema([("id", pa.string()), ("embedding", pa.list_(pa.float32()))])
@@ -158,13 +161,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--normalize", action="store_true",
                     help="pass normalize_embeddings=True (for models without Normalize)")
+    ap.add_argument("--st-backend", choices=["torch", "openvino"], default="torch",
+                    help="sentence-transformers' backend (openvino: --model is a saved "
+                         "OpenVINO export; its default precision, --threads threads)")
     args, beam_args = ap.parse_known_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    ov = ({"backend": "openvino", "model_kwargs": {"ov_config": {
+        "INFERENCE_NUM_THREADS": str(args.threads)} if args.threads else {}}}
+          if args.st_backend == "openvino" else None)
     result = run(args.input, args.output, args.model, args.max_seq_length, args.normalize,
-                 beam_args)
+                 beam_args, ov)
     Path(args.output, "result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
     return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from beam_e5.model.backends import choose, onnxruntime_backend
+from beam_e5.model.backends import choose, onnxruntime_backend, openvino_backend
 from beam_e5.model.onnx_graph import cache, export, quantize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +97,24 @@ def test_the_onnx_extra_adds_nothing(tmp_path):
     meta = (meta_dir / "METADATA").read_text()
     assert "Provides-Extra: onnx" in meta and 'extra == "onnx"' not in meta
     assert all(r.marker is None for r in reqs)
+
+
+def test_openvino_is_an_extra_and_a_plain_install_still_imports_its_module(tmp_path):
+    """``--backend openvino`` needs ``pip install 'beam-e5[openvino]'``; without it the
+    backend module (imported by the chooser) still imports, and ``auto`` keeps ONNX Runtime."""
+    reqs = core_requirements(tmp_path)
+    assert "openvino" not in {canonicalize_name(r.name) for r in reqs}
+    meta = (next((tmp_path / "meta").iterdir()) / "METADATA").read_text()
+    assert "Provides-Extra: openvino" in meta
+    assert any(line.startswith("Requires-Dist: openvino") and 'extra == "openvino"' in line
+               for line in meta.splitlines())
+    installed = closure(reqs)
+    providers = metadata.packages_distributions()
+    imports = third_party_imports(Path(openvino_backend.__file__))
+    assert "openvino" in imports  # inside the functions that run it, not at module level
+    missing = {mod for mod in imports - {"openvino"}
+               if not {canonicalize_name(d) for d in providers.get(mod, [])} & installed}
+    assert missing == set()
 
 
 def test_auto_resolves_to_onnx_on_cpu_in_this_install():

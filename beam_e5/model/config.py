@@ -57,7 +57,7 @@ class EncoderConfig:
     allow_pickle_weights: bool = False
     model_cache_dir: str = DEFAULT_CACHE_DIR
     torch_threads: int = 0  # 0: let torch decide (one per core)
-    backend: str = "auto"  # auto | torch | onnx | onnx-int8 (ONNX Runtime, CPU)
+    backend: str = "auto"  # auto | torch | onnx | onnx-int8 | openvino (CPU runtimes)
 
     def __post_init__(self) -> None:
         if isinstance(self.model, os.PathLike):
@@ -88,6 +88,9 @@ class EncoderConfig:
         if self.backend in ("onnx", "onnx-int8") and self.dtype not in ("auto", "float32"):
             raise ConfigError(f"--backend {self.backend} computes in float32 (int8 weights "
                               f"for onnx-int8); drop --dtype {self.dtype} or use --backend torch")
+        if self.backend == "openvino" and self.dtype == "float16":
+            raise ConfigError("--backend openvino computes in float32 or bfloat16 (on CPUs with "
+                              "bf16 instructions); drop --dtype float16 or use --backend torch")
         if self.torch_threads < 0:
             raise ConfigError(f"--torch-threads must be >= 0, got {self.torch_threads}")
 
@@ -261,8 +264,9 @@ class EncoderSpec:
             "prefix": self.prefix,
             "dim": self.dim,
             **{f"profile.{k}": v for k, v in self.profile.as_dict().items()},
-            # torch and onnx compute the same function (cosine >= 0.99999, tested), so only
-            # the approximate int8 backend enters the signature (and older snapshots match);
+            # torch, onnx and openvino compute the same function in fp32 (cosine >= 0.99999,
+            # tested), so only the approximate int8 backend enters the signature (and older
+            # snapshots match);
             # nor does --dtype: bf16/fp16 vectors stay within cosine 0.999 of fp32 (tested;
             # mean 0.9999), so a snapshot may mix them as it mixes CPU and GPU workers
             **({"backend": self.config.backend} if self.config.backend == "onnx-int8" else {}),

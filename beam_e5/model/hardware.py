@@ -2,9 +2,10 @@
 
 On CPUs with bf16 dot-product instructions (x86 ``avx512_bf16`` or ``amx_bf16``: Intel
 Cooper Lake, Sapphire Rapids and later, AMD Zen 4 and later; Arm ``bf16``: Graviton 3 and
-later) PyTorch's bf16 matmul runs well above its fp32 rate, so ``--dtype bfloat16`` embeds
-faster than the fp32 default, with vectors very close to the fp32 ones (docs/benchmarks.md,
-"bf16 on CPU"). Elsewhere bf16 is emulated and slower than fp32.
+later) bf16 matmuls run well above the fp32 rate, so ``--dtype bfloat16`` embeds faster than
+the fp32 default, with vectors very close to the fp32 ones: through OpenVINO where the
+``openvino`` extra is installed (the fastest, docs/benchmarks.md, "OpenVINO"), else PyTorch
+(docs/benchmarks.md, "bf16 on CPU"). Elsewhere bf16 is emulated and slower than fp32.
 The default stays fp32, so a corpus gets the same vectors on every machine; the log says
 when bf16 would pay.
 
@@ -21,14 +22,18 @@ import os
 from collections.abc import MutableMapping
 from typing import Optional
 
-__all__ = ["BF16_FLAGS", "ONEDNN_CACHE_CAPACITY", "bound_onednn_cache", "cpu_flags",
-           "native_bf16", "precision_advice", "release_free_memory"]
+__all__ = ["BF16_FLAGS", "ONEDNN_CACHE_CAPACITY", "OPENVINO_BF16_SPEEDUP", "bound_onednn_cache",
+           "cpu_flags", "native_bf16", "precision_advice", "release_free_memory"]
 
 # oneDNN (PyTorch's bf16 matmul on CPU) caches one primitive per input shape, 1,024 by
 # default; micro-batches come in hundreds of shapes, so that cache alone grows a worker's
 # memory batch after batch. 128 entries keep the speed (docs/benchmarks.md, "Memory over a
 # long job").
 ONEDNN_CACHE_CAPACITY = 128
+
+# --backend openvino --dtype bfloat16 against the fp32 default (ONNX Runtime), in process,
+# all-MiniLM-L6-v2, on the development machine (docs/benchmarks.md, "OpenVINO")
+OPENVINO_BF16_SPEEDUP = "about 1.5-1.8x"
 
 # /proc/cpuinfo flags that mean bf16 dot products in hardware
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
@@ -55,13 +60,14 @@ def native_bf16(flags: Optional[frozenset[str]]) -> Optional[bool]:
 
 
 def precision_advice(device: str, dtype: str, requested_dtype: str, requested_backend: str,
-                     native: Optional[bool]) -> Optional[tuple[int, str]]:
+                     native: Optional[bool], openvino: bool = False) -> Optional[tuple[int, str]]:
     """``(logging level, message)`` to log about the CPU precision, or None.
 
     ``dtype`` is what runs (``float32``, ``bfloat16``); ``requested_dtype`` and
     ``requested_backend`` what the user asked for (``auto`` included); ``native`` from
-    :func:`native_bf16`. An explicit ONNX backend gets no bf16 advice: it computes in fp32
-    (``onnx``) or int8 (``onnx-int8``, faster than bf16) and cannot take ``--dtype``.
+    :func:`native_bf16`; ``openvino``: the ``openvino`` extra is installed. An explicit ONNX
+    backend gets no bf16 advice: it computes in fp32 (``onnx``) or int8 (``onnx-int8``) and
+    cannot take ``--dtype``.
     """
     if device != "cpu" or native is None:
         return None
@@ -69,13 +75,23 @@ def precision_advice(device: str, dtype: str, requested_dtype: str, requested_ba
         return (logging.WARNING, "beam-e5: this CPU has no bf16 instructions (avx512_bf16, "
                 "amx_bf16 or Arm bf16), so --dtype bfloat16 is emulated and usually slower "
                 "than the float32 default; drop --dtype bfloat16 here")
-    if (dtype == "float32" and requested_dtype == "auto" and native
-            and requested_backend in ("auto", "torch")):
-        return (logging.INFO, "beam-e5: this CPU computes bf16 natively: --dtype bfloat16 "
-                "embeds about 1.25-1.95x faster (PyTorch bf16; mean cosine 0.99995 to these "
-                "float32 vectors on all-MiniLM-L6-v2, see docs/benchmarks.md). float32 stays "
-                "the default so that every machine gives the same vectors")
-    return None
+    if not (dtype == "float32" and requested_dtype == "auto" and native
+            and requested_backend in ("auto", "torch", "openvino")):
+        return None
+    if requested_backend == "torch":
+        how = ("--dtype bfloat16 runs PyTorch in bf16, about 1.25-1.95x faster on a quiet "
+               "machine (mean cosine 0.99995 to these float32 vectors on all-MiniLM-L6-v2)")
+    elif openvino:
+        how = (f"--dtype bfloat16 runs OpenVINO in bf16, {OPENVINO_BF16_SPEEDUP} the float32 "
+               "default's speed here (mean cosine 0.99998 to these float32 vectors on "
+               "all-MiniLM-L6-v2)")
+    else:
+        how = ("pip install 'beam-e5[openvino]' and --dtype bfloat16 runs OpenVINO in bf16, "
+               f"{OPENVINO_BF16_SPEEDUP} the float32 default's speed here (mean cosine 0.99998 "
+               "to these float32 vectors on all-MiniLM-L6-v2)")
+    return (logging.INFO, f"beam-e5: this CPU computes bf16 natively: {how}; see "
+            "docs/benchmarks.md. float32 stays the default so that every machine gives the "
+            "same vectors")
 
 
 def bound_onednn_cache(environ: MutableMapping[str, str] = os.environ) -> None:

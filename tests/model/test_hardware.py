@@ -7,6 +7,7 @@ import pytest
 
 from beam_e5.model.hardware import (
     ONEDNN_CACHE_CAPACITY,
+    OPENVINO_BF16_SPEEDUP,
     bound_onednn_cache,
     cpu_flags,
     native_bf16,
@@ -56,9 +57,15 @@ def test_precision_advice():
     level, message = precision_advice("cpu", "bfloat16", "bfloat16", "auto", False)
     assert level == logging.WARNING and "drop --dtype bfloat16" in message
     # the fp32 default on a CPU with them: say what --dtype bfloat16 would give
-    for backend in ("auto", "torch"):
-        level, message = precision_advice("cpu", "float32", "auto", backend, True)
-        assert level == logging.INFO and "--dtype bfloat16" in message and "0.99995" in message
+    level, message = precision_advice("cpu", "float32", "auto", "torch", True)
+    assert level == logging.INFO and "--dtype bfloat16 runs PyTorch" in message
+    assert "0.99995" in message
+    for backend in ("auto", "openvino"):  # auto and openvino: OpenVINO bf16, if installed
+        level, message = precision_advice("cpu", "float32", "auto", backend, True, True)
+        assert level == logging.INFO and "--dtype bfloat16 runs OpenVINO in bf16" in message
+        assert OPENVINO_BF16_SPEEDUP in message and "pip install" not in message
+    level, message = precision_advice("cpu", "float32", "auto", "auto", True, False)
+    assert "pip install 'beam-e5[openvino]' and --dtype bfloat16" in message
     # nothing to say: fp32 asked explicitly, bf16 where it is native, GPUs, unknown CPUs,
     # and explicit ONNX backends (they cannot take --dtype; int8 is faster than bf16)
     assert precision_advice("cpu", "float32", "float32", "auto", True) is None

@@ -1,6 +1,7 @@
 """Which backend runs: the ``--backend`` names, the checks before the run, the choice on the
-worker (``auto``: ONNX Runtime on CPU for encoder models, else torch) and the fallback to
-torch when ``auto``'s choice cannot be built."""
+worker (``auto``: ONNX Runtime on CPU for encoder models in fp32, OpenVINO for ``--dtype
+bfloat16`` on CPU where installed, else torch) and the fallback to torch when ``auto``'s
+choice cannot be built."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from beam_e5.errors import ConfigError
 from beam_e5.model.backends.base import InferenceBackend, LoadRequest
 from beam_e5.model.backends.onnxruntime_backend import OnnxRuntimeBackend
+from beam_e5.model.backends.openvino_backend import OpenVinoBackend, openvino_available
 from beam_e5.model.backends.torch_backend import TorchBackend, pick_device, pick_dtype
 from beam_e5.model.hardware import cpu_flags, native_bf16, precision_advice
 
@@ -21,6 +23,7 @@ LOG = logging.getLogger(__name__)
 RUNTIMES: dict[str, type[InferenceBackend]] = {
     "onnx": OnnxRuntimeBackend,
     "onnx-int8": OnnxRuntimeBackend,
+    "openvino": OpenVinoBackend,
 }
 BACKENDS = ("auto", "torch", *RUNTIMES)
 
@@ -29,15 +32,19 @@ __all__ = ["BACKENDS", "RUNTIMES", "check_backend_supported", "describe_backend"
 
 
 def pick_backend(requested: str, device_type: str, model_type: Optional[str],
-                 fp32: bool = True) -> str:
-    """The backend a worker runs: ``auto`` is ``onnx`` on CPU for encoder models (ONNX Runtime
-    is a core dependency, so every install has it: same vectors, faster), whatever their size
-    (weights over 2 GiB go to external data), else ``torch`` (GPUs, decoder models, and an
-    explicit non-fp32 ``--dtype``, which only torch computes in)."""
+                 fp32: bool = True, bf16: bool = False) -> str:
+    """The backend a worker runs: ``auto`` is ``onnx`` on CPU for encoder models in fp32 (ONNX
+    Runtime is a core dependency, so every install has it: same vectors, faster), whatever
+    their size (weights over 2 GiB go to external data); ``openvino`` for ``--dtype bfloat16``
+    on CPU where the ``openvino`` extra is installed (faster than PyTorch bf16, as close to
+    fp32: docs/benchmarks.md); else ``torch`` (GPUs, decoder models, other dtypes)."""
     if requested != "auto":
         return requested
     if fp32 and RUNTIMES["onnx"].unsupported("onnx", model_type, device_type) is None:
         return "onnx"
+    if (bf16 and device_type == "cpu"
+            and RUNTIMES["openvino"].unsupported("openvino", model_type, device_type) is None):
+        return "openvino"
     return "torch"
 
 
@@ -54,8 +61,9 @@ def describe_backend(backend: InferenceBackend, requested: str) -> str:
     """What the log line that names the backend says: the runtime, its precision and how it
     was chosen."""
     if requested == "auto":
-        how = ("default on CPU; --backend torch for PyTorch" if backend.name == "onnx"
-               else "--backend auto")
+        how = {"onnx": "default on CPU; --backend torch for PyTorch",
+               "openvino": "--dtype bfloat16 on CPU; --backend torch for PyTorch",
+               }.get(backend.name, "--backend auto")
     else:
         how = f"--backend {requested}"
     return f"the {backend.name} backend ({backend.label}; {how})"
@@ -69,8 +77,9 @@ def load_backend(request: LoadRequest) -> InferenceBackend:
     name = request.backend
     if name != "torch":
         device = pick_device(request.device)
+        dtype = pick_dtype(request.dtype, device)
         name = pick_backend(name, device.type, request.model_config.model_type,
-                            fp32=pick_dtype(request.dtype, device) == torch.float32)
+                            fp32=dtype == torch.float32, bf16=dtype == torch.bfloat16)
     backend: Optional[InferenceBackend] = None
     if name != "torch":
         try:
@@ -78,8 +87,8 @@ def load_backend(request: LoadRequest) -> InferenceBackend:
         except Exception as e:
             if request.backend != "auto":
                 raise
-            LOG.warning("beam-e5: the ONNX backend failed for %s (%s: %s); using torch",
-                        request.model, type(e).__name__, e)
+            LOG.warning("beam-e5: the %s backend failed for %s (%s: %s); using torch",
+                        name, request.model, type(e).__name__, e)
     backend = backend or TorchBackend.load(request)
     _log_choice(backend, request)
     return backend
@@ -90,6 +99,6 @@ def _log_choice(backend: InferenceBackend, request: LoadRequest) -> None:
     LOG.info("beam-e5: %s on %s with %s", request.model, backend.device,
              describe_backend(backend, request.backend))
     advice = precision_advice(backend.device, backend.precision, request.dtype,
-                              request.backend, native_bf16(cpu_flags()))
+                              request.backend, native_bf16(cpu_flags()), openvino_available())
     if advice is not None:
         LOG.log(*advice)

@@ -41,7 +41,8 @@ EXPORT_RECIPE = "eager-attention-v1+ort-fusions-v1+int8-per-token-v2"
 _BUILD_LOCK = threading.Lock()
 
 __all__ = ["BUILD_FILE", "DATA_FILE", "EXPORT_RECIPE", "EXTERNAL_DATA_BYTES", "GRAPH_FILE",
-           "build_graph", "ensure_graph", "graph_dir", "weights_key"]
+           "build_atomically", "build_graph", "ensure_built", "ensure_graph", "graph_dir",
+           "weights_key"]
 
 
 def weights_key(model_path: str, commit_hash: Optional[str]) -> str:
@@ -62,12 +63,16 @@ def weights_key(model_path: str, commit_hash: Optional[str]) -> str:
     return digest.hexdigest()[:24]
 
 
-def graph_dir(cache_root: str, model_path: str, commit_hash: Optional[str], variant: str) -> Path:
-    """Where the graph for these weights, this variant and these library versions lives."""
-    import onnxruntime
+def graph_dir(cache_root: str, model_path: str, commit_hash: Optional[str], variant: str,
+              runtime_version: Optional[str] = None, recipe: str = EXPORT_RECIPE) -> Path:
+    """Where the graph for these weights, this variant and these library versions lives
+    (``runtime_version``: the runtime that reads it, ONNX Runtime's by default)."""
+    if runtime_version is None:
+        import onnxruntime
 
-    key = hashlib.sha256(json.dumps([weights_key(model_path, commit_hash), variant, EXPORT_RECIPE,
-                                     torch.__version__, onnxruntime.__version__]).encode())
+        runtime_version = onnxruntime.__version__
+    key = hashlib.sha256(json.dumps([weights_key(model_path, commit_hash), variant, recipe,
+                                     torch.__version__, runtime_version]).encode())
     name = model_path.rstrip("/").split("/")[-1] or "model"
     return Path(cache_root) / "onnx" / f"{name}-{variant}-{key.hexdigest()[:16]}"
 
@@ -83,14 +88,24 @@ def build_graph(model: torch.nn.Module, target: Path, variant: str,
     weight_bytes = fp32_bytes(model)
     if external_data is None:
         external_data = weight_bytes > EXTERNAL_DATA_BYTES
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=str(target.parent)))
-    try:
+
+    def fill(tmp: Path) -> None:
         build = _build_files(model, tmp, variant, external_data)
         (tmp / "config.json").write_text(model.config.to_json_string())
         (tmp / BUILD_FILE).write_text(json.dumps(
             {"variant": variant, "recipe": EXPORT_RECIPE, "fp32_weight_bytes": weight_bytes,
              "external_data": bool(external_data), **build}, indent=2))
+
+    build_atomically(target, fill)
+
+
+def build_atomically(target: Path, fill: Callable[[Path], None]) -> None:
+    """``fill(tmp)`` writes the files into a temporary folder beside ``target``, which is then
+    renamed to ``target``: a crash never leaves a half-written build under the final name."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=str(target.parent)))
+    try:
+        fill(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.rename(tmp, target)
@@ -131,16 +146,24 @@ def ensure_graph(model_path: str, config: Any, variant: str, cache_root: str,
     """
     commit = getattr(config, "_commit_hash", None)
     target = graph_dir(cache_root, model_path, commit, variant)
-    if (target / GRAPH_FILE).exists():
-        return target / GRAPH_FILE
+    return ensure_built(target / GRAPH_FILE, f"the {variant} graph of {model_path}",
+                        lambda: build_graph(load_torch_model(), target, variant, external_data))
+
+
+def ensure_built(path: Path, what: str, build: Callable[[], None]) -> Path:
+    """``path``, built by ``build()`` on a miss: once per machine (a thread lock and an
+    ``fcntl`` lock beside the folder), checked again under the lock. A hit costs one
+    ``stat``: a cached build is not validated again."""
+    if path.exists():
+        return path
+    target = path.parent
     target.parent.mkdir(parents=True, exist_ok=True)
     with _BUILD_LOCK, open(str(target) + ".lock", "w") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         try:
-            if not (target / GRAPH_FILE).exists():
-                LOG.info("beam-e5: building the %s graph of %s in %s", variant, model_path,
-                         target)
-                build_graph(load_torch_model(), target, variant, external_data)
+            if not path.exists():
+                LOG.info("beam-e5: building %s in %s", what, target)
+                build()
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
-    return target / GRAPH_FILE
+    return path

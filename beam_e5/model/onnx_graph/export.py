@@ -25,7 +25,7 @@ ONNX_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "distilbert", "mpnet", "el
 _OPTIMIZER_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "electra")
 
 
-class _LastHidden(torch.nn.Module):
+class LastHidden(torch.nn.Module):
     """The encoder as a function of (input_ids, attention_mask) -> last_hidden_state."""
 
     def __init__(self, model: torch.nn.Module) -> None:
@@ -65,7 +65,7 @@ def export_graph(model: torch.nn.Module, out_file: Path, external_data: bool = F
         with warnings.catch_warnings():  # axis-renaming chatter from the exporter
             warnings.simplefilter("ignore", UserWarning)
             program = torch.onnx.export(
-                _LastHidden(model.float().eval()).eval(), (ids, mask),
+                LastHidden(model.float().eval()).eval(), (ids, mask),
                 input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
                 dynamo=True, verbose=False, dynamic_shapes={
                     "input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})

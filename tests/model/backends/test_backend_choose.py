@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from beam_e5.errors import ConfigError
-from beam_e5.model.backends import choose, onnxruntime_backend
+from beam_e5.model.backends import choose, onnxruntime_backend, openvino_backend
 from beam_e5.model.backends.base import InferenceBackend, LoadRequest
 from beam_e5.model.backends.onnxruntime_backend import OnnxRuntimeBackend
 from beam_e5.model.config import EncoderConfig
@@ -54,9 +54,13 @@ def loads(monkeypatch) -> _Calls:
                 raise RuntimeError("exporter crashed")
             return _Loaded(name)
 
+    class OpenVino(openvino_backend.OpenVinoBackend):  # keeps OpenVinoBackend.unsupported
+        load = Onnx.load
+
     monkeypatch.setattr(choose, "TorchBackend", Torch)
     for name in ("onnx", "onnx-int8"):
         monkeypatch.setitem(choose.RUNTIMES, name, Onnx)
+    monkeypatch.setitem(choose.RUNTIMES, "openvino", OpenVino)
     return calls
 
 
@@ -65,7 +69,7 @@ def _request(path: str, **options) -> LoadRequest:
 
 
 def test_the_backend_names():
-    assert choose.BACKENDS == ("auto", "torch", "onnx", "onnx-int8")
+    assert choose.BACKENDS == ("auto", "torch", "onnx", "onnx-int8", "openvino")
     assert all(issubclass(cls, InferenceBackend) for cls in choose.RUNTIMES.values())
 
 
@@ -74,8 +78,8 @@ def test_explicit_torch_loads_torch_without_reading_the_model_config(loads):
     assert backend.name == "torch" and loads.names() == ["torch"]
 
 
-@pytest.mark.parametrize("name", ["onnx", "onnx-int8"])
-def test_explicit_onnx_runtimes_load_by_their_name(loads, tiny_models, name):
+@pytest.mark.parametrize("name", ["onnx", "onnx-int8", "openvino"])
+def test_explicit_runtimes_load_by_their_name(loads, tiny_models, name):
     path = tiny_models("bert", "e5-small-v2")
     assert choose.load_backend(_request(path, backend=name)).name == name
     assert loads.names() == [name]
@@ -102,10 +106,23 @@ def test_auto_takes_torch_for_decoder_models(loads, tiny_models):
     assert choose.pick_backend("auto", "cpu", "mistral") == "torch"
 
 
-def test_auto_takes_torch_for_an_explicit_half_precision(loads, tiny_models):
+def test_auto_takes_openvino_for_bf16_on_cpu_where_installed(loads, tiny_models):
+    path = tiny_models("bert", "e5-small-v2")
+    assert choose.load_backend(_request(path, device="cpu", dtype="bfloat16")).name == \
+        "openvino"
+    assert choose.pick_backend("auto", "cpu", "bert", fp32=False, bf16=True) == "openvino"
+    # not for decoder models, nor on GPUs, nor for float16
+    assert choose.pick_backend("auto", "cpu", "mistral", fp32=False, bf16=True) == "torch"
+    assert choose.pick_backend("auto", "cuda", "bert", fp32=False, bf16=True) == "torch"
+    assert choose.pick_backend("auto", "cpu", "bert", fp32=False) == "torch"
+
+
+def test_auto_takes_torch_for_bf16_where_openvino_is_not_installed(loads, tiny_models,
+                                                                   monkeypatch):
+    monkeypatch.setattr(openvino_backend, "openvino_available", lambda: False)
     path = tiny_models("bert", "e5-small-v2")
     assert choose.load_backend(_request(path, device="cpu", dtype="bfloat16")).name == "torch"
-    assert choose.pick_backend("auto", "cpu", "bert", fp32=False) == "torch"
+    assert loads.names() == ["torch"]
 
 
 def test_auto_takes_torch_where_onnx_runtime_is_not_installed(loads, tiny_models,
@@ -122,7 +139,7 @@ def test_auto_falls_back_to_torch_when_its_choice_fails_to_load(loads, tiny_mode
     path = tiny_models("bert", "e5-small-v2")
     assert choose.load_backend(_request(path, device="cpu")).name == "torch"
     assert loads.names() == ["onnx", "torch"]
-    assert "the ONNX backend failed for" in caplog.text and "exporter crashed" in caplog.text
+    assert "the onnx backend failed for" in caplog.text and "exporter crashed" in caplog.text
 
 
 def test_an_explicit_choice_that_fails_to_load_is_an_error(loads, tiny_models):
@@ -143,6 +160,8 @@ def test_threads_are_set_before_loading(loads, monkeypatch):
     ("onnx", "auto", "default on CPU; --backend torch for PyTorch"),
     ("torch", "auto", "--backend auto"),
     ("onnx-int8", "onnx-int8", "--backend onnx-int8"),
+    ("openvino", "auto", "--dtype bfloat16 on CPU; --backend torch for PyTorch"),
+    ("openvino", "openvino", "--backend openvino"),
 ])
 def test_the_log_line_says_how_the_backend_was_chosen(name, requested, how):
     assert choose.describe_backend(_Loaded(name), requested) == \
@@ -152,6 +171,8 @@ def test_the_log_line_says_how_the_backend_was_chosen(name, requested, how):
 @pytest.mark.parametrize("backend,model_type,device,message", [
     ("onnx", "bert", "cuda", "runs on CPU only"),
     ("onnx-int8", "mistral", "cpu", "supports encoder models .* not model_type 'mistral'"),
+    ("openvino", "bert", "cuda", "runs on CPU only"),
+    ("openvino", "mistral", "cpu", "--backend openvino supports encoder models"),
 ])
 def test_checks_before_the_run(backend, model_type, device, message):
     with pytest.raises(ConfigError, match=message):
@@ -166,6 +187,12 @@ def test_onnx_runtime_missing_is_refused_before_the_run(monkeypatch):
         choose.check_backend_supported("onnx", "bert", "cpu")
 
 
+def test_openvino_missing_is_refused_before_the_run(monkeypatch):
+    monkeypatch.setattr(openvino_backend, "openvino_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"pip install 'beam-e5\[openvino\]'"):
+        choose.check_backend_supported("openvino", "bert", "cpu")
+
+
 def test_decoder_models_are_refused_before_the_run(tiny_models):
     path = tiny_models("mistral", "e5-mistral-7b-instruct")
     with pytest.raises(ConfigError, match="use --backend torch"):
@@ -174,6 +201,7 @@ def test_decoder_models_are_refused_before_the_run(tiny_models):
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(backend="onnx", dtype="bfloat16"), "computes in float32"),
+    (dict(backend="openvino", dtype="float16"), "float32 or bfloat16"),
     (dict(backend="tensorrt"), "--backend must be one of"),
 ])
 def test_bad_backend_options_are_refused(minilm_dir, kwargs, message):
@@ -187,8 +215,14 @@ def test_onnx_on_cuda_is_refused(minilm_dir):
 
 
 def test_only_the_approximate_backend_enters_the_signature(minilm_dir):
-    for same in ("auto", "torch", "onnx"):  # one function: snapshots carry over between them
-        assert "backend" not in EncoderConfig(minilm_dir, backend=same).resolve().signature()
+    # fp32 backends compute one function (cosine >= 0.99999, tested per backend): snapshots
+    # carry over between them
+    same = {EncoderConfig(minilm_dir, backend=b).resolve().signature()
+            .get("backend", "-") for b in ("auto", "torch", "onnx", "openvino")}
+    assert same == {"-"}
+    # --dtype stays out, for every backend (bf16 within cosine 0.9999 of fp32: see config.py)
+    assert EncoderConfig(minilm_dir, backend="openvino", dtype="bfloat16").resolve() \
+        .signature() == EncoderConfig(minilm_dir, backend="torch").resolve().signature()
     assert EncoderConfig(minilm_dir, backend="onnx-int8").resolve().signature()["backend"] == \
         "onnx-int8"
 
@@ -205,7 +239,7 @@ def test_auto_picks_onnx_on_cpu_and_torch_where_onnx_cannot_run(minilm_dir, tiny
     assert Encoder.load(EncoderConfig(mistral, model_cache_dir=onnx_cache).resolve()
                         ).backend.name == "torch"
     bf16 = EncoderConfig(minilm_dir, dtype="bfloat16", device="cpu", model_cache_dir=onnx_cache)
-    assert Encoder.load(bf16.resolve()).backend.name == "torch"
+    assert Encoder.load(bf16.resolve()).backend.name == "openvino"
 
 
 def test_auto_falls_back_to_torch_when_the_graph_cannot_be_built(minilm_dir, tmp_path,

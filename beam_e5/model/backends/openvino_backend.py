@@ -1,0 +1,156 @@
+"""OpenVINO Runtime on CPU (``--backend openvino``; the ``openvino`` extra:
+``pip install 'beam-e5[openvino]'``).
+
+OpenVINO converts the model from the same PyTorch weights (``ov.convert_model``, SDPA
+attention, fp32 weights kept: no fp16 compression) into its own graph (IR), once per machine,
+cached beside the ONNX graphs under ``<cache dir>/onnx/`` with the same locks and key (weights,
+recipe, library versions). Its own conversion, not the ONNX Runtime graph: OpenVINO fuses the
+SDPA form into its attention kernel and ran bf16 about 1.25x faster from it here
+(docs/benchmarks.md). Each worker process compiles it once for the CPU plugin, and OpenVINO's
+model cache keeps the compiled blob (``<cache dir>/openvino/``), so the next process loads the
+blob instead of compiling. Tokenisation, token-budget micro-batches and pooling stay the
+encoder's.
+
+Precision: ``float32`` (``--dtype auto`` or ``float32``) sets ``INFERENCE_PRECISION_HINT`` to
+``f32`` (left alone, OpenVINO computes in bf16 on CPUs with AMX or avx512_bf16): the torch
+backend's vectors, cosine >= 0.99999. ``--dtype bfloat16`` asks for ``bf16`` where the CPU has
+bf16 instructions (:func:`beam_e5.model.hardware.native_bf16`); elsewhere it runs fp32 and the
+log says so. Shapes are dynamic: the CPU plugin compiles once for every (rows, width) the
+micro-batches take.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from beam_e5.model.backends.base import InferenceBackend, LoadRequest, PaddedBatch
+from beam_e5.model.backends.onnxruntime_backend import OnnxRuntimeBackend
+from beam_e5.model.backends.torch_backend import load_hf_model
+from beam_e5.model.hardware import cpu_flags, native_bf16
+from beam_e5.model.onnx_graph.cache import build_atomically, ensure_built, graph_dir
+from beam_e5.model.onnx_graph.export import LastHidden
+from beam_e5.model.pooling import pooled_vectors
+from beam_e5.model.profiles import Pooling
+
+LOG = logging.getLogger(__name__)
+
+__all__ = ["IR_FILE", "OpenVinoBackend", "compile_config", "convert_ir", "ensure_ir",
+           "openvino_available", "openvino_precision"]
+
+IR_FILE = "model.xml"  # and model.bin, its weights, beside it
+IR_RECIPE = "ov-convert-sdpa-fp32-v1"  # part of the cache key: a new recipe converts again
+
+# --dtype as the encoder resolves it -> OpenVINO's INFERENCE_PRECISION_HINT
+_HINTS = {"float32": "f32", "bfloat16": "bf16"}
+
+
+def openvino_available() -> bool:
+    """OpenVINO Runtime is installed (looked up, not imported: the import takes a while)."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def openvino_precision(requested_dtype: str, native: Optional[bool]) -> str:
+    """What OpenVINO computes in: ``bfloat16`` only when asked (``--dtype bfloat16``) and the
+    CPU has bf16 instructions (``native``; unknown counts as no), else ``float32``."""
+    return "bfloat16" if requested_dtype == "bfloat16" and native else "float32"
+
+
+def compile_config(precision: str, threads: int, cache_root: str) -> dict[str, str]:
+    """The CPU plugin's properties: the precision hint (always explicit: OpenVINO's own
+    default on a bf16 CPU is bf16), the latency hint (one stream: one micro-batch at a time
+    over every thread, as the encoder submits them), the thread count and the model cache.
+
+    The model cache gets one folder per precision and thread count: OpenVINO 2026.4's cache
+    key leaves the precision hint out, and a bf16 compile that loads the f32 blob of the same
+    graph crashes the process on its first inference (seen here)."""
+    hint = _HINTS[precision]
+    config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
+              "CACHE_DIR": str(Path(cache_root) / f"{hint}-threads{threads or 'auto'}")}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    return config
+
+
+def convert_ir(model: torch.nn.Module, folder: Path) -> None:
+    """``folder/model.xml`` (+ ``model.bin``): the encoder as OpenVINO IR, dynamic batch and
+    sequence axes, ``last_hidden_state`` out, fp32 weights."""
+    import openvino as ov
+
+    ids = torch.full((2, 8), 5, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # a padded row, so the mask path is traced, not constant-folded
+    with torch.no_grad():
+        ir = ov.convert_model(LastHidden(model.eval()),
+                              example_input={"input_ids": ids, "attention_mask": mask},
+                              input=[("input_ids", [-1, -1], ov.Type.i64),
+                                     ("attention_mask", [-1, -1], ov.Type.i64)])
+    ir.outputs[0].get_tensor().set_names({"last_hidden_state"})
+    ov.save_model(ir, str(folder / IR_FILE), compress_to_fp16=False)
+
+
+def ensure_ir(request: LoadRequest) -> Path:
+    """The cached IR of ``request``'s model; converted (once per machine) on a miss."""
+    import openvino as ov
+
+    config = request.model_config
+    target = graph_dir(request.cache_dir, request.path, getattr(config, "_commit_hash", None),
+                       "openvino", ov.get_version(), IR_RECIPE)
+    return ensure_built(target / IR_FILE, f"the OpenVINO graph of {request.model}",
+                        lambda: build_atomically(target, lambda tmp: convert_ir(
+                            load_hf_model(request, torch.float32), tmp)))
+
+
+class OpenVinoBackend(InferenceBackend):
+    """A compiled OpenVINO CPU model of the encoder's graph (``last_hidden_state`` out)."""
+
+    name = "openvino"
+    device = "cpu"
+
+    def __init__(self, graph_file: Path, cache_root: str, precision: str = "float32",
+                 threads: int = 0) -> None:
+        import openvino as ov
+
+        self.config = compile_config(precision, threads, cache_root)
+        # compiled from the file path, so a cached blob is loaded without reading the graph
+        self.compiled = ov.Core().compile_model(str(graph_file), "CPU", self.config)
+        self.request = self.compiled.create_infer_request()
+        self.graph_file = graph_file
+        self.precision = precision
+        self.label = f"OpenVINO {ov.get_version().split('-')[0]}, {_HINTS[precision]}"
+
+    @classmethod
+    def load(cls, request: LoadRequest, name: str = "openvino") -> "OpenVinoBackend":
+        """Convert or reuse the cached IR, then compile it (or load its compiled blob) in the
+        precision ``--dtype`` asks for."""
+        graph = ensure_ir(request)
+        native = native_bf16(cpu_flags())
+        precision = openvino_precision(request.dtype, native)
+        if request.dtype == "bfloat16" and precision != "bfloat16":
+            LOG.warning("beam-e5: --dtype bfloat16 with --backend openvino: this CPU has no "
+                        "bf16 instructions (avx512_bf16, amx_bf16), so OpenVINO runs float32")
+        return cls(graph, str(Path(request.cache_dir) / "openvino"), precision, request.threads)
+
+    @classmethod
+    def unsupported(cls, name: str, model_type: Optional[str], device: str) -> Optional[str]:
+        if device == "cuda":
+            return f"--backend {name} runs on CPU only; use --backend torch for --device cuda"
+        reason = OnnxRuntimeBackend.unsupported("onnx", model_type, device)
+        if reason is not None:  # the graph it compiles is the onnx backend's
+            return reason.replace("--backend onnx", f"--backend {name}")
+        if not openvino_available():
+            return (f"--backend {name} needs OpenVINO Runtime: pip install 'beam-e5[openvino]' "
+                    "(also in the worker container), or use --backend onnx")
+        return None
+
+    def embed(self, batch: PaddedBatch, pooling: Pooling) -> np.ndarray:
+        outputs: Any = self.request.infer({"input_ids": batch.input_ids,
+                                           "attention_mask": batch.attention_mask})
+        hidden = np.asarray(outputs[0])
+        return pooled_vectors(pooling, torch.from_numpy(hidden),
+                              torch.from_numpy(batch.attention_mask)).numpy()

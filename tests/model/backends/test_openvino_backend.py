@@ -1,0 +1,114 @@
+"""OpenVINO Runtime through the whole encoder: the torch backend's vectors in fp32, close ones
+in bf16, fp32 where the CPU has no bf16, one conversion per machine and one blob folder per
+precision."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from beam_e5.model.backends import openvino_backend
+from beam_e5.model.backends.openvino_backend import (
+    OpenVinoBackend,
+    compile_config,
+    openvino_precision,
+)
+from beam_e5.model.config import EncoderConfig
+from beam_e5.model.encoder import Encoder
+from beam_e5.model.hardware import cpu_flags, native_bf16
+
+pytest.importorskip("openvino")
+
+NATIVE_BF16 = bool(native_bf16(cpu_flags()))
+NO_BF16_FLAGS = frozenset({"sse4_2", "avx2", "avx512f", "avx512_vnni"})
+
+
+@pytest.mark.parametrize("requested,native,precision", [
+    ("auto", True, "float32"),  # fp32 stays the default, even where bf16 would be faster
+    ("float32", True, "float32"),
+    ("bfloat16", True, "bfloat16"),
+    ("bfloat16", False, "float32"),  # no bf16 instructions: fp32, not an emulated bf16
+    ("bfloat16", None, "float32"),  # unknown CPU: the safe choice
+])
+def test_precision_follows_dtype_and_cpu(requested, native, precision):
+    assert openvino_precision(requested, native) == precision
+
+
+def test_compile_config_is_explicit_and_keys_the_blob_folder_by_precision():
+    f32 = compile_config("float32", 0, "/c/openvino")
+    assert f32 == {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                   "CACHE_DIR": "/c/openvino/f32-threadsauto"}
+    bf16 = compile_config("bfloat16", 2, "/c/openvino")
+    assert bf16["INFERENCE_PRECISION_HINT"] == "bf16" and bf16["INFERENCE_NUM_THREADS"] == "2"
+    assert bf16["CACHE_DIR"] == "/c/openvino/bf16-threads2"
+
+
+def _encode(path: str, cache: str, texts: list[str], **options) -> tuple[Encoder, np.ndarray]:
+    enc = Encoder.load(EncoderConfig(path, backend="openvino", model_cache_dir=cache,
+                                     **options).resolve())
+    return enc, enc.encode(texts)[0]
+
+
+def test_tiny_model_fp32_matches_torch_and_converts_once(tiny_models, tmp_path, monkeypatch):
+    path = tiny_models("bert", "e5-small-v2")
+    texts = ["hello world", "query passage " * 40, "", "the quick brown fox"]
+    ref, _ = Encoder.load(EncoderConfig(path, backend="torch").resolve()).encode(texts)
+    enc, vecs = _encode(path, str(tmp_path), texts)
+    assert isinstance(enc.backend, OpenVinoBackend)
+    assert (enc.backend.precision, enc.backend.label.endswith(", f32")) == ("float32", True)
+    assert np.min(np.sum(vecs * ref, axis=1)) >= 0.99999
+    assert list(Path(tmp_path, "openvino").iterdir())[0].name == "f32-threadsauto"
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the cached IR was converted again")
+
+    monkeypatch.setattr(openvino_backend, "load_hf_model", no_conversion)
+    _, again = _encode(path, str(tmp_path), texts)  # the IR and the compiled blob, cached
+    np.testing.assert_array_equal(again, vecs)
+
+
+def test_a_cpu_without_bf16_runs_fp32_and_says_so(tiny_models, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(openvino_backend, "cpu_flags", lambda: NO_BF16_FLAGS)
+    caplog.set_level(logging.INFO, logger="beam_e5")
+    path = tiny_models("bert", "e5-small-v2")
+    texts = ["hello world", "licence " * 30]
+    ref, _ = Encoder.load(EncoderConfig(path, backend="torch").resolve()).encode(texts)
+    enc, vecs = _encode(path, str(tmp_path), texts, dtype="bfloat16")
+    assert enc.backend.precision == "float32"
+    assert enc.backend.config["INFERENCE_PRECISION_HINT"] == "f32"
+    assert "has no bf16 instructions" in caplog.text and "OpenVINO runs float32" in caplog.text
+    assert "with the openvino backend (OpenVINO" in caplog.text and ", f32;" in caplog.text
+    assert np.min(np.sum(vecs * ref, axis=1)) >= 0.99999
+
+
+@pytest.mark.slow
+def test_minilm_fp32_matches_torch_and_keeps_order(minilm_dir, onnx_cache, texts,
+                                                   torch_vectors):
+    enc, vecs = _encode(minilm_dir, onnx_cache, texts)
+    assert vecs.shape == torch_vectors.shape and vecs.dtype == np.float32
+    cos = np.sum(vecs * torch_vectors, axis=1)
+    assert cos.min() >= 0.99999, f"worst cosine {cos.min()} at {cos.argmin()}"
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no bf16 instructions")
+def test_minilm_bf16_is_near_exact_but_really_bf16(minilm_dir, onnx_cache, texts,
+                                                   torch_vectors):
+    enc, vecs = _encode(minilm_dir, onnx_cache, texts, dtype="bfloat16")
+    assert enc.backend.precision == "bfloat16" and enc.backend.label.endswith(", bf16")
+    cos = np.sum(vecs * torch_vectors, axis=1)
+    # measured 0.99999 mean here; below 0.9999999 proves bf16 really ran
+    assert 0.9999 <= cos.mean() < 0.9999999 and cos.min() >= 0.999
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["xlm-roberta", "roberta", "distilbert", "mpnet",
+                                    "electra"])
+def test_every_encoder_family_matches_torch(tiny_models, tmp_path, family):
+    path = tiny_models(family, f"tiny-{family}")
+    texts = ["hello world", "query passage " * 60, "", "the quick brown fox", "licence " * 7]
+    ref, _ = Encoder.load(EncoderConfig(path, backend="torch").resolve()).encode(texts)
+    _, vecs = _encode(path, str(tmp_path), texts)
+    assert np.min(np.sum(vecs * ref, axis=1)) >= 0.99999
