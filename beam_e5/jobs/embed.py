@@ -55,7 +55,11 @@ from beam_e5.transforms.reembed_split import (
     deleted_to_json,
     split_by_previous,
 )
-from beam_e5.transforms.semantic_dedupe import SemanticDedupeConfig, dedupe_documents
+from beam_e5.transforms.semantic_dedupe import (
+    SemanticDedupeConfig,
+    dedupe_documents,
+    for_runner,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -137,7 +141,8 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob,
         embedded = (embedded, streams.carried) | "WithCarried" >> beam.Flatten()
     written = embedded
     if job.semantic is not None:
-        semantic = dedupe_documents(embedded, job.semantic)
+        semantic = dedupe_documents(
+            embedded, for_runner(job.semantic, p.options.view_as(StandardOptions).runner))
         written = (semantic.kept, semantic.kept_chunks) | "KeptRows" >> beam.Flatten()
         streams.duplicates.append(semantic.duplicates)
         streams.counts["semantic_duplicates"] = semantic.duplicates
