@@ -44,7 +44,7 @@ from beam_e5.io.sinks import (
     table_to_records,
 )
 from beam_e5.jobs.counts import check_balance
-from beam_e5.jobs.summary import RunSummary
+from beam_e5.jobs.summary import RunSummary, peak_rss_mib
 from beam_e5.records import is_document_row
 from beam_e5.transforms.semantic_dedupe import (
     SemanticDedupeConfig,
@@ -149,7 +149,7 @@ def _run_dedupe(job: DedupeJob, schema: pa.Schema, beam_args: list[str]) -> RunS
         "read": raw["read"], "invalid": raw["invalid"], "exact_duplicates": 0,
         "semantic_duplicates": raw["semantic_duplicates"], "embedded": 0,
         "written": raw["written"], "chunk_rows": raw.get("chunk_rows", 0)})
-    summary = RunSummary(counts, time.time() - start)
+    summary = RunSummary(counts, time.time() - start, peak_rss_mib=peak_rss_mib())
     write_manifest(job.output.output, {
         "beam_e5_version": __version__, "command": "dedupe", "input": job.input,
         "model": signature_from_metadata(schema.metadata),

@@ -39,6 +39,7 @@ from beam_e5.io.sinks import WriteDuplicates, WriteErrors, vectors_schema
 from beam_e5.io.snapshots import DEFAULT_MIN_RATIO, check_min_ratio
 from beam_e5.io.targets import JobShape, OutputRun, VectorOutput
 from beam_e5.jobs.counts import manifest_counts
+from beam_e5.jobs.progress import estimate_documents
 from beam_e5.jobs.summary import RunSummary, summarize
 from beam_e5.model.chunking import LongTextConfig
 from beam_e5.model.config import EncoderConfig, EncoderSpec, check_device_here
@@ -192,8 +193,10 @@ def embed_stage(docs: beam.PCollection, job: EmbedJob, resolved: ResolvedJob,
                 streams: Streams) -> beam.PCollection:
     embedded, embed_errors = (docs
                               | "PrepareForEmbedding" >> beam.Map(_for_embedding)
-                              | "Embed" >> EmbedTexts(resolved.spec, with_errors=True,
-                                                      long_text=job.long_text))
+                              | "Embed" >> EmbedTexts(
+                                  resolved.spec, with_errors=True, long_text=job.long_text,
+                                  expected_documents=estimate_documents(
+                                      resolved.reader_input.files) or 0))
     streams.errors.append(embed_errors)
     streams.counts.update(embedded=embedded | "EmbeddedDocs" >> beam.Filter(is_document_row),
                           embed_errors=embed_errors)

@@ -164,9 +164,11 @@ class EmbedTexts(beam.PTransform):
 
     def __init__(self, encoder: Union[EncoderConfig, EncoderSpec], text_field: str = "text",
                  with_errors: bool = False,
-                 long_text: Union[LongTextConfig, str, None] = None) -> None:
+                 long_text: Union[LongTextConfig, str, None] = None, *,
+                 expected_documents: int = 0) -> None:
         super().__init__()
         self._spec = encoder.resolve() if isinstance(encoder, EncoderConfig) else encoder
+        self._expected_documents = expected_documents  # progress lines: share done, ETA
         self._text_field = text_field
         self._with_errors = with_errors
         if isinstance(long_text, str):
@@ -187,7 +189,8 @@ class EmbedTexts(beam.PTransform):
         requests, bad_input = (
             pcoll | "ToRequest" >> beam.ParDo(_ToRequest(self._text_field)).with_outputs(
                 ERRORS_TAG, main="requests"))
-        inference = RunInference(E5ModelHandler(self._spec, self._long_text))
+        inference = RunInference(E5ModelHandler(
+            self._spec, self._long_text, expected_documents=self._expected_documents))
         if not self._with_errors:
             _ = bad_input | "FailOnBadInput" >> beam.Map(_raise_bad_input)
             return (requests | "RunInference" >> inference
