@@ -300,13 +300,17 @@ class Coarse(NamedTuple):
 
 
 class CoarseCellsFn(beam.DoFn):
-    """``point -> Coarse``: the coarse cells of :func:`core.coarse_probes`."""
+    """``point -> Coarse``: the coarse cells of :func:`core.coarse_probes`. Also takes the
+    input record itself (the sliced path: the records are held for the join anyway, so the
+    points are not materialised a second time)."""
 
     def __init__(self, config: SemanticDedupeConfig) -> None:
         self._config = config
 
-    def process(self, point: Point, model: CellModel):
+    def process(self, point: Point | dict[str, Any], model: CellModel):
         cfg = self._config
+        if not isinstance(point, Point):
+            point = to_point(point, cfg.keep)
         yield Coarse(point, tuple(core.coarse_probes(point.vector, model.centroids, cfg.probes,
                                                      cfg.probe_margin, cfg.max_probes)))
 
@@ -534,7 +538,7 @@ class SemanticDedupe(beam.PTransform):
         cfg = self._config
         points = docs | "ToPoint" >> beam.Map(to_point, cfg.keep)
         model = points | "FitCells" >> beam.CombineGlobally(FitCellsFn(cfg))
-        coarse = points | "CoarseCells" >> beam.ParDo(
+        coarse = (points if cfg.slices == 1 else docs) | "CoarseCells" >> beam.ParDo(
             CoarseCellsFn(cfg), beam.pvalue.AsSingleton(model)
         )
         fine = ()
