@@ -9,7 +9,10 @@ is held): clustered unit vectors with a few planted near-duplicates, seeded. Sta
 
 * ``none``: generate and count (the base);
 * ``semantic``: :func:`beam_e5.transforms.semantic_dedupe.dedupe_documents` at 0.95;
-* ``group``: the records through one GroupByKey by id (one shuffle of every record).
+* ``group``: the records through one GroupByKey by id (one shuffle of every record);
+* ``coarse``, ``units``, ``grouped``, ``joined``: the one-shuffle transform's steps rebuilt
+  one by one and cut after coarse cells, the routing to work units, their GroupByKey and
+  compare, and the join with the records (where the memory goes, step by step).
 
 Also prints the encoded size of each element kind with the coder Beam picks for it.
 """
@@ -57,11 +60,46 @@ def run_stage(stage: str, n: int) -> dict:
             recs = (res.kept, res.kept_chunks) | beam.Flatten()
             _ = res.duplicates | "CountDups" >> beam.combiners.Count.Globally() | beam.Map(
                 lambda c: print("duplicates", c))
+        elif stage in CUTS:
+            recs = cut_transform(recs, stage)
         elif stage == "group":
             recs = (recs | beam.Map(lambda r: (r["id"], r)) | beam.GroupByKey()
                     | beam.Map(lambda kv: kv[1][0]))
         _ = recs | beam.combiners.Count.Globally() | beam.Map(lambda c: print("records", c))
     return {"stage": stage, "n": n}
+
+
+CUTS = ("coarse", "units", "grouped", "joined")
+
+
+def cut_transform(docs, stage: str):
+    """SemanticDedupe's one-shuffle steps (slices=1) up to ``stage``."""
+    import apache_beam as beam
+
+    from beam_e5.transforms import semantic_dedupe as sd
+
+    cfg = sd.SemanticDedupeConfig(threshold=0.95)
+    points = docs | "ToPoint" >> beam.Map(sd.to_point, cfg.keep)
+    model = points | "FitCells" >> beam.CombineGlobally(sd.FitCellsFn(cfg))
+    out = points | "CoarseCells" >> beam.ParDo(sd.CoarseCellsFn(cfg),
+                                               beam.pvalue.AsSingleton(model))
+    if stage == "coarse":
+        return out
+    fine = (beam.pvalue.AsMultiMap(out | "CoarseHomes" >> beam.Map(sd._coarse_home)
+                                   | "FitFine" >> beam.CombinePerKey(sd.FitCellsFn(cfg, True))),)
+    sizes = (out | "CountCells" >> beam.ParDo(sd.CountCellsFn(cfg), *fine)
+             | "CountPerCell" >> beam.combiners.Count.PerElement())
+    out = out | "ToWorkUnits" >> beam.ParDo(sd.ToWorkUnitsFn(cfg), beam.pvalue.AsDict(sizes),
+                                            *fine)
+    if stage == "units":
+        return out
+    out = (out | "GroupUnits" >> beam.GroupByKey()
+           | "CompareUnits" >> beam.ParDo(sd.CompareUnitFn(cfg))
+           | "PickBest" >> beam.CombinePerKey(sd.PickBestFn()))
+    if stage == "grouped":
+        return out
+    keyed = docs | "KeyById" >> beam.Map(sd._keyed_by_id)
+    return {"doc": keyed, "best": out} | "JoinBest" >> beam.CoGroupByKey()
 
 
 def encoded_sizes() -> dict[str, int]:
