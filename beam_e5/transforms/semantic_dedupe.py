@@ -27,7 +27,9 @@ coarse cell, and it probes the next ``probes`` fine cells among those of all the
 cells it probes (:func:`core.fine_probes`): ``probes + 1`` copies per vector however many
 cells there are (up to ``max_probes`` fine cells per probed coarse cell would let copies per
 vector grow with the corpus: docs/benchmarks.md, two-level cells). The placement is computed
-twice (count, then route) instead of materialising the placed copies. So the total sample,
+twice (count, then route) instead of materialising the placed copies. On the DirectRunner
+(``slices`` > 1, see :class:`SemanticDedupeConfig`) the work units run in sequential slices
+by cell and the verdicts reach the records through a side input. So the total sample,
 the number of cells and the copies grow linearly with the corpus (cells stay near
 ``target_cell_size`` homes on average) up to ``(sample_size / 10) ** 2`` cells, 4 million
 with the defaults; the pairs compared grow faster as far as cells grow unequal
@@ -94,13 +96,14 @@ class SemanticDedupeConfig:
     block_size: rows/columns per float32 matrix product inside a work unit.
     kmeans_iterations: Lloyd iterations after seeded k-means++ initialisation.
     seed: seeds the sample hash, k-means and chunk hashes.
-    slices: the two shuffles that carry vectors or records (the work units, by a hash of
-        the cell; the join of records with their verdict, by a hash of the id) run as this
-        many branches, one after the other (each waits for the previous one through a side
-        input). The result is the same for any value. 1 (the default, and what a
-        distributed runner should use) keeps one shuffle each; the DirectRunner holds a
-        whole shuffle in memory, so the local path uses ``LOCAL_SLICES`` and holds about
-        1/slices of each at a time.
+    slices: 1 (the default, and what a distributed runner should use): one shuffle of the
+        work units and a CoGroupByKey of the records with their verdicts. More (the
+        DirectRunner, which holds a whole shuffle in memory, gets ``LOCAL_SLICES`` through
+        :func:`for_runner`): the work units are routed, grouped and compared in this many
+        branches by a hash of the cell, one after the other (each waits for the count of
+        the previous one's output through a side input), and the records meet their
+        verdicts through a side input of the duplicates (one entry per duplicate), so no
+        shuffle carries the records. The result is the same for any value.
     """
 
     threshold: float = 0.9
@@ -401,8 +404,8 @@ def slice_of(key: object, slices: int, seed: int) -> int:
 
 class ToWorkUnitsFn(CellsOfFn):
     """Places a vector in its cells and routes each copy to the work units of its
-    (possibly split) cell; with ``slices`` > 1, only the copies whose cell falls in
-    ``part`` (``after``: the previous slice's side input, only waited for)."""
+    (possibly split) cell; with ``slices`` > 1, only the copies whose cell falls in slice
+    ``part`` (``after``: the previous slice's count, a side input only waited for)."""
 
     def __init__(self, config: SemanticDedupeConfig, part: int = 0) -> None:
         super().__init__(config)
