@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from beam_e5._version import __version__
 from beam_e5.dedupe.explain import INSTALL_HINT
@@ -44,9 +44,13 @@ from beam_e5.io.sinks import (
     table_to_records,
 )
 from beam_e5.jobs.counts import check_balance
-from beam_e5.jobs.summary import RunSummary
+from beam_e5.jobs.summary import RunSummary, peak_rss_mib
 from beam_e5.records import is_document_row
-from beam_e5.transforms.semantic_dedupe import SemanticDedupeConfig, dedupe_documents
+from beam_e5.transforms.semantic_dedupe import (
+    SemanticDedupeConfig,
+    dedupe_documents,
+    for_runner,
+)
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,8 @@ def _run_dedupe(job: DedupeJob, schema: pa.Schema, beam_args: list[str]) -> RunS
     invalid = invalid_rows | "InvalidToErrors" >> beam.Map(lambda rr: _aside_to_error(rr[1], rr[0]))
     # counts balance in documents: an invalid window row is in errors-*.jsonl, not counted
     invalid_docs = invalid_rows | "InvalidDocs" >> beam.Filter(lambda rr: is_document_row(rr[1]))
-    result = dedupe_documents(valid, job.semantic)
+    result = dedupe_documents(valid, for_runner(job.semantic,
+                                                p.options.view_as(StandardOptions).runner))
     kept_chunks = result.kept_chunks
     _ = ((result.kept, kept_chunks) | "KeptRows" >> beam.Flatten()
          | "WriteVectors" >> WriteVectors(job.output.output, schema))
@@ -144,7 +149,7 @@ def _run_dedupe(job: DedupeJob, schema: pa.Schema, beam_args: list[str]) -> RunS
         "read": raw["read"], "invalid": raw["invalid"], "exact_duplicates": 0,
         "semantic_duplicates": raw["semantic_duplicates"], "embedded": 0,
         "written": raw["written"], "chunk_rows": raw.get("chunk_rows", 0)})
-    summary = RunSummary(counts, time.time() - start)
+    summary = RunSummary(counts, time.time() - start, peak_rss_mib=peak_rss_mib())
     write_manifest(job.output.output, {
         "beam_e5_version": __version__, "command": "dedupe", "input": job.input,
         "model": signature_from_metadata(schema.metadata),

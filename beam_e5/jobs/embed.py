@@ -39,6 +39,7 @@ from beam_e5.io.sinks import WriteDuplicates, WriteErrors, vectors_schema
 from beam_e5.io.snapshots import DEFAULT_MIN_RATIO, check_min_ratio
 from beam_e5.io.targets import JobShape, OutputRun, VectorOutput
 from beam_e5.jobs.counts import manifest_counts
+from beam_e5.jobs.progress import estimate_documents
 from beam_e5.jobs.summary import RunSummary, summarize
 from beam_e5.model.chunking import LongTextConfig, window_budget
 from beam_e5.model.config import EncoderConfig, EncoderSpec, check_device_here
@@ -56,7 +57,11 @@ from beam_e5.transforms.reembed_split import (
     deleted_to_json,
     split_by_previous,
 )
-from beam_e5.transforms.semantic_dedupe import SemanticDedupeConfig, dedupe_documents
+from beam_e5.transforms.semantic_dedupe import (
+    SemanticDedupeConfig,
+    dedupe_documents,
+    for_runner,
+)
 from beam_e5.transforms.store_refusals import RefusedDocuments, RefuseUnstorable
 
 LOG = logging.getLogger(__name__)
@@ -141,7 +146,8 @@ def build_embed_graph(p: beam.Pipeline, job: EmbedJob, resolved: ResolvedJob,
     embedded = collision_stage(embedded, run, streams)
     written = embedded
     if job.semantic is not None:
-        semantic = dedupe_documents(embedded, job.semantic)
+        semantic = dedupe_documents(
+            embedded, for_runner(job.semantic, p.options.view_as(StandardOptions).runner))
         written = (semantic.kept, semantic.kept_chunks) | "KeptRows" >> beam.Flatten()
         streams.duplicates.append(semantic.duplicates)
         streams.counts["semantic_duplicates"] = semantic.duplicates
@@ -213,8 +219,10 @@ def embed_stage(docs: beam.PCollection, job: EmbedJob, resolved: ResolvedJob,
                 streams: Streams) -> beam.PCollection:
     embedded, embed_errors = (docs
                               | "PrepareForEmbedding" >> beam.Map(_for_embedding)
-                              | "Embed" >> EmbedTexts(resolved.spec, with_errors=True,
-                                                      long_text=job.long_text))
+                              | "Embed" >> EmbedTexts(
+                                  resolved.spec, with_errors=True, long_text=job.long_text,
+                                  expected_documents=estimate_documents(
+                                      resolved.reader_input.files) or 0))
     streams.errors.append(embed_errors)
     streams.counts.update(embedded=embedded | "EmbeddedDocs" >> beam.Filter(is_document_row),
                           embed_errors=embed_errors)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,11 +24,20 @@ def counter_values(result: Any, namespace: str = METRICS_NAMESPACE) -> dict[str,
     return values
 
 
+def peak_rss_mib() -> float:
+    """The peak resident memory so far of this process or of its largest finished child
+    (``getrusage``; ``ru_maxrss`` is KiB on Linux), in MiB."""
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return round(peak / 1024, 1)
+
+
 @dataclass(frozen=True)
 class RunSummary:
     counts: dict[str, int]
     seconds: float
     metrics: dict[str, int] = field(default_factory=dict)
+    peak_rss_mib: float = 0.0  # peak_rss_mib() when the run ended; 0: not measured
 
     def stats(self) -> dict[str, float]:
         real = self.metrics.get("real_tokens", 0)
@@ -47,6 +57,7 @@ class RunSummary:
             "mostly_unknown_texts": self.metrics.get("mostly_unknown_texts", 0),
             # seconds inside the encoder's calls, summed over worker threads and processes
             "encode_seconds": round(self.metrics.get("encode_ms", 0) / 1000, 3),
+            "peak_rss_mib": self.peak_rss_mib,
         }
 
     def warnings(self) -> list[str]:
@@ -94,6 +105,9 @@ class RunSummary:
         for extra in ("carried", "reembedded", "new", "deleted"):
             if extra in c:
                 lines.append(f"  {extra}: {c[extra]:,}")
+        if self.peak_rss_mib:
+            lines.append(f"  peak memory {self.peak_rss_mib:,.0f} MiB (resident; this process "
+                         "or its largest child worker)")
         lines += [f"  warning: {w}" for w in self.warnings()]
         return "\n".join(lines)
 
@@ -122,4 +136,4 @@ def summarize(result: Any, counts: dict[str, int], seconds: float) -> RunSummary
     values = {k: metrics.get(k, 0) for k in SUMMED_METRICS}
     values["model_loads"] = model_loads(result)
     values["encode_ms"] = encode_ms(result)
-    return RunSummary(counts, seconds, values)
+    return RunSummary(counts, seconds, values, peak_rss_mib())

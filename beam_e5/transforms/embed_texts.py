@@ -172,10 +172,12 @@ class EmbedTexts(beam.PTransform):
     def __init__(self, encoder: Union[EncoderConfig, EncoderSpec], text_field: str = "text",
                  with_errors: bool = False,
                  long_text: Union[LongTextConfig, str, None] = None, *,
-                 max_batch_duration_secs: Optional[float] = None) -> None:
+                 max_batch_duration_secs: Optional[float] = None,
+                 expected_documents: int = 0) -> None:
         super().__init__()
-        self._encoder = (encoder.resolve_where_reachable() if isinstance(encoder, EncoderConfig)
-                         else encoder)
+        self._encoder = (encoder.resolve_where_reachable()
+                         if isinstance(encoder, EncoderConfig) else encoder)
+        self._expected_documents = expected_documents  # progress lines: share done, ETA
         self._text_field = text_field
         self._with_errors = with_errors
         if isinstance(long_text, str):
@@ -199,7 +201,9 @@ class EmbedTexts(beam.PTransform):
             pcoll | "ToRequest" >> beam.ParDo(_ToRequest(self._text_field)).with_outputs(
                 ERRORS_TAG, main="requests"))
         inference = RunInference(E5ModelHandler(
-            self._encoder, self._long_text, max_batch_duration_secs=self._max_batch_duration_secs))
+            self._encoder, self._long_text,
+            max_batch_duration_secs=self._max_batch_duration_secs,
+            expected_documents=self._expected_documents))
         if not self._with_errors:
             _ = bad_input | "FailOnBadInput" >> beam.Map(_raise_bad_input)
             return (requests | "RunInference" >> inference

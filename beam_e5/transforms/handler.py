@@ -20,7 +20,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.ml.rag.types import EmbeddableItem
 
-from beam_e5.model.chunking import LongTextConfig
+from beam_e5.model.chunking import LongTextConfig, window_budget
 from beam_e5.model.config import EncoderConfig, EncoderSpec, resolve_on_worker
 from beam_e5.model.encoder import ChunkVector, Encoder
 from beam_e5.model.tokens import degenerate_reason, mostly_unknown
@@ -63,15 +63,20 @@ class _EncoderMetrics:
 
 
 class _Progress:
-    """Logs documents and tokens done, and the rate, at most every ``PROGRESS_EVERY_S``.
+    """Logs documents, windows and tokens done, docs/s and, given an estimate of the
+    documents to embed, the share done and an ETA, at most every ``PROGRESS_EVERY_S``.
 
-    Per handler copy (so per worker thread); on Dataflow these lines land in the worker logs,
-    locally on stderr. The Beam counters above carry the job-wide totals.
+    Per handler copy (so per worker thread): with the in-process DirectRunner's one worker
+    it is the job's progress; with more workers each reports its own share (the ETA assumes
+    it is the only one). On Dataflow these lines land in the worker logs, locally on
+    stderr. The Beam counters above carry the job-wide totals.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, expected_documents: int = 0) -> None:
         self.start = time.monotonic()
         self.last = self.start
+        self.expected = expected_documents
+        self.documents = 0
         self.texts = 0
         self.tokens = 0
 
@@ -83,12 +88,29 @@ class _Progress:
                      texts, now - self.start)
         self.texts += texts
         self.tokens += tokens
+
+    def batch_done(self, documents: int) -> None:
+        self.documents += documents
+        now = time.monotonic()
         if now - self.last >= PROGRESS_EVERY_S:
             self.last = now
-            secs = now - self.start
-            LOG.info("beam-e5: embedded %d windows (a text, or a chunk of a long one), %d tokens "
-                     "(%.1f windows/s, %.0f tokens/s)",
-                     self.texts, self.tokens, self.texts / secs, self.tokens / secs)
+            LOG.info("beam-e5: %s", progress_line(self.documents, self.expected, self.texts,
+                                                  self.tokens, now - self.start))
+
+
+def progress_line(documents: int, expected: int, windows: int, tokens: int,
+                  seconds: float) -> str:
+    """``embedded 1,200 of ~10,000 documents (12%), ...; 40.0 docs/s, ETA 3m40s``."""
+    rate = documents / max(seconds, 1e-9)
+    done = f"embedded {documents:,} documents"
+    eta = ""
+    if expected > 0:
+        done = (f"embedded {documents:,} of ~{expected:,} documents read "
+                f"({min(documents / expected, 1.0):.0%})")
+        left = max(expected - documents, 0) / rate if rate > 0 else 0.0
+        eta = f", ETA {int(left // 60)}m{int(left % 60):02d}s"
+    return (f"{done}, {windows:,} windows, {tokens:,} tokens; {rate:.1f} docs/s, "
+            f"{tokens / max(seconds, 1e-9):.0f} tokens/s{eta}")
 
 
 class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
@@ -106,7 +128,8 @@ class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
     def __init__(self, encoder: Union[EncoderSpec, EncoderConfig],
                  long_text: Optional[LongTextConfig] = None, *,
                  min_batch_size: Optional[int] = None, max_batch_size: Optional[int] = None,
-                 max_batch_duration_secs: Optional[float] = None) -> None:
+                 max_batch_duration_secs: Optional[float] = None,
+                 expected_documents: int = 0) -> None:
         config = encoder.config if isinstance(encoder, EncoderSpec) else encoder
         # A fixed batch size by default: adaptive batching starts at 1 element, which would
         # defeat length sorting inside the batch. Bundle ends still flush partial batches.
@@ -117,6 +140,7 @@ class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
         self._long_text = long_text or LongTextConfig()
         self._metrics: Optional[_EncoderMetrics] = None
         self._progress: Optional[_Progress] = None
+        self._expected_documents = expected_documents  # for the progress lines' share, ETA
 
     @property
     def spec(self) -> EncoderSpec:
@@ -127,8 +151,7 @@ class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
 
     def _resolve(self) -> EncoderSpec:
         spec = resolve_on_worker(self._encoder)
-        # the model's window less [CLS]/[SEP]-style tokens; the prefix is checked per text
-        self._long_text.check_budget(spec.profile.max_length - 2)
+        self._long_text.check_budget(window_budget(spec.profile.max_length))
         return spec
 
     def load_model(self) -> Encoder:
@@ -154,7 +177,7 @@ class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
 
     def _embed(self, batch: Sequence[tuple[Any, str]], model: Encoder) -> list[Embedding]:
         if self._progress is None:
-            self._progress = _Progress()
+            self._progress = _Progress(self._expected_documents)
         # a Beam RAG item is one vector, never chunk rows: Beam's chunker already split the
         # text, and like Beam's own embedders the rare item over the window is truncated
         truncate = LongTextConfig("truncate")
@@ -188,6 +211,7 @@ class E5ModelHandler(ModelHandler[tuple[Any, str], Embedding, Encoder]):
                     metrics.mostly_unknown.inc()
                 out.append(Embedding(key, doc.vector, doc.tokens, doc.tokens_cut > 0, "",
                                      doc.tokens_cut, tuple(doc.chunks)))
+        self._progress.batch_done(len(batch))
         return out
 
     def _get_metrics(self) -> _EncoderMetrics:

@@ -27,7 +27,9 @@ coarse cell, and it probes the next ``probes`` fine cells among those of all the
 cells it probes (:func:`core.fine_probes`): ``probes + 1`` copies per vector however many
 cells there are (up to ``max_probes`` fine cells per probed coarse cell would let copies per
 vector grow with the corpus: docs/benchmarks.md, two-level cells). The placement is computed
-twice (count, then route) instead of materialising the placed copies. So the total sample,
+twice (count, then route) instead of materialising the placed copies. On the DirectRunner
+(``slices`` > 1, see :class:`SemanticDedupeConfig`) the work units run in sequential slices
+by cell and the verdicts reach the records through a side input. So the total sample,
 the number of cells and the copies grow linearly with the corpus (cells stay near
 ``target_cell_size`` homes on average) up to ``(sample_size / 10) ** 2`` cells, 4 million
 with the defaults; the pairs compared grow faster as far as cells grow unequal
@@ -56,6 +58,8 @@ from beam_e5.records import METRICS_NAMESPACE, is_chunk_row, is_document_row
 from beam_e5.transforms.streaming import require_bounded
 
 MIN_SAMPLE_PER_CELL = 10  # 'auto' never asks k-means for more centroids than sample/10
+# SemanticDedupeConfig.slices on the local DirectRunner (bench/bench_stage_memory.py)
+LOCAL_SLICES = 16
 
 
 class Point(NamedTuple):
@@ -93,6 +97,14 @@ class SemanticDedupeConfig:
     block_size: rows/columns per float32 matrix product inside a work unit.
     kmeans_iterations: Lloyd iterations after seeded k-means++ initialisation.
     seed: seeds the sample hash, k-means and chunk hashes.
+    slices: 1 (the default, and what a distributed runner should use): one shuffle of the
+        work units and a CoGroupByKey of the records with their verdicts. More (the
+        DirectRunner, which holds a whole shuffle in memory, gets ``LOCAL_SLICES`` through
+        :func:`for_runner`): the work units are routed, grouped and compared in this many
+        branches by a hash of the cell, one after the other (each waits for the count of
+        the previous one's output through a side input), and the records meet their
+        verdicts through a side input of the duplicates (one entry per duplicate), so no
+        shuffle carries the records. The result is the same for any value.
     """
 
     threshold: float = 0.9
@@ -107,12 +119,13 @@ class SemanticDedupeConfig:
     block_size: int = 1_024
     kmeans_iterations: int = 10
     seed: int = 0
+    slices: int = 1
 
     def __post_init__(self) -> None:
         try:
             core.check_threshold(self.threshold)
             for name in ("sample_size", "target_cell_size", "probes", "max_probes",
-                         "max_cell_size", "block_size"):
+                         "max_cell_size", "block_size", "slices"):
                 core.check_positive_int(name, getattr(self, name))
             if self.num_cells != "auto":
                 core.check_positive_int("num_cells (or 'auto')", self.num_cells)
@@ -146,6 +159,19 @@ class SemanticDedupeConfig:
         if by_size <= 2 * self.probes:  # probing would compare about as much as one cell
             return 1
         return max(1, min(by_size, self.sample_size // MIN_SAMPLE_PER_CELL))
+
+
+LOCAL_RUNNERS = (None, "DirectRunner", "direct", "SwitchingDirectRunner",
+                 "BundleBasedDirectRunner")
+
+
+def for_runner(config: SemanticDedupeConfig, runner: Any) -> SemanticDedupeConfig:
+    """``config`` with ``LOCAL_SLICES`` slices on the DirectRunner (it holds whole shuffles
+    in memory), unchanged on any other runner or when ``slices`` was set."""
+    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
+    if name in LOCAL_RUNNERS and config.slices == 1:
+        return dataclasses.replace(config, slices=LOCAL_SLICES)
+    return config
 
 
 def _check_nonnegative_int(name: str, value: object) -> None:
@@ -184,6 +210,17 @@ def _keyed_by_id(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if not isinstance(doc_id, str):
         raise ValueError(f"semantic dedupe needs a str 'id' on every record, got {doc_id!r}")
     return doc_id, record
+
+
+def _check_unique_id(id_count: tuple[str, int]) -> None:
+    doc_id, count = id_count
+    if count != 1:
+        raise ValueError(_not_unique(doc_id, count))
+
+
+def _not_unique(doc_id: str, count: int) -> str:
+    return (f"semantic dedupe: id {doc_id!r} occurs {count} times; ids must be unique (run "
+            "exact dedupe first or make the id field unique)")
 
 
 # ------------------------------------------------------- sample + centroids --
@@ -267,13 +304,17 @@ class Coarse(NamedTuple):
 
 
 class CoarseCellsFn(beam.DoFn):
-    """``point -> Coarse``: the coarse cells of :func:`core.coarse_probes`."""
+    """``point -> Coarse``: the coarse cells of :func:`core.coarse_probes`. Also takes the
+    input record itself (the sliced path: the records are held for the join anyway, so the
+    points are not materialised a second time)."""
 
     def __init__(self, config: SemanticDedupeConfig) -> None:
         self._config = config
 
-    def process(self, point: Point, model: CellModel):
+    def process(self, point: Point | dict[str, Any], model: CellModel):
         cfg = self._config
+        if not isinstance(point, Point):
+            point = to_point(point, cfg.keep)
         yield Coarse(point, tuple(core.coarse_probes(point.vector, model.centroids, cfg.probes,
                                                      cfg.probe_margin, cfg.max_probes)))
 
@@ -357,13 +398,26 @@ class CellMetricsFn(beam.DoFn):
         yield cell_size
 
 
+def slice_of(key: object, slices: int, seed: int) -> int:
+    """The branch (0 .. slices - 1) of a cell or an id when shuffles run in slices."""
+    return 0 if slices == 1 else core.stable_hash(f"slice\x00{key}", seed) % slices
+
+
 class ToWorkUnitsFn(CellsOfFn):
     """Places a vector in its cells and routes each copy to the work units of its
-    (possibly split) cell."""
+    (possibly split) cell; with ``slices`` > 1, only the copies whose cell falls in slice
+    ``part`` (``after``: the previous slice's count, a side input only waited for)."""
 
-    def process(self, element: Coarse, sizes: dict[Any, int], models=None):
+    def __init__(self, config: SemanticDedupeConfig, part: int = 0) -> None:
+        super().__init__(config)
+        self._part = part
+
+    def process(self, element: Coarse, sizes: dict[Any, int], models=None, after=None):
         point = element.point
+        cfg = self._config
         for cell, is_home in self.cells(element, models):
+            if cfg.slices > 1 and slice_of(cell, cfg.slices, cfg.seed) != self._part:
+                continue
             chunks = core.num_chunks(sizes[cell], self._config.max_cell_size)
             chunk = core.chunk_of(point.doc_id, cell, chunks, self._config.seed)
             for i, j, slot in core.work_units(is_home, chunk, chunks):
@@ -433,20 +487,34 @@ class SplitKeptFn(beam.DoFn):
         doc_id, joined = element
         docs, best = list(joined["doc"]), list(joined["best"])
         if len(docs) != 1:
-            raise ValueError(
-                f"semantic dedupe: id {doc_id!r} occurs {len(docs)} times; ids must be "
-                "unique (run exact dedupe first or make the id field unique)"
-            )
+            raise ValueError(_not_unique(doc_id, len(docs)))
         if not best:
             yield docs[0]
             return
-        cand: core.Candidate = best[0]
         self._dups.inc()
-        yield beam.pvalue.TaggedOutput(
-            "duplicates",
-            {"id": doc_id, "duplicate_of": cand.doc_id, "similarity": float(cand.similarity),
-             "kind": "semantic"},
-        )
+        yield beam.pvalue.TaggedOutput("duplicates", _duplicate(doc_id, best[0]))
+
+
+def _duplicate(doc_id: str, cand: core.Candidate) -> dict[str, Any]:
+    return {"id": doc_id, "duplicate_of": cand.doc_id, "similarity": float(cand.similarity),
+            "kind": "semantic"}
+
+
+class SplitByBestFn(beam.DoFn):
+    """A record and the verdicts (``{later id: Candidate}``, a side input): main output
+    kept, tag 'duplicates'."""
+
+    def __init__(self) -> None:
+        self._dups = Metrics.counter(METRICS_NAMESPACE, "semantic_duplicates")
+
+    def process(self, record: dict[str, Any], best: dict[str, core.Candidate]):
+        doc_id, record = _keyed_by_id(record)
+        cand = best.get(doc_id)
+        if cand is None:
+            yield record
+            return
+        self._dups.inc()
+        yield beam.pvalue.TaggedOutput("duplicates", _duplicate(doc_id, cand))
 
 
 # ---------------------------------------------------------------- transform --
@@ -475,7 +543,7 @@ class SemanticDedupe(beam.PTransform):
         cfg = self._config
         points = docs | "ToPoint" >> beam.Map(to_point, cfg.keep)
         model = points | "FitCells" >> beam.CombineGlobally(FitCellsFn(cfg))
-        coarse = points | "CoarseCells" >> beam.ParDo(
+        coarse = (points if cfg.slices == 1 else docs) | "CoarseCells" >> beam.ParDo(
             CoarseCellsFn(cfg), beam.pvalue.AsSingleton(model)
         )
         fine = ()
@@ -492,19 +560,54 @@ class SemanticDedupe(beam.PTransform):
             | "CountPerCell" >> beam.combiners.Count.PerElement()
             | "CellMetrics" >> beam.ParDo(CellMetricsFn())
         )
-        best = (
-            coarse
-            | "ToWorkUnits" >> beam.ParDo(ToWorkUnitsFn(cfg), beam.pvalue.AsDict(sizes), *fine)
-            | "GroupUnits" >> beam.GroupByKey()
-            | "CompareUnits" >> beam.ParDo(CompareUnitFn(cfg))
-            | "PickBest" >> beam.CombinePerKey(PickBestFn())
-        )
-        keyed = docs | "KeyById" >> beam.Map(_keyed_by_id)
-        return (
-            {"doc": keyed, "best": best}
-            | "JoinBest" >> beam.CoGroupByKey()
-            | "SplitKept" >> beam.ParDo(SplitKeptFn()).with_outputs("duplicates", main="kept")
-        )
+        best = self._compare(coarse, beam.pvalue.AsDict(sizes), fine)
+        return self._join(docs, best)
+
+    def _compare(self, coarse, sizes, fine):
+        """Work units -> each later document's best earlier match, slice after slice."""
+        cfg = self._config
+        if cfg.slices == 1:
+            units = coarse | "ToWorkUnits" >> beam.ParDo(ToWorkUnitsFn(cfg), sizes, *fine)
+            return (_candidates_of(units, cfg, "")
+                    | "PickBest" >> beam.CombinePerKey(PickBestFn()))
+        parts, after = [], {}
+        for part in range(cfg.slices):
+            units = coarse | f"ToWorkUnits_{part}" >> beam.ParDo(
+                ToWorkUnitsFn(cfg, part), sizes, *fine, **after)
+            parts.append(_candidates_of(units, cfg, f"_{part}"))
+            after = _done_after(parts[-1], f"UnitsDone_{part}")
+        candidates = tuple(parts) | "AllCandidates" >> beam.Flatten()
+        return candidates | "PickBest" >> beam.CombinePerKey(PickBestFn())
+
+    def _join(self, docs, best):
+        """Records joined with their verdict by id: kept, or a duplicate. One slice: a
+        CoGroupByKey; more: the verdicts (one per duplicate) as a side input, and the ids
+        checked for uniqueness on their own, so no shuffle carries the records."""
+        if self._config.slices == 1:
+            keyed = docs | "KeyById" >> beam.Map(_keyed_by_id)
+            return ({"doc": keyed, "best": best} | "JoinBest" >> beam.CoGroupByKey()
+                    | "SplitKept" >> beam.ParDo(SplitKeptFn()).with_outputs("duplicates",
+                                                                            main="kept"))
+        _ = (docs
+             | "Ids" >> beam.Map(lambda r: _keyed_by_id(r)[0])
+             | "CountIds" >> beam.combiners.Count.PerElement()
+             | "UniqueIds" >> beam.Map(_check_unique_id))
+        return docs | "SplitKept" >> beam.ParDo(
+            SplitByBestFn(), beam.pvalue.AsDict(best)).with_outputs("duplicates", main="kept")
+
+
+def _done_after(pcoll, label: str) -> dict[str, Any]:
+    """A side input (keyword ``after``) that is ready once ``pcoll`` is complete: the next
+    slice waits for it, so the DirectRunner holds one slice's shuffle at a time."""
+    done = pcoll | label >> beam.combiners.Count.Globally()
+    return {"after": beam.pvalue.AsSingleton(done)}
+
+
+def _candidates_of(units, config: SemanticDedupeConfig, tag: str):
+    """Work units -> ``(later doc, Candidate)`` for the matches found in them."""
+    return (units
+            | f"GroupUnits{tag}" >> beam.GroupByKey()
+            | f"CompareUnits{tag}" >> beam.ParDo(CompareUnitFn(config)))
 
 
 class DocumentDedupe(NamedTuple):

@@ -18,6 +18,7 @@ from beam_e5.jobs.summary import (
     counter_values,
     encode_ms,
     model_loads,
+    peak_rss_mib,
     summarize,
 )
 
@@ -29,7 +30,7 @@ METRICS = {"texts_embedded": 10_300, "real_tokens": 1_234_567, "padded_tokens": 
 
 
 def test_stats_from_counts_and_metrics() -> None:
-    stats = RunSummary(COUNTS, 50.0, METRICS).stats()
+    stats = RunSummary(COUNTS, 50.0, METRICS, 812.5).stats()
     assert stats == {
         "seconds": 50.0,
         "texts_embedded": 10_300,
@@ -43,6 +44,7 @@ def test_stats_from_counts_and_metrics() -> None:
         "model_loads": 2,
         "mostly_unknown_texts": 0,
         "encode_seconds": 45.25,
+        "peak_rss_mib": 812.5,
     }
 
 
@@ -51,7 +53,8 @@ def test_stats_without_metrics_are_zero() -> None:
     assert stats == {"seconds": 1.235, "texts_embedded": 0, "docs_per_s": 0.0,
                      "tokens_per_s": 0.0, "real_tokens": 0, "padded_tokens": 0,
                      "padding_ratio": 0.0, "micro_batches": 0, "truncated_texts": 0,
-                     "model_loads": 0, "mostly_unknown_texts": 0, "encode_seconds": 0.0}
+                     "model_loads": 0, "mostly_unknown_texts": 0, "encode_seconds": 0.0,
+                     "peak_rss_mib": 0.0}
 
 
 def test_rates_round_as_documented() -> None:
@@ -234,3 +237,15 @@ def test_attempted_values_are_used_where_nothing_is_committed() -> None:
     assert counter_values(fake) == {"real_tokens": 12, "micro_batches": 0}
     assert encode_ms(fake) == 300
     assert model_loads(fake) == 3  # the fake ignores the name filter: same distribution
+
+
+def test_peak_memory_line_and_measure() -> None:
+    counts = {"read": 1, "written": 1, "exact_duplicates": 0, "semantic_duplicates": 0,
+              "invalid": 0, "embedded": 0}
+    assert RunSummary(counts, 1.0, peak_rss_mib=2048.4).render().splitlines()[-1] == (
+        "  peak memory 2,048 MiB (resident; this process or its largest child worker)")
+    assert "peak memory" not in RunSummary(counts, 1.0).render()  # not measured
+    before = peak_rss_mib()
+    ballast = bytearray(64 << 20)  # touched: 64 MiB more resident than before, at least
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    assert peak_rss_mib() >= before and peak_rss_mib() >= 64

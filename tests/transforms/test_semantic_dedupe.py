@@ -20,6 +20,8 @@ from beam_e5.transforms.semantic_dedupe import (
     Point,
     SemanticDedupe,
     SemanticDedupeConfig,
+    for_runner,
+    slice_of,
     to_point,
 )
 
@@ -203,6 +205,40 @@ def test_bad_records_fail_the_pipeline(tmp_path, records, message):
         run_dedupe(records, {"x": SemanticDedupeConfig()}, tmp_path)
 
 
+def test_slices_give_the_same_result_as_one_shuffle(tmp_path):
+    """The local path's sliced shuffles (work units by cell, verdicts as a side input) decide
+    exactly what the single-shuffle graph decides: split cells, two levels, keep by tokens."""
+    records = planted_records(160, seed=3, clustered=True)
+    base = {"cells_split": dict(threshold=0.9, num_cells=4, max_cell_size=20),
+            "two_level": dict(threshold=0.9, sample_size=60, target_cell_size=8),
+            "longest": dict(threshold=0.86, num_cells=3, keep="longest")}
+    configs = {f"{name}_{slices}": SemanticDedupeConfig(**kw, slices=slices)
+               for name, kw in base.items() for slices in (1, 5)}
+    outputs, result = run_dedupe(records, configs, tmp_path)
+    for name in base:
+        (kept_1, dups_1), (kept_5, dups_5) = outputs[f"{name}_1"], outputs[f"{name}_5"]
+        assert dups_5 == dups_1 and dups_1
+        assert sorted(map(json.dumps, kept_5)) == sorted(map(json.dumps, kept_1))
+    counters = result.metrics().query(MetricsFilter().with_name("semantic_duplicates"))
+    assert sum(c.committed for c in counters["counters"]) == sum(
+        len(d) for _, d in outputs.values())
+
+
+def test_slices_still_reject_a_repeated_id(tmp_path):
+    records = [{"id": "a", "embedding": np.ones(3, np.float32)}] * 2
+    with pytest.raises(Exception, match="occurs 2 times"):
+        run_dedupe(records, {"x": SemanticDedupeConfig(slices=3)}, tmp_path)
+
+
+def test_for_runner_slices_only_the_direct_runner():
+    cfg = SemanticDedupeConfig()
+    assert for_runner(cfg, None).slices == for_runner(cfg, "DirectRunner").slices > 1
+    assert for_runner(cfg, "DataflowRunner") == cfg == for_runner(cfg, "PortableRunner")
+    assert for_runner(SemanticDedupeConfig(slices=2), None).slices == 2  # set by the caller
+    parts = [slice_of(f"doc-{k}", 4, 0) for k in range(200)]
+    assert set(parts) == {0, 1, 2, 3} and slice_of("x", 1, 0) == 0
+
+
 @pytest.mark.parametrize("record, keep, message", [
     ({"id": 7, "embedding": np.ones(3, np.float32)}, "id", "str 'id'"),
     ({"id": "a", "embedding": np.ones((1, 3), np.float32)}, "id", "1-D float32"),
@@ -235,7 +271,7 @@ def test_point_and_candidate_survive_pickle_and_beam_coders():
     ("num_cells", 0, "num_cells"), ("num_cells", "many", "num_cells"),
     ("probes", 0, "probes"), ("probe_margin", -0.1, "probe_margin"),
     ("max_cell_size", 0, "max_cell_size"), ("sample_size", 2.5, "sample_size"),
-    ("block_size", None, "block_size"), ("seed", -1, "seed"),
+    ("block_size", None, "block_size"), ("seed", -1, "seed"), ("slices", 0, "slices"),
 ])
 def test_config_validation(field, value, message):
     with pytest.raises(ConfigError, match=message):
