@@ -23,7 +23,8 @@ from beam_e5.io.sinks import table_to_records
 
 __all__ = ["PreviousSnapshot", "check_guards", "check_min_ratio", "check_not_live",
            "DEFAULT_MIN_RATIO", "check_pointer_location", "load_previous", "publish",
-           "published_count", "read_pointer", "read_previous", "resolve_snapshot", "same_signature"]
+           "published_count", "read_pointer", "read_previous", "resolve_snapshot",
+           "same_location", "same_signature"]
 
 
 MAX_POINTER_BYTES = 4096
@@ -33,6 +34,11 @@ DEFAULT_MIN_RATIO = 0.5
 
 def _local_abs(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
+
+
+def same_location(a: str, b: str) -> bool:
+    """Whether two paths (local, relative or absolute, or a URL) name the same place."""
+    return _local_abs(a).rstrip("/") == _local_abs(b).rstrip("/")
 
 
 def read_pointer(pointer: str) -> Optional[str]:
@@ -74,7 +80,7 @@ def check_not_live(output: str, pointers: Iterable[Optional[str]]) -> None:
     it would delete the served snapshot before its replacement exists."""
     for pointer in pointers:
         target = read_pointer(pointer) if pointer else None
-        if target and _local_abs(target).rstrip("/") == _local_abs(output).rstrip("/"):
+        if target and same_location(target, output):
             raise ConfigError(
                 f"--output {output} is the live snapshot that {pointer} names; --overwrite "
                 "would delete it before the new run is complete. Write each run to a new "
@@ -83,7 +89,7 @@ def check_not_live(output: str, pointers: Iterable[Optional[str]]) -> None:
 
 def check_pointer_location(pointer: str, output: str) -> None:
     """A ``--publish`` pointer must be a file we can write next to, not the output itself."""
-    if _local_abs(pointer).rstrip("/") == _local_abs(output).rstrip("/"):
+    if same_location(pointer, output):
         raise ConfigError(f"--publish {pointer} is the --output directory; name a pointer file "
                           "beside the snapshots, e.g. snapshots/LATEST")
     if "://" in pointer:

@@ -8,7 +8,6 @@ pointer names.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -27,16 +26,11 @@ from beam_e5.io.snapshots import (
     publish,
     published_count,
     read_previous,
+    same_location,
 )
 from beam_e5.io.targets.base import JobShape, OutputRun, VectorOutput
 
 __all__ = ["ParquetOutput"]
-
-
-def _same_dir(a: str, b: str) -> bool:
-    def norm(path: str) -> str:
-        return (path if "://" in path else os.path.abspath(path)).rstrip("/")
-    return norm(a) == norm(b)
 
 
 @dataclass(frozen=True)
@@ -66,7 +60,7 @@ class ParquetOutput(VectorOutput):
              previous: Optional[str]) -> "ParquetRun":
         out = self.directory.output
         snapshot = load_previous(previous, signature) if previous else None
-        if snapshot is not None and _same_dir(snapshot.path, out):
+        if snapshot is not None and same_location(snapshot.path, out):
             raise ConfigError("--output must differ from the --previous snapshot; write each run "
                               "to a new directory and move a --publish pointer")
         if self.publish_pointer:
