@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional
 import apache_beam as beam
 import pyarrow as pa
 
-from beam_e5.io.rundir import OutputClaim, OutputConfig, refusal
+from beam_e5.io.rundir import OutputClaim, OutputConfig
 from beam_e5.io.snapshots import PreviousSnapshot, check_guards
 
 __all__ = ["JobShape", "OutputRun", "RecordRule", "VectorOutput"]
@@ -71,7 +71,7 @@ class OutputRun(ABC):
         try:
             self.close()
         finally:
-            self.claim.end(failed=exc_type is not None, refused=refusal(exc_type))
+            self.claim.__exit__(exc_type, exc, tb)  # the claim's own rule: release or abandon
 
     def mark_complete(self) -> None:
         """The run directory holds a finished run (its manifest): keep it from here on."""
