@@ -209,9 +209,12 @@ def add_pg_args(parser: argparse.ArgumentParser) -> None:
 
 
 # the pg flags, by PgSinkConfig field; None (not given) keeps the field's default
-PG_FLAGS = {"report_dir": "report_dir", "index": "index", "hnsw_m": "hnsw_m",
-            "hnsw_ef_construction": "hnsw_ef_construction", "ivfflat_lists": "ivfflat_lists",
-            "pg_batch_rows": "batch_rows", "pg_maintenance_work_mem": "maintenance_work_mem"}
+# the flags that only a postgresql:// --output takes, and the two whose PgSinkConfig field
+# has another name (the rest are the field's own name)
+PG_FLAGS = ("report_dir", "index", "hnsw_m", "hnsw_ef_construction", "ivfflat_lists",
+            "pg_batch_rows", "pg_maintenance_work_mem")
+PG_FIELD_OF_FLAG = {"pg_batch_rows": "batch_rows",
+                    "pg_maintenance_work_mem": "maintenance_work_mem"}
 
 
 def _given_pg_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -230,7 +233,7 @@ def pg_output(args: argparse.Namespace):
         raise ConfigError("--publish moves a pointer file; with a postgresql:// --output the run "
                           "publishes by swapping the table behind table=NAME: drop --publish")
     given = _given_pg_flags(args)
-    fields = {PG_FLAGS.get(dest, dest): value for dest, value in given.items()}
+    fields = {PG_FIELD_OF_FLAG.get(dest, dest): value for dest, value in given.items()}
     sink = PgSinkConfig(args.output, fields.pop("report_dir", ""), **fields)
     return PgvectorOutput(sink, args.vector_dtype, args.overwrite)
 
