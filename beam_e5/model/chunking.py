@@ -97,6 +97,16 @@ class LongTextConfig:
         """Text tokens per window, given what the model holds (``budget``)."""
         return min(self.chunk_tokens or budget, budget)
 
+    def shortened(self, budget: int) -> Optional[str]:
+        """What to tell the user when ``--chunk-tokens`` is more than a window holds once the
+        prefix's tokens are known (on the workers: the launcher checks against the window less
+        the special tokens only), or None when it fits."""
+        if self.mode != "chunk" or self.chunk_tokens is None or self.chunk_tokens <= budget:
+            return None
+        return (f"--chunk-tokens {self.chunk_tokens} is more than the model's window holds "
+                f"after its special tokens and the prefix ({budget} text tokens): windows are "
+                f"{budget} tokens; pass --chunk-tokens {budget} to say so, or leave it out")
+
     def overlap_for(self, window: int) -> int:
         """Overlap in tokens for a window of ``window`` tokens (at most half of it)."""
         if self.overlap is None:

@@ -145,6 +145,7 @@ class Encoder:
         self.left_padding = getattr(tokenizer, "padding_side", "right") == "left"
         self.dim = spec.dim
         self._frame_ids: Optional[tuple[list[int], list[int]]] = None
+        self._told: set[str] = set()  # warnings already logged (see _tell_once)
         self.unk_id = tokenizer.unk_token_id
         # Every forward pass runs on this one thread, one at a time: the model already uses
         # every core (or the GPU), and passes from many Beam worker threads would each grow
@@ -196,6 +197,12 @@ class Encoder:
             ids.append(self.eos_id)
         return ids
 
+    def _tell_once(self, message: Optional[str]) -> None:
+        """Log ``message`` at WARNING the first time this encoder meets it."""
+        if message is not None and message not in self._told:
+            self._told.add(message)
+            LOG.warning("beam-e5: %s", message)
+
     def text_budget(self, prefix_tokens: int) -> int:
         """Text tokens one window holds: max length less special tokens and the prefix."""
         head, tail = self._frame()
@@ -223,6 +230,7 @@ class Encoder:
             n = len(ids) - k
             budget = max(1, self.text_budget(k))
             window = long_text.window(budget)
+            self._tell_once(long_text.shortened(budget))
             if n <= budget or long_text.mode == "truncate":
                 span = truncate_span(text, offsets[k:], budget, len(self.prefix))
                 plans.append(_Plan(ids, k, [span], n, max(0, n - budget)))

@@ -268,6 +268,11 @@ def test_config_validation():
         LongTextConfig(chunk_tokens=511).check_budget(510)
     LongTextConfig(chunk_tokens=510).check_budget(510)  # the whole window: fine
     assert window_budget(512) == 510
+    assert LongTextConfig(chunk_tokens=510).shortened(510) is None
+    assert LongTextConfig().shortened(507) is None  # no --chunk-tokens: windows fill the model
+    assert LongTextConfig("truncate").shortened(10) is None
+    assert "windows are 507 tokens; pass --chunk-tokens 507" in LongTextConfig(
+        chunk_tokens=510).shortened(507)
     assert LongTextConfig("truncate").signature() == {}
     assert LongTextConfig().signature()["long_text"] == "chunk"
 

@@ -208,3 +208,22 @@ def test_fail_and_truncate_report_tokens(minilm):
     assert text[c.char_start:c.char_end].startswith("GNU GENERAL")
     assert minilm.tokenizer(text[:c.char_end], add_special_tokens=False)["input_ids"] == \
         minilm.tokenizer(text, add_special_tokens=False)["input_ids"][:254]
+
+
+def test_chunk_tokens_beyond_what_the_prefix_leaves_is_said_once(minilm_dir, caplog):
+    """--chunk-tokens 254 passes the launcher's check (256 less [CLS]/[SEP]) but "passage: "
+    takes 2 more tokens on the worker: the windows are 252 tokens and a warning says so, once."""
+    from beam_e5.model.profiles import ProfileOverrides
+
+    encoder = Encoder.load(EncoderConfig(
+        minilm_dir, backend="torch",
+        overrides=ProfileOverrides(passage_prefix="passage: ")).resolve())
+    cfg = LongTextConfig(chunk_tokens=254, overlap=0)
+    cfg.check_budget(254)  # what the launcher checks: it fits
+    text = " ".join(f"word{i}" for i in range(600))
+    with caplog.at_level("WARNING", logger="beam_e5.model.encoder"):
+        plans = encoder.plan_documents([text, text], cfg)
+    said = [r.getMessage() for r in caplog.records if "--chunk-tokens 254" in r.getMessage()]
+    assert plans[0].prefix_tokens == 2  # "passage", ":"
+    assert said == [f"beam-e5: {cfg.shortened(252)}"]
+    assert max(s.token_end - s.token_start for s in plans[0].spans) == 252
