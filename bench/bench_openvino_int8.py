@@ -14,10 +14,10 @@ through the same ``Encoder`` (beam-e5's tokenisation, token-budget micro-batches
   ``ptq-bc``: full bias correction instead of the fast one; ``ptq-perf``: the
   ``PERFORMANCE`` preset (symmetric activations);
 - ``wc``: ``nncf.compress_weights`` INT8_ASYM (weight-only: int8 weights decompressed at run
-  time; the CPU plugin quantises the activations of those MatMuls at run time, per token
-  and group of ``DYNAMIC_QUANTIZATION_GROUP_SIZE`` channels, 32 by default in OpenVINO
-  2026.4: a contender ``wc/bf16/dq0`` turns that off, ``/dq384`` makes it one scale per
-  token over MiniLM's hidden size).
+  time; with the f32 hint the CPU plugin quantises the activations of those MatMuls at run
+  time, per token and group of ``DYNAMIC_QUANTIZATION_GROUP_SIZE`` channels, 32 by default
+  in OpenVINO 2026.4: a contender ``wc/f32/dq0`` turns that off, ``wc/f32/dq128`` takes
+  groups of 128; with the bf16 hint the vectors are the same with ``/dq0``: bf16 compute).
 
 Each nncf model is compiled twice: ``/bf16`` (what OpenVINO runs the layers left in float in
 on this CPU by default: ``INFERENCE_PRECISION_HINT`` bf16) and ``/f32`` (the float layers in
