@@ -14,7 +14,9 @@ is held): clustered unit vectors with a few planted near-duplicates, seeded. Sta
   one by one and cut after coarse cells, the routing to work units, their GroupByKey and
   compare, and the join with the records (where the memory goes, step by step).
 
-Also prints the encoded size of each element kind with the coder Beam picks for it.
+Also prints the encoded size of each element kind with the coder Beam picks for it. The
+child fixes glibc's mmap threshold as ``beam-e5 embed`` does on the DirectRunner
+(``MALLOC_MMAP_THRESHOLD_`` set in the environment keeps the value given there).
 """
 
 from __future__ import annotations
@@ -50,8 +52,10 @@ def make_records(shard: int, n: int, dim: int = DIM, seed: int = 0):
 def run_stage(stage: str, n: int) -> dict:
     import apache_beam as beam
 
+    from beam_e5.jobs.summary import bound_local_memory
     from beam_e5.transforms.semantic_dedupe import SemanticDedupeConfig, dedupe_documents
 
+    bound_local_memory(None)  # what beam-e5 embed and dedupe do on the DirectRunner
     with beam.Pipeline() as p:
         recs = (p | beam.Create(range((n + SHARD - 1) // SHARD))
                 | beam.Reshuffle() | beam.FlatMap(make_records, n))

@@ -7,7 +7,8 @@ Pipeline (no step collects the corpus or all pairs on one worker)::
 
     points --CombineGlobally(sample by id hash, fit k-means)--> centroids (side input)
     points --coarse home + probed coarse cells, one element per vector--> coarse
-    coarse --homes: CombinePerKey(sample, fit k-means) per big coarse cell--> fine centroids
+    coarse --homes counted per coarse cell; the homes of the cells to divide only:
+           CombinePerKey(sample, fit k-means)--> fine centroids
     coarse --place in cells (fine centroids: multimap side input), keys only--> count per cell
     coarse --place in cells again, route by cell size (side input)--> (cell, chunk i, chunk j)
            --GroupByKey--> blocked cosine, exact check --> (d, Candidate e)
@@ -165,11 +166,16 @@ LOCAL_RUNNERS = (None, "DirectRunner", "direct", "SwitchingDirectRunner",
                  "BundleBasedDirectRunner")
 
 
+def is_local_runner(runner: Any) -> bool:
+    """Whether ``runner`` (a name, a runner object or None) is the DirectRunner."""
+    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
+    return name in LOCAL_RUNNERS
+
+
 def for_runner(config: SemanticDedupeConfig, runner: Any) -> SemanticDedupeConfig:
     """``config`` with ``LOCAL_SLICES`` slices on the DirectRunner (it holds whole shuffles
     in memory), unchanged on any other runner or when ``slices`` was set."""
-    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
-    if name in LOCAL_RUNNERS and config.slices == 1:
+    if is_local_runner(runner) and config.slices == 1:
         return dataclasses.replace(config, slices=LOCAL_SLICES)
     return config
 
@@ -241,37 +247,42 @@ def _sample_order(item: _Sampled) -> tuple[int, str]:
 class FitCellsFn(beam.CombineFn):
     """Keeps the ``sample_size`` points with the smallest id hash, then fits k-means.
 
-    The accumulator is bounded by the sample size (plus the corpus count), so the
-    corpus is never collected; the result does not depend on bundling. With ``fine``, it
-    divides one coarse cell (``fine_cells_for`` its home count; no k-means, centroids
-    ``None``, when the cell stays whole).
+    The accumulator is ``(count, items, bound)``: at most ``sample_size`` items plus
+    ``sample_size // 8`` not yet trimmed, and once a trim has filled the sample, ``bound``
+    is its largest ``(rank, doc_id)``: a point above it can never enter the sample, so it
+    is dropped on arrival. The corpus is never collected; the result does not depend on
+    bundling (the sample is the ``sample_size`` smallest keys whatever the order). With
+    ``fine``, it divides one coarse cell (``fine_cells_for`` its home count; no k-means,
+    centroids ``None``, when the cell stays whole).
     """
 
     def __init__(self, config: SemanticDedupeConfig, fine: bool = False) -> None:
         self._config = config
         self._fine = fine
 
-    def create_accumulator(self) -> tuple[int, list]:
-        return 0, []
+    def create_accumulator(self) -> tuple[int, list, tuple | None]:
+        return 0, [], None
 
-    def add_input(self, acc: tuple[int, list], point: Point) -> tuple[int, list]:
-        count, items = acc
-        items.append(_Sampled(core.stable_hash(point.doc_id, self._config.seed), point.doc_id,
-                              point.vector))
-        if len(items) >= 2 * self._config.sample_size:
-            items = self._trim(items)
-        return count + 1, items
+    def add_input(self, acc: tuple[int, list, tuple | None], point: Point):
+        count, items, bound = acc
+        item = _Sampled(core.stable_hash(point.doc_id, self._config.seed), point.doc_id,
+                        point.vector)
+        if bound is None or _sample_order(item) < bound:
+            items.append(item)
+            if len(items) >= self._config.sample_size + self._config.sample_size // 8 + 1:
+                items, bound = self._trim(items)
+        return count + 1, items, bound
 
-    def merge_accumulators(self, accs) -> tuple[int, list]:
+    def merge_accumulators(self, accs) -> tuple[int, list, tuple | None]:
         count, items = 0, []
-        for acc_count, acc_items in accs:
+        for acc_count, acc_items, _ in accs:
             count += acc_count
-            items = self._trim(items + acc_items)
-        return count, items
+            items, _ = self._trim(items + acc_items)
+        return count, *self._trim(items)
 
-    def extract_output(self, acc: tuple[int, list]) -> CellModel:
-        count, items = acc
-        items = sorted(self._trim(items), key=_sample_order)
+    def extract_output(self, acc: tuple[int, list, tuple | None]) -> CellModel:
+        count, items, _ = acc
+        items = sorted(self._trim(items)[0], key=_sample_order)
         if not items:
             return CellModel(None, count)
         dims = {item.vector.shape for item in items}
@@ -284,12 +295,18 @@ class FitCellsFn(beam.CombineFn):
         cells = cfg.fine_cells_for(count) if self._fine else cfg.cells_for(count)
         if self._fine and cells == 1:
             return CellModel(None, count)
-        sample = np.stack([item.vector for item in items]).astype(np.float32)
+        sample = np.stack([item.vector for item in items])  # float32: to_point checked
+        del items
         centroids = core.fit_centroids(sample, cells, cfg.seed, cfg.kmeans_iterations)
         return CellModel(centroids.astype(np.float64), count)
 
-    def _trim(self, items: list) -> list:
-        return heapq.nsmallest(self._config.sample_size, items, key=_sample_order)
+    def _trim(self, items: list) -> tuple[list, tuple | None]:
+        """The ``sample_size`` smallest items, and the bound once the sample is full."""
+        size = self._config.sample_size
+        if len(items) <= size:
+            return items, None
+        kept = heapq.nsmallest(size, items, key=_sample_order)
+        return kept, _sample_order(kept[-1])
 
 
 class Coarse(NamedTuple):
@@ -321,6 +338,38 @@ class CoarseCellsFn(beam.DoFn):
 
 def _coarse_home(element: Coarse) -> tuple[int, Point]:
     return element.home, element.point
+
+
+def _home_cell(element: Coarse) -> int:
+    return element.home
+
+
+def _divided_home(element: Coarse, homes: dict[int, int], config: SemanticDedupeConfig):
+    """``(home, point)`` of a vector whose home coarse cell is divided, else nothing."""
+    if config.fine_cells_for(homes[element.home]) > 1:
+        yield element.home, element.point
+
+
+def _whole_cell(cell_homes: tuple[int, int], config: SemanticDedupeConfig):
+    """The model of a coarse cell that stays whole: no centroids, no points needed."""
+    cell, homes = cell_homes
+    if config.fine_cells_for(homes) == 1:
+        yield cell, CellModel(None, homes)
+
+
+def _fine_models(coarse, config: SemanticDedupeConfig):
+    """``(coarse cell, CellModel)`` for every coarse cell with homes, as
+    ``CombinePerKey(FitCellsFn(fine=True))`` over all its homes gives it; but the homes are
+    counted first and only those of the cells ``fine_cells_for`` divides are collected (under
+    2 million vectors, with the defaults, usually none), instead of every vector of the
+    corpus in the accumulators of cells that stay whole."""
+    homes = (coarse | "HomeCells" >> beam.Map(_home_cell)
+             | "CountHomes" >> beam.combiners.Count.PerElement())
+    fitted = (coarse
+              | "DividedHomes" >> beam.FlatMap(_divided_home, beam.pvalue.AsDict(homes), config)
+              | "FitFineCells" >> beam.CombinePerKey(FitCellsFn(config, fine=True)))
+    whole = homes | "WholeCells" >> beam.FlatMap(_whole_cell, config)
+    return (fitted, whole) | "FineModels" >> beam.Flatten()
 
 
 class CellsOfFn(beam.DoFn):
@@ -548,12 +597,7 @@ class SemanticDedupe(beam.PTransform):
         )
         fine = ()
         if cfg.num_cells == "auto":  # two levels: big coarse cells divided by their own k-means
-            fine_models = (
-                coarse
-                | "CoarseHomes" >> beam.Map(_coarse_home)
-                | "FitFineCells" >> beam.CombinePerKey(FitCellsFn(cfg, fine=True))
-            )
-            fine = (beam.pvalue.AsMultiMap(fine_models),)
+            fine = (beam.pvalue.AsMultiMap(_fine_models(coarse, cfg)),)
         sizes = (
             coarse
             | "CountCells" >> beam.ParDo(CountCellsFn(cfg), *fine)
