@@ -14,6 +14,9 @@ is held): clustered unit vectors with a few planted near-duplicates, seeded. Sta
   one by one and cut after coarse cells, the routing to work units, their GroupByKey and
   compare, and the join with the records (where the memory goes, step by step).
 
+``--trace`` prints, per FnApiRunner stage, the resident memory before it, its peak while
+it ran (sampled every 20 ms) and after it, and marks the stage where the run peaked.
+
 Also prints the encoded size of each element kind with the coder Beam picks for it. The
 child fixes glibc's mmap threshold as ``beam-e5 embed`` does on the DirectRunner
 (``MALLOC_MMAP_THRESHOLD_`` set in the environment keeps the value given there).
@@ -26,6 +29,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 
@@ -127,20 +132,64 @@ def encoded_sizes() -> dict[str, int]:
     return {k: len(coder.encode(v)) for k, v in kinds.items()}
 
 
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def trace_stages() -> list:
+    """Wrap the FnApiRunner's bundle execution (a private method: bench only) to record
+    ``(stage, rss before, peak rss while it ran, rss after)`` in the returned list."""
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    log: list = []
+    peak = {"rss": 0}
+
+    def sample() -> None:
+        while True:
+            peak["rss"] = max(peak["rss"], _rss())
+            time.sleep(0.02)
+
+    threading.Thread(target=sample, daemon=True).start()
+    execute = fn_runner.FnApiRunner._execute_bundle
+
+    def traced(self, context, bundle, *rest):
+        before = peak["rss"] = _rss()
+        out = execute(self, context, bundle, *rest)
+        log.append((bundle.stage.name, before, peak["rss"], _rss()))
+        return out
+
+    fn_runner.FnApiRunner._execute_bundle = traced
+    return log
+
+
+def print_trace(log: list) -> None:
+    top = max(row[2] for row in log)
+    for name, before, high, after in log:
+        mark = "  <== peak" if high == top else ""
+        print(f"trace {before / 2**20:7.0f} {high / 2**20:7.0f} {after / 2**20:7.0f} MiB  "
+              f"{name[:120]}{mark}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, nargs="+", default=[10_000, 40_000])
     ap.add_argument("--stage", nargs="+", default=["none", "semantic"])
+    ap.add_argument("--trace", action="store_true", help="resident memory per runner stage")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
+        log = trace_stages() if args.trace else None
         run_stage(args.child[0], int(args.child[1]))
+        if log:
+            print_trace(log)
         return
     print(json.dumps(encoded_sizes(), indent=1))
     rows = {}
     for stage in args.stage:
         for n in args.n:
-            proc = subprocess.Popen([sys.executable, __file__, "--child", stage, str(n)],
+            trace = ["--trace"] if args.trace else []
+            proc = subprocess.Popen([sys.executable, __file__, "--child", stage, str(n), *trace],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             _, status, usage = os.wait4(proc.pid, 0)
             out = proc.stdout.read()
@@ -150,6 +199,7 @@ def main() -> None:
             print(f"{stage:9s} n={n:>8,d} peak RSS {rows[stage, n]:8.1f} MiB  "
                   f"{' '.join(x for x in out.splitlines() if x.startswith(('records', 'dup')))}",
                   flush=True)
+            print("\n".join(x for x in out.splitlines() if x.startswith("trace ")), flush=True)
         if len(args.n) > 1:
             lo, hi = min(args.n), max(args.n)
             slope = (rows[stage, hi] - rows[stage, lo]) * 1024 * 1024 / (hi - lo)
