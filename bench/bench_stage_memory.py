@@ -29,10 +29,9 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 
 import numpy as np
+from trace_stages import print_trace, trace_stages
 
 DIM = 384
 SHARD = 1_000
@@ -130,45 +129,6 @@ def encoded_sizes() -> dict[str, int]:
              "work-unit copy ((cell,i,j),(slot, Point))": (((3, 0), 0, 0), ("home", point)),
              "Candidate": core.Candidate(0.97, point.key, rec["id"])}
     return {k: len(coder.encode(v)) for k, v in kinds.items()}
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def trace_stages() -> list:
-    """Wrap the FnApiRunner's bundle execution (a private method: bench only) to record
-    ``(stage, rss before, peak rss while it ran, rss after)`` in the returned list."""
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-
-    log: list = []
-    peak = {"rss": 0}
-
-    def sample() -> None:
-        while True:
-            peak["rss"] = max(peak["rss"], _rss())
-            time.sleep(0.02)
-
-    threading.Thread(target=sample, daemon=True).start()
-    execute = fn_runner.FnApiRunner._execute_bundle
-
-    def traced(self, context, bundle, *rest):
-        before = peak["rss"] = _rss()
-        out = execute(self, context, bundle, *rest)
-        log.append((bundle.stage.name, before, peak["rss"], _rss()))
-        return out
-
-    fn_runner.FnApiRunner._execute_bundle = traced
-    return log
-
-
-def print_trace(log: list) -> None:
-    top = max(row[2] for row in log)
-    for name, before, high, after in log:
-        mark = "  <== peak" if high == top else ""
-        print(f"trace {before / 2**20:7.0f} {high / 2**20:7.0f} {after / 2**20:7.0f} MiB  "
-              f"{name[:120]}{mark}")
 
 
 def main() -> None:
