@@ -159,7 +159,8 @@ def main() -> None:
             print(f"{stage:9s} n={n:>8,d} peak RSS {rows[stage, n]:8.1f} MiB  "
                   f"{' '.join(x for x in out.splitlines() if x.startswith(('records', 'dup')))}",
                   flush=True)
-            print("\n".join(x for x in out.splitlines() if x.startswith("trace ")), flush=True)
+            for line in (x for x in out.splitlines() if x.startswith("trace ")):
+                print(line, flush=True)
         if len(args.n) > 1:
             lo, hi = min(args.n), max(args.n)
             slope = (rows[stage, hi] - rows[stage, lo]) * 1024 * 1024 / (hi - lo)

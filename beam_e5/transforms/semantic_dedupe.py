@@ -321,31 +321,45 @@ class Coarse(NamedTuple):
 
 
 class CoarseCellsFn(beam.DoFn):
-    """``point -> Coarse``: the coarse cells of :func:`core.coarse_probes`. Also takes the
-    input record itself (the sliced path: the records are held for the join anyway, so the
-    points are not materialised a second time)."""
+    """``point -> Coarse``: the coarse cells of :func:`core.coarse_probes`."""
 
     def __init__(self, config: SemanticDedupeConfig) -> None:
         self._config = config
 
-    def process(self, point: Point | dict[str, Any], model: CellModel):
-        cfg = self._config
-        if not isinstance(point, Point):
-            point = to_point(point, cfg.keep)
-        yield Coarse(point, tuple(core.coarse_probes(point.vector, model.centroids, cfg.probes,
-                                                     cfg.probe_margin, cfg.max_probes)))
+    def process(self, point: Point, model: CellModel):
+        yield _placed(point, self._config, model)
+
+
+def _placed(point: Point, config: SemanticDedupeConfig, model: CellModel) -> Coarse:
+    return Coarse(point, tuple(core.coarse_probes(point.vector, model.centroids, config.probes,
+                                                  config.probe_margin, config.max_probes)))
+
+
+def coarse_of(element: Coarse | dict[str, Any], config: SemanticDedupeConfig,
+              coarse_model: CellModel | None = None) -> Coarse:
+    """``element`` itself when it is a :class:`Coarse` (one slice: the coarse cells are
+    materialised once), else the input record placed in its coarse cells by
+    ``coarse_model`` (the sliced path: each step that needs them recomputes them from the
+    records, which it holds for the join anyway, instead of holding a second copy of every
+    vector; the placement is a pure function of the vector)."""
+    if isinstance(element, Coarse):
+        return element
+    return _placed(to_point(element, config.keep), config, coarse_model)
 
 
 def _coarse_home(element: Coarse) -> tuple[int, Point]:
     return element.home, element.point
 
 
-def _home_cell(element: Coarse) -> int:
-    return element.home
+def _home_cell(element: Coarse | dict[str, Any], config: SemanticDedupeConfig,
+               coarse_model: CellModel | None = None) -> int:
+    return coarse_of(element, config, coarse_model).home
 
 
-def _divided_home(element: Coarse, homes: dict[int, int], config: SemanticDedupeConfig):
+def _divided_home(element: Coarse | dict[str, Any], homes: dict[int, int],
+                  config: SemanticDedupeConfig, coarse_model: CellModel | None = None):
     """``(home, point)`` of a vector whose home coarse cell is divided, else nothing."""
+    element = coarse_of(element, config, coarse_model)
     if config.fine_cells_for(homes[element.home]) > 1:
         yield element.home, element.point
 
@@ -357,16 +371,17 @@ def _whole_cell(cell_homes: tuple[int, int], config: SemanticDedupeConfig):
         yield cell, CellModel(None, homes)
 
 
-def _fine_models(coarse, config: SemanticDedupeConfig):
+def _fine_models(coarse, config: SemanticDedupeConfig, placed: dict[str, Any]):
     """``(coarse cell, CellModel)`` for every coarse cell with homes, as
     ``CombinePerKey(FitCellsFn(fine=True))`` over all its homes gives it; but the homes are
     counted first and only those of the cells ``fine_cells_for`` divides are collected (under
     2 million vectors, with the defaults, usually none), instead of every vector of the
     corpus in the accumulators of cells that stay whole."""
-    homes = (coarse | "HomeCells" >> beam.Map(_home_cell)
+    homes = (coarse | "HomeCells" >> beam.Map(_home_cell, config, **placed)
              | "CountHomes" >> beam.combiners.Count.PerElement())
     fitted = (coarse
-              | "DividedHomes" >> beam.FlatMap(_divided_home, beam.pvalue.AsDict(homes), config)
+              | "DividedHomes" >> beam.FlatMap(_divided_home, beam.pvalue.AsDict(homes), config,
+                                               **placed)
               | "FitFineCells" >> beam.CombinePerKey(FitCellsFn(config, fine=True)))
     whole = homes | "WholeCells" >> beam.FlatMap(_whole_cell, config)
     return (fitted, whole) | "FineModels" >> beam.Flatten()
@@ -428,8 +443,8 @@ class CellsOfFn(beam.DoFn):
 class CountCellsFn(CellsOfFn):
     """Emits the cell of every placed copy (only the key: to count members per cell)."""
 
-    def process(self, element: Coarse, models=None):
-        for cell, _ in self.cells(element, models):
+    def process(self, element: Coarse | dict[str, Any], models=None, coarse_model=None):
+        for cell, _ in self.cells(coarse_of(element, self._config, coarse_model), models):
             yield cell
 
 
@@ -461,7 +476,9 @@ class ToWorkUnitsFn(CellsOfFn):
         super().__init__(config)
         self._part = part
 
-    def process(self, element: Coarse, sizes: dict[Any, int], models=None, after=None):
+    def process(self, element: Coarse | dict[str, Any], sizes: dict[Any, int], models=None,
+                after=None, coarse_model=None):
+        element = coarse_of(element, self._config, coarse_model)
         point = element.point
         cfg = self._config
         for cell, is_home in self.cells(element, models):
@@ -592,22 +609,25 @@ class SemanticDedupe(beam.PTransform):
         cfg = self._config
         points = docs | "ToPoint" >> beam.Map(to_point, cfg.keep)
         model = points | "FitCells" >> beam.CombineGlobally(FitCellsFn(cfg))
-        coarse = (points if cfg.slices == 1 else docs) | "CoarseCells" >> beam.ParDo(
-            CoarseCellsFn(cfg), beam.pvalue.AsSingleton(model)
-        )
+        placed: dict[str, Any] = {}  # the coarse cells: materialised, or (sliced) recomputed
+        if cfg.slices == 1:
+            coarse = points | "CoarseCells" >> beam.ParDo(
+                CoarseCellsFn(cfg), beam.pvalue.AsSingleton(model))
+        else:
+            coarse, placed = docs, {"coarse_model": beam.pvalue.AsSingleton(model)}
         fine = ()
         if cfg.num_cells == "auto":  # two levels: big coarse cells divided by their own k-means
-            fine = (beam.pvalue.AsMultiMap(_fine_models(coarse, cfg)),)
+            fine = (beam.pvalue.AsMultiMap(_fine_models(coarse, cfg, placed)),)
         sizes = (
             coarse
-            | "CountCells" >> beam.ParDo(CountCellsFn(cfg), *fine)
+            | "CountCells" >> beam.ParDo(CountCellsFn(cfg), *fine, **placed)
             | "CountPerCell" >> beam.combiners.Count.PerElement()
             | "CellMetrics" >> beam.ParDo(CellMetricsFn())
         )
-        best = self._compare(coarse, beam.pvalue.AsDict(sizes), fine)
+        best = self._compare(coarse, beam.pvalue.AsDict(sizes), fine, placed)
         return self._join(docs, best)
 
-    def _compare(self, coarse, sizes, fine):
+    def _compare(self, coarse, sizes, fine, placed: dict[str, Any]):
         """Work units -> each later document's best earlier match, slice after slice."""
         cfg = self._config
         if cfg.slices == 1:
@@ -617,7 +637,7 @@ class SemanticDedupe(beam.PTransform):
         parts, after = [], {}
         for part in range(cfg.slices):
             units = coarse | f"ToWorkUnits_{part}" >> beam.ParDo(
-                ToWorkUnitsFn(cfg, part), sizes, *fine, **after)
+                ToWorkUnitsFn(cfg, part), sizes, *fine, **after, **placed)
             parts.append(_candidates_of(units, cfg, f"_{part}"))
             after = _done_after(parts[-1], f"UnitsDone_{part}")
         candidates = tuple(parts) | "AllCandidates" >> beam.Flatten()

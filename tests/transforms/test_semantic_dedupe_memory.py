@@ -98,7 +98,7 @@ def test_fine_models_only_collect_divided_cells_and_equal_fitting_every_cell():
         pts = p | beam.Create(records) | beam.Map(sd.to_point, "id")
         model = pts | "Fit" >> beam.CombineGlobally(sd.FitCellsFn(cfg))
         coarse = pts | beam.ParDo(sd.CoarseCellsFn(cfg), beam.pvalue.AsSingleton(model))
-        new = sd._fine_models(coarse, cfg)
+        new = sd._fine_models(coarse, cfg, {})
         old = (coarse | "Homes" >> beam.Map(sd._coarse_home)
                | "FitAll" >> beam.CombinePerKey(sd.FitCellsFn(cfg, fine=True)))
         joined = {"new": new, "old": old} | beam.CoGroupByKey() | beam.Map(_same_model)
@@ -113,3 +113,23 @@ def test_return_large_blocks_fixes_the_threshold_unless_the_user_set_it():
         assert env == {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_BYTES)}
     mine = {"MALLOC_MMAP_THRESHOLD_": "65536"}
     assert return_large_blocks(mine) is False and mine == {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def test_sliced_path_recomputing_the_cells_decides_what_one_shuffle_decides(tmp_path):
+    """The sliced path places every record in its coarse cells again where it needs them
+    (count, divided homes, each slice) instead of holding them: with coarse cells that are
+    divided and cells split in chunks, the same duplicates, similarities and kept records as
+    the one-shuffle graph, which materialises them once."""
+    from test_semantic_dedupe import planted_records, run_dedupe
+
+    records = planted_records(300, seed=4, clustered=False)
+    base = dict(threshold=0.86, sample_size=60, target_cell_size=10, max_cell_size=40)
+    configs = {f"s{k}": sd.SemanticDedupeConfig(**base, slices=k) for k in (1, 4)}
+    outputs, result = run_dedupe(records, configs, tmp_path)
+    (kept_1, dups_1), (kept_4, dups_4) = outputs["s1"], outputs["s4"]
+    assert dups_4 == dups_1 and len(dups_1) > 50
+    assert sorted(r["id"] for r in kept_4) == sorted(r["id"] for r in kept_1)
+    assert len(kept_1) + len(dups_1) == len(records)
+    cells = result.metrics().query(beam.metrics.MetricsFilter().with_step("Dedupes4")
+                                   .with_name("dedupe_cells"))["counters"]
+    assert sum(c.committed for c in cells) > 6  # past the 6 coarse cells: some were divided
