@@ -30,7 +30,8 @@ cells there are (up to ``max_probes`` fine cells per probed coarse cell would le
 vector grow with the corpus: docs/benchmarks.md, two-level cells). The placement is computed
 twice (count, then route) instead of materialising the placed copies. On the DirectRunner
 (``slices`` > 1, see :class:`SemanticDedupeConfig`) the work units run in sequential slices
-by cell and the verdicts reach the records through a side input. So the total sample,
+by cell, the coarse cells are recomputed from the records wherever they are needed instead
+of materialised beside them, and the verdicts reach the records through a side input. So the total sample,
 the number of cells and the copies grow linearly with the corpus (cells stay near
 ``target_cell_size`` homes on average) up to ``(sample_size / 10) ** 2`` cells, 4 million
 with the defaults; the pairs compared grow faster as far as cells grow unequal
@@ -105,7 +106,9 @@ class SemanticDedupeConfig:
         branches by a hash of the cell, one after the other (each waits for the count of
         the previous one's output through a side input), and the records meet their
         verdicts through a side input of the duplicates (one entry per duplicate), so no
-        shuffle carries the records. The result is the same for any value.
+        shuffle carries the records; the coarse cells are computed again from the records
+        by each step that needs them rather than held as a second copy of every vector. The
+        result is the same for any value.
     """
 
     threshold: float = 0.9
