@@ -31,7 +31,9 @@ def trace_stages() -> list:
 
     def sample() -> None:
         while True:
-            peak["rss"] = max(peak["rss"], _rss())
+            now = _rss()  # written only if higher: a reset in between keeps a real sample
+            if now > peak["rss"]:
+                peak["rss"] = now
             time.sleep(0.02)
 
     threading.Thread(target=sample, daemon=True).start()
