@@ -31,9 +31,9 @@ vector grow with the corpus: docs/benchmarks.md, two-level cells). The placement
 twice (count, then route) instead of materialising the placed copies. On the DirectRunner
 (``slices`` > 1, see :class:`SemanticDedupeConfig`) the work units run in sequential slices
 by cell, the coarse cells are recomputed from the records wherever they are needed instead
-of materialised beside them, and the verdicts reach the records through a side input. So the total sample,
-the number of cells and the copies grow linearly with the corpus (cells stay near
-``target_cell_size`` homes on average) up to ``(sample_size / 10) ** 2`` cells, 4 million
+of materialised beside them, and the verdicts reach the records through a side input. So
+the total sample, the number of cells and the copies grow linearly with the corpus (cells
+stay near ``target_cell_size`` homes on average) up to ``(sample_size / 10) ** 2`` cells, 4 million
 with the defaults; the pairs compared grow faster as far as cells grow unequal
 (docs/benchmarks.md, two-level cells). The memory of any one step stays bounded by
 ``sample_size`` vectors, a cell's work unit (at most ``max_cell_size`` rows and columns),
