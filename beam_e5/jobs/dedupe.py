@@ -44,7 +44,7 @@ from beam_e5.io.sinks import (
     table_to_records,
 )
 from beam_e5.jobs.counts import check_balance
-from beam_e5.jobs.summary import RunSummary, peak_rss_mib
+from beam_e5.jobs.summary import RunSummary, bound_local_memory, peak_rss_mib
 from beam_e5.records import is_document_row
 from beam_e5.transforms.semantic_dedupe import (
     SemanticDedupeConfig,
@@ -122,6 +122,7 @@ def run_dedupe(job: DedupeJob, beam_args: list[str]) -> RunSummary:
 def _run_dedupe(job: DedupeJob, schema: pa.Schema, beam_args: list[str]) -> RunSummary:
     start = time.time()
     p = beam.Pipeline(options=PipelineOptions(beam_args))
+    bound_local_memory(p.options.view_as(StandardOptions).runner)
     records = (p
                | "ReadVectors" >> beam.io.ReadFromParquetBatched(job.input)
                | "ToRecords" >> beam.FlatMap(table_to_records))

@@ -40,7 +40,7 @@ from beam_e5.io.snapshots import DEFAULT_MIN_RATIO, check_min_ratio
 from beam_e5.io.targets import JobShape, OutputRun, VectorOutput
 from beam_e5.jobs.counts import manifest_counts
 from beam_e5.jobs.progress import estimate_documents
-from beam_e5.jobs.summary import RunSummary, summarize
+from beam_e5.jobs.summary import RunSummary, bound_local_memory, summarize
 from beam_e5.model.chunking import LongTextConfig, window_budget
 from beam_e5.model.config import EncoderConfig, EncoderSpec, check_device_here
 from beam_e5.model.fingerprint import model_signature
@@ -350,6 +350,7 @@ def _run_and_record(job: EmbedJob, resolved: ResolvedJob, run: OutputRun,
                     beam_args: list[str]) -> tuple[RunSummary, list[dict], dict[str, Any]]:
     start = time.time()
     p = beam.Pipeline(options=PipelineOptions(beam_args))
+    bound_local_memory(p.options.view_as(StandardOptions).runner)
     streams = build_embed_graph(p, job, resolved, run)
     write_streams(p, streams, job, resolved, run)
     result = p.run()

@@ -8,7 +8,9 @@ from typing import Any
 
 from apache_beam.metrics.metric import MetricsFilter
 
+from beam_e5.model.hardware import return_large_blocks
 from beam_e5.records import METRICS_NAMESPACE
+from beam_e5.transforms.semantic_dedupe import is_local_runner
 
 SUMMED_METRICS = ("texts_embedded", "real_tokens", "padded_tokens", "micro_batches",
                   "truncated_texts", "oom_splits", "mostly_unknown_texts")
@@ -22,6 +24,13 @@ def counter_values(result: Any, namespace: str = METRICS_NAMESPACE) -> dict[str,
         value = c.committed if c.committed is not None else c.attempted
         values[c.key.metric.name] = values.get(c.key.metric.name, 0) + int(value or 0)
     return values
+
+
+def bound_local_memory(runner: Any) -> None:
+    """On the DirectRunner, which holds every materialised PCollection in this process, have
+    the C heap return its large blocks when they are freed (:func:`return_large_blocks`)."""
+    if is_local_runner(runner):
+        return_large_blocks()
 
 
 def peak_rss_mib() -> float:

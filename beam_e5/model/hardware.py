@@ -23,7 +23,8 @@ from collections.abc import MutableMapping
 from typing import Optional
 
 __all__ = ["BF16_FLAGS", "ONEDNN_CACHE_CAPACITY", "OPENVINO_BF16_SPEEDUP", "bound_onednn_cache",
-           "cpu_flags", "native_bf16", "precision_advice", "release_free_memory"]
+           "cpu_flags", "native_bf16", "precision_advice", "release_free_memory",
+           "return_large_blocks"]
 
 # oneDNN (PyTorch's bf16 matmul on CPU) caches one primitive per input shape, 1,024 by
 # default; micro-batches come in hundreds of shapes, so that cache alone grows a worker's
@@ -108,6 +109,37 @@ def _malloc_trim():
         return getattr(ctypes.CDLL(None), "malloc_trim", None)
     except (OSError, TypeError):  # TypeError: Windows has no CDLL(None)
         return None
+
+
+# glibc's mallopt parameter and its default value (glibc raises it, up to 32 MiB, each
+# time a block over it is freed; fixing it stops that)
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 128 << 10
+
+
+@functools.lru_cache(maxsize=1)
+def _mallopt():
+    try:
+        return getattr(ctypes.CDLL(None), "mallopt", None)
+    except (OSError, TypeError):
+        return None
+
+
+def return_large_blocks(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Keep glibc's mmap threshold at 128 KiB (``mallopt(M_MMAP_THRESHOLD)``, and
+    ``MALLOC_MMAP_THRESHOLD_`` for the worker processes this one starts) unless the user set
+    it; False where the C library has no ``mallopt``. The DirectRunner moves every
+    materialised PCollection through 10 MB data-plane chunks and encoded buffers; with the
+    dynamic threshold those land in the heap and leave it fragmented, so each stage's
+    high-water mark stays resident (docs/benchmarks.md, "Memory on the DirectRunner"). With
+    a fixed threshold a freed block over 128 KiB goes back to the OS at once."""
+    if "MALLOC_MMAP_THRESHOLD_" in environ:
+        return False
+    opt = _mallopt()
+    if opt is None:
+        return False
+    environ["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD_BYTES)
+    return bool(opt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 def release_free_memory() -> bool:

@@ -7,7 +7,8 @@ Pipeline (no step collects the corpus or all pairs on one worker)::
 
     points --CombineGlobally(sample by id hash, fit k-means)--> centroids (side input)
     points --coarse home + probed coarse cells, one element per vector--> coarse
-    coarse --homes: CombinePerKey(sample, fit k-means) per big coarse cell--> fine centroids
+    coarse --homes counted per coarse cell; the homes of the cells to divide only:
+           CombinePerKey(sample, fit k-means)--> fine centroids
     coarse --place in cells (fine centroids: multimap side input), keys only--> count per cell
     coarse --place in cells again, route by cell size (side input)--> (cell, chunk i, chunk j)
            --GroupByKey--> blocked cosine, exact check --> (d, Candidate e)
@@ -29,9 +30,10 @@ cells there are (up to ``max_probes`` fine cells per probed coarse cell would le
 vector grow with the corpus: docs/benchmarks.md, two-level cells). The placement is computed
 twice (count, then route) instead of materialising the placed copies. On the DirectRunner
 (``slices`` > 1, see :class:`SemanticDedupeConfig`) the work units run in sequential slices
-by cell and the verdicts reach the records through a side input. So the total sample,
-the number of cells and the copies grow linearly with the corpus (cells stay near
-``target_cell_size`` homes on average) up to ``(sample_size / 10) ** 2`` cells, 4 million
+by cell, the coarse cells are recomputed from the records wherever they are needed instead
+of materialised beside them, and the verdicts reach the records through a side input. So
+the total sample, the number of cells and the copies grow linearly with the corpus (cells
+stay near ``target_cell_size`` homes on average) up to ``(sample_size / 10) ** 2`` cells, 4 million
 with the defaults; the pairs compared grow faster as far as cells grow unequal
 (docs/benchmarks.md, two-level cells). The memory of any one step stays bounded by
 ``sample_size`` vectors, a cell's work unit (at most ``max_cell_size`` rows and columns),
@@ -104,7 +106,9 @@ class SemanticDedupeConfig:
         branches by a hash of the cell, one after the other (each waits for the count of
         the previous one's output through a side input), and the records meet their
         verdicts through a side input of the duplicates (one entry per duplicate), so no
-        shuffle carries the records. The result is the same for any value.
+        shuffle carries the records; the coarse cells are computed again from the records
+        by each step that needs them rather than held as a second copy of every vector. The
+        result is the same for any value.
     """
 
     threshold: float = 0.9
@@ -165,11 +169,16 @@ LOCAL_RUNNERS = (None, "DirectRunner", "direct", "SwitchingDirectRunner",
                  "BundleBasedDirectRunner")
 
 
+def is_local_runner(runner: Any) -> bool:
+    """Whether ``runner`` (a name, a runner object or None) is the DirectRunner."""
+    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
+    return name in LOCAL_RUNNERS
+
+
 def for_runner(config: SemanticDedupeConfig, runner: Any) -> SemanticDedupeConfig:
     """``config`` with ``LOCAL_SLICES`` slices on the DirectRunner (it holds whole shuffles
     in memory), unchanged on any other runner or when ``slices`` was set."""
-    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
-    if name in LOCAL_RUNNERS and config.slices == 1:
+    if is_local_runner(runner) and config.slices == 1:
         return dataclasses.replace(config, slices=LOCAL_SLICES)
     return config
 
@@ -241,37 +250,42 @@ def _sample_order(item: _Sampled) -> tuple[int, str]:
 class FitCellsFn(beam.CombineFn):
     """Keeps the ``sample_size`` points with the smallest id hash, then fits k-means.
 
-    The accumulator is bounded by the sample size (plus the corpus count), so the
-    corpus is never collected; the result does not depend on bundling. With ``fine``, it
-    divides one coarse cell (``fine_cells_for`` its home count; no k-means, centroids
-    ``None``, when the cell stays whole).
+    The accumulator is ``(count, items, bound)``: at most ``sample_size`` items plus
+    ``sample_size // 8`` not yet trimmed, and once a trim has filled the sample, ``bound``
+    is its largest ``(rank, doc_id)``: a point above it can never enter the sample, so it
+    is dropped on arrival. The corpus is never collected; the result does not depend on
+    bundling (the sample is the ``sample_size`` smallest keys whatever the order). With
+    ``fine``, it divides one coarse cell (``fine_cells_for`` its home count; no k-means,
+    centroids ``None``, when the cell stays whole).
     """
 
     def __init__(self, config: SemanticDedupeConfig, fine: bool = False) -> None:
         self._config = config
         self._fine = fine
 
-    def create_accumulator(self) -> tuple[int, list]:
-        return 0, []
+    def create_accumulator(self) -> tuple[int, list, tuple | None]:
+        return 0, [], None
 
-    def add_input(self, acc: tuple[int, list], point: Point) -> tuple[int, list]:
-        count, items = acc
-        items.append(_Sampled(core.stable_hash(point.doc_id, self._config.seed), point.doc_id,
-                              point.vector))
-        if len(items) >= 2 * self._config.sample_size:
-            items = self._trim(items)
-        return count + 1, items
+    def add_input(self, acc: tuple[int, list, tuple | None], point: Point):
+        count, items, bound = acc
+        item = _Sampled(core.stable_hash(point.doc_id, self._config.seed), point.doc_id,
+                        point.vector)
+        if bound is None or _sample_order(item) < bound:
+            items.append(item)
+            if len(items) >= self._config.sample_size + self._config.sample_size // 8 + 1:
+                items, bound = self._trim(items)
+        return count + 1, items, bound
 
-    def merge_accumulators(self, accs) -> tuple[int, list]:
+    def merge_accumulators(self, accs) -> tuple[int, list, tuple | None]:
         count, items = 0, []
-        for acc_count, acc_items in accs:
+        for acc_count, acc_items, _ in accs:
             count += acc_count
-            items = self._trim(items + acc_items)
-        return count, items
+            items, _ = self._trim(items + acc_items)
+        return count, *self._trim(items)
 
-    def extract_output(self, acc: tuple[int, list]) -> CellModel:
-        count, items = acc
-        items = sorted(self._trim(items), key=_sample_order)
+    def extract_output(self, acc: tuple[int, list, tuple | None]) -> CellModel:
+        count, items, _ = acc
+        items = sorted(self._trim(items)[0], key=_sample_order)
         if not items:
             return CellModel(None, count)
         dims = {item.vector.shape for item in items}
@@ -284,12 +298,18 @@ class FitCellsFn(beam.CombineFn):
         cells = cfg.fine_cells_for(count) if self._fine else cfg.cells_for(count)
         if self._fine and cells == 1:
             return CellModel(None, count)
-        sample = np.stack([item.vector for item in items]).astype(np.float32)
+        sample = np.stack([item.vector for item in items])  # float32: to_point checked
+        del items
         centroids = core.fit_centroids(sample, cells, cfg.seed, cfg.kmeans_iterations)
         return CellModel(centroids.astype(np.float64), count)
 
-    def _trim(self, items: list) -> list:
-        return heapq.nsmallest(self._config.sample_size, items, key=_sample_order)
+    def _trim(self, items: list) -> tuple[list, tuple | None]:
+        """The ``sample_size`` smallest items, and the bound once the sample is full."""
+        size = self._config.sample_size
+        if len(items) <= size:
+            return items, None
+        kept = heapq.nsmallest(size, items, key=_sample_order)
+        return kept, _sample_order(kept[-1])
 
 
 class Coarse(NamedTuple):
@@ -304,23 +324,70 @@ class Coarse(NamedTuple):
 
 
 class CoarseCellsFn(beam.DoFn):
-    """``point -> Coarse``: the coarse cells of :func:`core.coarse_probes`. Also takes the
-    input record itself (the sliced path: the records are held for the join anyway, so the
-    points are not materialised a second time)."""
+    """``point -> Coarse``: the coarse cells of :func:`core.coarse_probes`."""
 
     def __init__(self, config: SemanticDedupeConfig) -> None:
         self._config = config
 
-    def process(self, point: Point | dict[str, Any], model: CellModel):
-        cfg = self._config
-        if not isinstance(point, Point):
-            point = to_point(point, cfg.keep)
-        yield Coarse(point, tuple(core.coarse_probes(point.vector, model.centroids, cfg.probes,
-                                                     cfg.probe_margin, cfg.max_probes)))
+    def process(self, point: Point, model: CellModel):
+        yield _placed(point, self._config, model)
+
+
+def _placed(point: Point, config: SemanticDedupeConfig, model: CellModel) -> Coarse:
+    return Coarse(point, tuple(core.coarse_probes(point.vector, model.centroids, config.probes,
+                                                  config.probe_margin, config.max_probes)))
+
+
+def coarse_of(element: Coarse | dict[str, Any], config: SemanticDedupeConfig,
+              coarse_model: CellModel | None = None) -> Coarse:
+    """``element`` itself when it is a :class:`Coarse` (one slice: the coarse cells are
+    materialised once), else the input record placed in its coarse cells by
+    ``coarse_model`` (the sliced path: each step that needs them recomputes them from the
+    records, which it holds for the join anyway, instead of holding a second copy of every
+    vector; the placement is a pure function of the vector)."""
+    if isinstance(element, Coarse):
+        return element
+    return _placed(to_point(element, config.keep), config, coarse_model)
 
 
 def _coarse_home(element: Coarse) -> tuple[int, Point]:
     return element.home, element.point
+
+
+def _home_cell(element: Coarse | dict[str, Any], config: SemanticDedupeConfig,
+               coarse_model: CellModel | None = None) -> int:
+    return coarse_of(element, config, coarse_model).home
+
+
+def _divided_home(element: Coarse | dict[str, Any], homes: dict[int, int],
+                  config: SemanticDedupeConfig, coarse_model: CellModel | None = None):
+    """``(home, point)`` of a vector whose home coarse cell is divided, else nothing."""
+    element = coarse_of(element, config, coarse_model)
+    if config.fine_cells_for(homes[element.home]) > 1:
+        yield element.home, element.point
+
+
+def _whole_cell(cell_homes: tuple[int, int], config: SemanticDedupeConfig):
+    """The model of a coarse cell that stays whole: no centroids, no points needed."""
+    cell, homes = cell_homes
+    if config.fine_cells_for(homes) == 1:
+        yield cell, CellModel(None, homes)
+
+
+def _fine_models(coarse, config: SemanticDedupeConfig, placed: dict[str, Any]):
+    """``(coarse cell, CellModel)`` for every coarse cell with homes, as
+    ``CombinePerKey(FitCellsFn(fine=True))`` over all its homes gives it; but the homes are
+    counted first and only those of the cells ``fine_cells_for`` divides are collected (under
+    2 million vectors, with the defaults, usually none), instead of every vector of the
+    corpus in the accumulators of cells that stay whole."""
+    homes = (coarse | "HomeCells" >> beam.Map(_home_cell, config, **placed)
+             | "CountHomes" >> beam.combiners.Count.PerElement())
+    fitted = (coarse
+              | "DividedHomes" >> beam.FlatMap(_divided_home, beam.pvalue.AsDict(homes), config,
+                                               **placed)
+              | "FitFineCells" >> beam.CombinePerKey(FitCellsFn(config, fine=True)))
+    whole = homes | "WholeCells" >> beam.FlatMap(_whole_cell, config)
+    return (fitted, whole) | "FineModels" >> beam.Flatten()
 
 
 class CellsOfFn(beam.DoFn):
@@ -379,8 +446,8 @@ class CellsOfFn(beam.DoFn):
 class CountCellsFn(CellsOfFn):
     """Emits the cell of every placed copy (only the key: to count members per cell)."""
 
-    def process(self, element: Coarse, models=None):
-        for cell, _ in self.cells(element, models):
+    def process(self, element: Coarse | dict[str, Any], models=None, coarse_model=None):
+        for cell, _ in self.cells(coarse_of(element, self._config, coarse_model), models):
             yield cell
 
 
@@ -412,7 +479,9 @@ class ToWorkUnitsFn(CellsOfFn):
         super().__init__(config)
         self._part = part
 
-    def process(self, element: Coarse, sizes: dict[Any, int], models=None, after=None):
+    def process(self, element: Coarse | dict[str, Any], sizes: dict[Any, int], models=None,
+                after=None, coarse_model=None):
+        element = coarse_of(element, self._config, coarse_model)
         point = element.point
         cfg = self._config
         for cell, is_home in self.cells(element, models):
@@ -543,27 +612,25 @@ class SemanticDedupe(beam.PTransform):
         cfg = self._config
         points = docs | "ToPoint" >> beam.Map(to_point, cfg.keep)
         model = points | "FitCells" >> beam.CombineGlobally(FitCellsFn(cfg))
-        coarse = (points if cfg.slices == 1 else docs) | "CoarseCells" >> beam.ParDo(
-            CoarseCellsFn(cfg), beam.pvalue.AsSingleton(model)
-        )
+        placed: dict[str, Any] = {}  # the coarse cells: materialised, or (sliced) recomputed
+        if cfg.slices == 1:
+            coarse = points | "CoarseCells" >> beam.ParDo(
+                CoarseCellsFn(cfg), beam.pvalue.AsSingleton(model))
+        else:
+            coarse, placed = docs, {"coarse_model": beam.pvalue.AsSingleton(model)}
         fine = ()
         if cfg.num_cells == "auto":  # two levels: big coarse cells divided by their own k-means
-            fine_models = (
-                coarse
-                | "CoarseHomes" >> beam.Map(_coarse_home)
-                | "FitFineCells" >> beam.CombinePerKey(FitCellsFn(cfg, fine=True))
-            )
-            fine = (beam.pvalue.AsMultiMap(fine_models),)
+            fine = (beam.pvalue.AsMultiMap(_fine_models(coarse, cfg, placed)),)
         sizes = (
             coarse
-            | "CountCells" >> beam.ParDo(CountCellsFn(cfg), *fine)
+            | "CountCells" >> beam.ParDo(CountCellsFn(cfg), *fine, **placed)
             | "CountPerCell" >> beam.combiners.Count.PerElement()
             | "CellMetrics" >> beam.ParDo(CellMetricsFn())
         )
-        best = self._compare(coarse, beam.pvalue.AsDict(sizes), fine)
+        best = self._compare(coarse, beam.pvalue.AsDict(sizes), fine, placed)
         return self._join(docs, best)
 
-    def _compare(self, coarse, sizes, fine):
+    def _compare(self, coarse, sizes, fine, placed: dict[str, Any]):
         """Work units -> each later document's best earlier match, slice after slice."""
         cfg = self._config
         if cfg.slices == 1:
@@ -573,7 +640,7 @@ class SemanticDedupe(beam.PTransform):
         parts, after = [], {}
         for part in range(cfg.slices):
             units = coarse | f"ToWorkUnits_{part}" >> beam.ParDo(
-                ToWorkUnitsFn(cfg, part), sizes, *fine, **after)
+                ToWorkUnitsFn(cfg, part), sizes, *fine, **after, **placed)
             parts.append(_candidates_of(units, cfg, f"_{part}"))
             after = _done_after(parts[-1], f"UnitsDone_{part}")
         candidates = tuple(parts) | "AllCandidates" >> beam.Flatten()
