@@ -40,6 +40,9 @@ class OnnxRuntimeBackend(InferenceBackend):
     """An ONNX Runtime CPU session over the encoder's graph (``last_hidden_state`` out)."""
 
     device = "cpu"
+    # one call's price in tokens for the micro-batch planner: bench/bench_call_cost.py,
+    # all-MiniLM-L6-v2, 2 threads, median of the CPU-second fits (docs/benchmarks.md)
+    call_overhead_tokens = 8
 
     def __init__(self, graph_file: Path, name: str = "onnx", threads: int = 0) -> None:
         import onnxruntime as ort
