@@ -5,7 +5,9 @@ For each padded width, every row count whose batch fits the token budget runs ``
 times (after one warm-up, so first-shape costs are left out) through ``backend.embed`` (the
 forward pass and pooling, what the encoder calls per micro-batch). Seconds per call are then
 fitted as ``a + b * rows`` per width; ``a`` is the price of a call, ``b / width`` that of a
-token, and ``a / (b / width)`` the call's price in tokens. The median over widths is printed.
+token, and ``a / (b / width)`` the call's price in tokens. The median over widths is printed,
+and what the first call of a new shape costs over the shape's later calls, in tokens (most
+micro-batches of a job are a new shape to the runtime).
 CPU seconds (the process's, every thread) are fitted as well as wall seconds: on a shared
 machine the CPU fit is the steadier one.
 
@@ -28,19 +30,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def time_shape(backend, rows: int, width: int, reps: int) -> tuple[float, float]:
-    """(wall, CPU) seconds per ``embed`` call of a (rows, width) batch, after a warm-up."""
+def time_shape(backend, rows: int, width: int, reps: int) -> tuple[float, float, float, float]:
+    """(wall, CPU) seconds per ``embed`` call of a (rows, width) batch after a warm-up, and
+    (wall, CPU) seconds of that first call of the shape."""
     import numpy as np
 
     from beam_e5.model.backends.base import PaddedBatch
 
     batch = PaddedBatch(np.full((rows, width), 1000, dtype=np.int64),
                         np.ones((rows, width), dtype=np.int64))
+    wall, cpu = time.perf_counter(), time.process_time()
     backend.embed(batch, "mean")
+    first = (time.perf_counter() - wall, time.process_time() - cpu)
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(reps):
         backend.embed(batch, "mean")
-    return (time.perf_counter() - wall) / reps, (time.process_time() - cpu) / reps
+    return (time.perf_counter() - wall) / reps, (time.process_time() - cpu) / reps, *first
 
 
 def overhead_tokens(points: list[tuple[int, float]], width: int) -> float:
@@ -58,12 +63,16 @@ def measure(backend, widths: list[int], budget: int, reps: int) -> dict:
     for width in widths:
         counts = [r for r in (1, 2, 4, 8, 16, 32, 64) if r * width <= budget]
         timed = {r: time_shape(backend, r, width, reps) for r in counts}
+        fit = {k: overhead_tokens([(r, t[i]) for r, t in timed.items()], width)
+               for i, k in enumerate(("wall", "cpu"))}
+        per_token_cpu = {r: t[1] / (r * width) for r, t in timed.items()}
         per_width[width] = {
-            "calls": {str(r): {"wall_s": w, "cpu_s": c} for r, (w, c) in timed.items()},
-            "overhead_tokens_wall": overhead_tokens([(r, w) for r, (w, _) in timed.items()],
-                                                    width),
-            "overhead_tokens_cpu": overhead_tokens([(r, c) for r, (_, c) in timed.items()],
-                                                   width)}
+            "calls": {str(r): dict(zip(("wall_s", "cpu_s", "first_wall_s", "first_cpu_s"), t))
+                      for r, t in timed.items()},
+            "overhead_tokens_wall": fit["wall"], "overhead_tokens_cpu": fit["cpu"],
+            # a shape's first call over its later ones, in tokens of that shape's CPU time
+            "new_shape_tokens_cpu": statistics.median(
+                (t[3] - t[1]) / per_token_cpu[r] for r, t in timed.items())}
     return per_width
 
 
@@ -99,12 +108,16 @@ def main(argv: list[str] | None = None) -> int:
               "median_overhead_tokens_wall": statistics.median(
                   v["overhead_tokens_wall"] for v in per_width.values()),
               "median_overhead_tokens_cpu": statistics.median(
-                  v["overhead_tokens_cpu"] for v in per_width.values())}
+                  v["overhead_tokens_cpu"] for v in per_width.values()),
+              "median_new_shape_tokens_cpu": statistics.median(
+                  v["new_shape_tokens_cpu"] for v in per_width.values())}
     for width, v in per_width.items():
         print(f"width {width}: a call costs {v['overhead_tokens_wall']:.0f} tokens (wall), "
-              f"{v['overhead_tokens_cpu']:.0f} (CPU)")
+              f"{v['overhead_tokens_cpu']:.0f} (CPU); a new shape's first call "
+              f"{v['new_shape_tokens_cpu']:.0f} more (CPU)")
     print(f"{enc.backend.label}: median {result['median_overhead_tokens_wall']:.0f} tokens "
-          f"(wall), {result['median_overhead_tokens_cpu']:.0f} (CPU); load {os.getloadavg()}")
+          f"(wall), {result['median_overhead_tokens_cpu']:.0f} (CPU); a new shape "
+          f"{result['median_new_shape_tokens_cpu']:.0f} more (CPU); load {os.getloadavg()}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
