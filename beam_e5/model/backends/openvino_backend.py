@@ -51,8 +51,8 @@ _HINTS = {"float32": "f32", "bfloat16": "bf16"}
 
 # What one call costs beyond its tokens, in tokens (the planner's price of a micro-batch):
 # bench/bench_call_cost.py, all-MiniLM-L6-v2, 2 threads, widths 16-128, medians of the
-# CPU-second fits (docs/benchmarks.md): a call (bf16 88-96, f32 28-50) plus the first run of a
-# new shape (bf16 57, f32 21), which most micro-batches of a job are. bf16 computes a token
+# CPU-second fits (docs/benchmarks.md): a call (bf16 76-96, f32 19-50) plus the first run of a
+# new shape (bf16 57-89, f32 21-25), which most micro-batches of a job are. bf16 computes a token
 # about 3x faster than f32 for a similar fixed cost, so its calls are dearer in tokens.
 CALL_OVERHEAD_TOKENS = {"float32": 64, "bfloat16": 150}
 
