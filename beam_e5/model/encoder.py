@@ -39,11 +39,6 @@ from beam_e5.model.loading import local_model_path
 
 LOG = logging.getLogger(__name__)
 
-# What one forward call costs beyond its tokens, priced in tokens: it decides how far the
-# micro-batch planner trades padding for fewer, larger calls. Small on CPU; on a GPU a
-# small batch leaves the device idle, so calls are dearer.
-BATCH_OVERHEAD_TOKENS = {"cpu": 32, "cuda": 2048}
-
 
 @dataclass
 class EncodeStats:
@@ -153,6 +148,17 @@ class Encoder:
         # thread count. Tokenisation stays on the caller's thread.
         self._inference_thread = ThreadPoolExecutor(max_workers=1,
                                                     thread_name_prefix="beam-e5-inference")
+        if backend.pool_threads is not None:
+            self._set_inference_torch_threads(backend.pool_threads)
+
+    def _set_inference_torch_threads(self, threads: int) -> None:
+        """Where torch only pools, the inference thread gives it ``threads``. torch's OpenMP
+        thread count is per thread, but set_num_threads also stores the count that threads
+        take on their first torch call: the thread makes that call first, and the caller's
+        count is stored back."""
+        before = torch.get_num_threads()
+        self._inference_thread.submit(_set_own_torch_threads, threads).result()
+        torch.set_num_threads(before)
 
     @classmethod
     def load(cls, spec: EncoderSpec) -> "Encoder":
@@ -309,7 +315,7 @@ class Encoder:
         if windows:
             batch_plan = plan_micro_batches(lengths, self.spec.config.max_batch_tokens,
                                             self.spec.config.max_batch_size,
-                                            BATCH_OVERHEAD_TOKENS.get(self.backend.device, 32))
+                                            self.backend.call_overhead_tokens)
             self._inference_thread.submit(self._run_plan, batch_plan, windows, lengths, out,
                                           stats, on_progress).result()
             stats.micro_batches = len(batch_plan) + stats.oom_splits
@@ -369,6 +375,11 @@ def pad_batch(ids: Sequence[Sequence[int]], pad_id: int,
     out = np.full((len(ids), width), pad_id, dtype=np.int64)
     out[keep] = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
     return PaddedBatch(out, keep.astype(np.int64))
+
+
+def _set_own_torch_threads(threads: int) -> None:
+    torch.get_num_threads()  # this thread's first torch call takes the stored count...
+    torch.set_num_threads(threads)  # ...which this then overrides for this thread
 
 
 def _tokenizer_limit(tokenizer) -> int:

@@ -58,3 +58,28 @@ def test_pool_dispatch():
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     assert torch.equal(pool("cls", HIDDEN, mask), cls_pool(HIDDEN, mask))
     assert torch.equal(pool("last", HIDDEN, mask), last_token_pool(HIDDEN, mask))
+
+
+def test_one_torch_thread_pools_the_same_bits_as_two():
+    """The encoder's inference thread pools on one torch thread where another runtime runs
+    the model (``InferenceBackend.pool_threads``): a batch large enough for torch to split
+    over its threads must give the same bits on one thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from beam_e5.model.pooling import pooled_vectors
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(32, 256, 384, generator=generator)
+    mask = (torch.arange(256)[None, :] < torch.randint(1, 257, (32, 1), generator=generator)
+            ).to(torch.int64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = pooled_vectors("mean", hidden, mask)
+        with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(1,)) as one:
+            assert one.submit(torch.get_num_threads).result() == 1
+            single = one.submit(pooled_vectors, "mean", hidden, mask).result()
+        assert torch.get_num_threads() == 2  # the count is the calling thread's
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(single, two)

@@ -60,12 +60,22 @@ class InferenceBackend(ABC):
     ``name`` is the ``--backend`` value that selects it, ``precision`` what it computes in
     (``float32``, ``bfloat16``, ``float16``, ``int8``), ``device`` where (``cpu``, ``cuda``),
     and ``label`` the runtime and precision as the log names them.
+
+    ``call_overhead_tokens`` is what one ``embed`` call costs beyond its tokens, priced in
+    tokens (measured per backend with ``bench/bench_call_cost.py``): the micro-batch planner
+    trades padding against calls at this price. ``pool_threads`` is the torch thread count
+    of the thread that calls ``embed``: 1 where torch only pools (another runtime runs the
+    model on threads of its own, and torch's OpenMP threads, spinning after each pooling,
+    would take cores from it; one thread or two give the same bits), None where torch runs the
+    model and keeps its threads.
     """
 
     name: str
     precision: str
     device: str
     label: str
+    call_overhead_tokens: int
+    pool_threads: Optional[int] = 1
 
     @classmethod
     @abstractmethod

@@ -40,6 +40,11 @@ class OnnxRuntimeBackend(InferenceBackend):
     """An ONNX Runtime CPU session over the encoder's graph (``last_hidden_state`` out)."""
 
     device = "cpu"
+    # one call's price in tokens for the micro-batch planner: bench/bench_call_cost.py,
+    # all-MiniLM-L6-v2, 2 threads, medians of the CPU-second fits: -13 to 8, a new shape 4-5
+    # more (docs/benchmarks.md). A row's vector does not depend on its batch here (fp32
+    # ONNX Runtime gave the same bits at 8 and at 32)
+    call_overhead_tokens = 8
 
     def __init__(self, graph_file: Path, name: str = "onnx", threads: int = 0) -> None:
         import onnxruntime as ort

@@ -49,6 +49,13 @@ IR_RECIPE = "ov-convert-sdpa-fp32-v1"  # part of the cache key: a new recipe con
 # --dtype as the encoder resolves it -> OpenVINO's INFERENCE_PRECISION_HINT
 _HINTS = {"float32": "f32", "bfloat16": "bf16"}
 
+# What one call costs beyond its tokens, in tokens (the planner's price of a micro-batch):
+# bench/bench_call_cost.py, all-MiniLM-L6-v2, 2 threads, widths 16-128, medians of the
+# CPU-second fits (docs/benchmarks.md): a call (bf16 76-96, f32 19-50) plus the first run of a
+# new shape (bf16 57-89, f32 21-25), which most micro-batches of a job are. bf16 computes a token
+# about 3x faster than f32 for a similar fixed cost, so its calls are dearer in tokens.
+CALL_OVERHEAD_TOKENS = {"float32": 64, "bfloat16": 150}
+
 
 def openvino_available() -> bool:
     """OpenVINO Runtime is installed (looked up, not imported: the import takes a while)."""
@@ -122,6 +129,7 @@ class OpenVinoBackend(InferenceBackend):
         self.request = self.compiled.create_infer_request()
         self.graph_file = graph_file
         self.precision = precision
+        self.call_overhead_tokens = CALL_OVERHEAD_TOKENS[precision]
         self.label = f"OpenVINO {ov.get_version().split('-')[0]}, {_HINTS[precision]}"
 
     @classmethod

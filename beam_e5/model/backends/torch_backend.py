@@ -57,11 +57,15 @@ class TorchBackend(InferenceBackend):
     """A transformers model on a torch device; pools on that device."""
 
     name = "torch"
+    pool_threads = None  # torch runs the model: its threads stay as set
 
     def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
         self.model = model
         self._device = device
         self.device = device.type
+        # on a GPU a small batch leaves the device idle, so calls are dear; not re-measured
+        # with bench/bench_call_cost.py (these are the planner's earlier prices)
+        self.call_overhead_tokens = 2048 if device.type == "cuda" else 32
         self.precision = str(dtype).removeprefix("torch.")
         self.label = f"PyTorch, {self.precision}"
 

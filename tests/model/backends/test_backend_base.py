@@ -48,3 +48,31 @@ def test_a_row_does_not_depend_on_its_batch(backends, batch):
     for backend in backends.values():
         np.testing.assert_allclose(backend.embed(alone, "mean")[0],
                                    backend.embed(batch, "mean")[1], atol=1e-5)
+
+
+def test_each_backend_prices_a_call_and_says_who_pools(backends):
+    """The planner's price of a call is the backend's; torch keeps its threads where it runs
+    the model, and pools on one thread where ONNX Runtime does."""
+    assert {name: (b.call_overhead_tokens, b.pool_threads) for name, b in backends.items()} == {
+        "torch": (32, None), "onnx": (8, 1)}
+
+
+def test_the_encoders_inference_thread_takes_the_backends_torch_threads(backends):
+    import torch
+
+    from beam_e5.model.encoder import Encoder
+
+    class Tok:  # only what Encoder.__init__ reads
+        model_max_length, pad_token_id, eos_token_id, unk_token_id = 512, 0, None, 100
+
+    spec = type("Spec", (), {"profile": type("P", (), {"max_length": 512}), "prefix": "",
+                             "dim": 32})()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for backend, threads in ((backends["onnx"], 1), (backends["torch"], 2)):
+            encoder = Encoder(spec=spec, tokenizer=Tok(), backend=backend)
+            assert encoder._inference_thread.submit(torch.get_num_threads).result() == threads
+            assert torch.get_num_threads() == 2  # the caller's count is left as it was
+    finally:
+        torch.set_num_threads(before)

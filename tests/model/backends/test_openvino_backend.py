@@ -77,6 +77,8 @@ def test_a_cpu_without_bf16_runs_fp32_and_says_so(tiny_models, tmp_path, monkeyp
     enc, vecs = _encode(path, str(tmp_path), texts, dtype="bfloat16")
     assert enc.backend.precision == "float32"
     assert enc.backend.config["INFERENCE_PRECISION_HINT"] == "f32"
+    # the planner prices its calls as the precision it runs, not the one asked for
+    assert enc.backend.call_overhead_tokens == openvino_backend.CALL_OVERHEAD_TOKENS["float32"]
     assert "has no bf16 instructions" in caplog.text and "OpenVINO runs float32" in caplog.text
     assert "with the openvino backend (OpenVINO" in caplog.text and ", f32;" in caplog.text
     assert np.min(np.sum(vecs * ref, axis=1)) >= 0.99999
