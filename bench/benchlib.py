@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shlex
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
-def run_child(cmd: list[str], env: dict, log: Path, cwd: Path) -> tuple[float, resource.struct_rusage]:
+def run_child(cmd: list[str], env: dict, log: Path,
+              cwd: Path) -> tuple[float, resource.struct_rusage]:
     """Run ``cmd`` with its output in ``log``; (wall seconds, its rusage) or RuntimeError.
 
     The rusage comes from ``os.wait4`` on that child: ``ru_maxrss`` (KiB on Linux) is its
@@ -26,3 +29,12 @@ def run_child(cmd: list[str], env: dict, log: Path, cwd: Path) -> tuple[float, r
         raise RuntimeError(f"failed (wait status {status}): {shlex.join(cmd)}\n"
                            f"--- last lines of {log} ---\n{tail}")
     return wall, usage
+
+
+def paragraphs(text: str, shortest: int = 20, longest: int = 2000) -> Iterator[tuple[int, str]]:
+    """``(k, paragraph)`` of ``text`` cut at blank lines, whitespace collapsed, only those
+    of ``shortest`` to ``longest`` characters (``k`` counts every block, kept or not)."""
+    for k, para in enumerate(re.split(r"\n\s*\n", text)):
+        para = " ".join(para.split())
+        if shortest <= len(para) <= longest:
+            yield k, para
