@@ -14,15 +14,18 @@ Three steps (issue 23: 250k vectors of dim 384 under 5 GB, recall >= 0.999):
         --vectors 'DIR/emb/vectors-*.parquet' --work DIR/runs --n 25000 100000 250000
 
 ``run`` orders the vectors by a seeded hash of their id and takes the first N, so each
-size is a uniform sample of the next; it writes each subset as Parquet with the source
-files' schema and metadata (what ``beam-e5 dedupe --input`` reads), computes the exact rule
+size is a uniform sample of the next (synthetic vectors: the first N generated); it writes
+each subset as Parquet with the source files' schema and metadata, in row groups of the size
+beam-e5 embed writes (what ``beam-e5 dedupe --input`` reads), computes the exact rule
 over all pairs once per size (:func:`brute_force`, cached in the work directory), then runs
 ``python -m beam_e5 dedupe --input ... --output ... --threshold T`` in a child process
 (``--code DIR`` puts another checkout's ``beam_e5`` on its PYTHONPATH) and prints its peak
 RSS (``os.wait4``: the child and its own children), wall time, vectors/s, the duplicates'
 recall and precision against brute force, the per-vector slope of peak RSS between the
 smallest and largest size and what it projects for 1M and 10M vectors.
-``--synthetic`` replaces the real vectors by bench_dedupe.py's clustered generator.
+``--synthetic`` replaces the real vectors by bench_dedupe.py's clustered generator (200
+topics, 10% planted near-duplicates at cosine 0.86, 0.91 and 0.96 of a vector of the same
+5,000-vector shard).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -48,6 +52,7 @@ from benchlib import paragraphs, run_child
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from beam_e5.dedupe import core  # noqa: E402  (the checkout this script lives in)
+from beam_e5.io.sinks import ARROW_BATCH_ROWS  # noqa: E402
 
 FIVE_GB_MIB = 5e9 / 2**20
 
@@ -123,7 +128,10 @@ def synthetic_table(n: int, seed: int = 0) -> pa.Table:
     vecs = np.vstack([make_shard(s, shard, 384, 200, 0.1, seed)
                       for s in range(-(-n // shard))])[:n]
     emb = pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), 384)
-    return pa.table({"id": [f"v{i:07d}" for i in range(n)], "embedding": emb})
+    ids = [f"v{i:07d}" for i in range(n)]
+    sha = [hashlib.sha256(i.encode()).hexdigest() for i in ids]  # as embed writes, per text
+    return pa.table({"id": ids, "embedding": emb, "text_sha256": sha,
+                     "tokens": pa.array([40] * n, pa.int32())})
 
 
 def load_vectors(pattern: str) -> pa.Table:
@@ -146,13 +154,13 @@ def sample_order(ids: list[str], seed: int = 0) -> list[int]:
     return sorted(range(len(ids)), key=key)
 
 
-def write_subset(table: pa.Table, rows: list[int], out: Path) -> str:
-    """The rows as one Parquet file with the table's schema; the glob to pass to --input."""
+def write_subset(subset: pa.Table, out: Path) -> None:
+    """``subset`` as ``out/vectors-00000-of-00001.parquet`` (kept if written before), in
+    row groups of the size beam-e5 embed writes (ARROW_BATCH_ROWS): the reader's batches."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "vectors-00000-of-00001.parquet"
     if not path.exists():
-        pq.write_table(table.take(pa.array(rows)), path)
-    return str(out / "vectors-*.parquet")
+        pq.write_table(subset, path, row_group_size=ARROW_BATCH_ROWS)
 
 
 def matrix(table: pa.Table) -> np.ndarray:
@@ -194,18 +202,30 @@ def brute_force(ids: list[str], vecs: np.ndarray, threshold: float,
     return best
 
 
-def cached_truth(work: Path, n: int, ids: list[str], vecs: np.ndarray,
-                 threshold: float) -> tuple[dict, float]:
-    """The brute-force duplicates of this subset, from ``work`` when computed before."""
-    digest = hashlib.blake2b("\n".join(sorted(ids)).encode(), digest_size=8).hexdigest()
-    path = work / f"truth-{n}-{threshold}-{digest}.json"
-    if path.exists():
-        return json.loads(path.read_text()), 0.0
-    started = time.perf_counter()
-    truth = brute_force(ids, vecs, threshold)
-    seconds = time.perf_counter() - started
-    path.write_text(json.dumps(truth))
-    return truth, seconds
+def prepare(args: argparse.Namespace) -> None:
+    """Write the subset of each size in ``args.n`` and its brute-force duplicates (unless a
+    previous call did): ``input-N/`` and ``truth-N-T.json`` in the work directory."""
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    table = synthetic_table(max(args.n)) if args.synthetic else load_vectors(args.vectors)
+    if len(table) < max(args.n):
+        raise SystemExit(f"only {len(table):,d} vectors, asked for {max(args.n):,d}")
+    # synthetic: the first N as generated (whole shards, so each keeps its planted pairs)
+    order = (list(range(len(table))) if args.synthetic
+             else sample_order(table.column("id").to_pylist()))
+    for n in args.n:
+        subset = table.take(pa.array(order[:n]))
+        write_subset(subset, work / f"input-{n}")
+        path = truth_path(work, n, args.threshold)
+        if not path.exists():
+            started = time.perf_counter()
+            truth = brute_force(subset.column("id").to_pylist(), matrix(subset), args.threshold)
+            path.write_text(json.dumps({"brute_force_s": time.perf_counter() - started,
+                                        "duplicates": truth}))
+
+
+def truth_path(work: Path, n: int, threshold: float) -> Path:
+    return work / f"truth-{n}-{threshold}.json"
 
 
 # ------------------------------------------------------------------ the runs --
@@ -236,20 +256,18 @@ def scores(found: dict[str, str], truth: dict) -> dict:
             "id_precision": same_ids / len(found) if found else 1.0}
 
 
-def one_size(n: int, table: pa.Table, order: list[int], args: argparse.Namespace) -> dict:
+def one_size(n: int, args: argparse.Namespace) -> dict:
     work = Path(args.work)
-    rows = order[:n]
-    input_glob = write_subset(table, rows, work / f"input-{n}")
-    ids = table.column("id").take(pa.array(rows)).to_pylist()
-    truth, truth_s = cached_truth(work, n, ids, matrix(table.take(pa.array(rows))),
-                                  args.threshold)
-    row = run_dedupe(n, input_glob, work / f"out-{n}-{args.tag}", args)
-    row.update(scores(row.pop("found"), truth), brute_force_s=truth_s)
+    truth = json.loads(truth_path(work, n, args.threshold).read_text())
+    row = run_dedupe(n, str(work / f"input-{n}" / "vectors-*.parquet"),
+                     work / f"out-{n}-{args.tag}", args)
+    row.update(scores(row.pop("found"), truth["duplicates"]),
+               brute_force_s=truth["brute_force_s"])
     c = row["counts"]
     print(f"n={n:>9,d}  peak RSS {row['peak_rss_mib']:8.1f} MiB  wall {row['wall_s']:7.1f} s  "
           f"cpu {row['cpu_s']:7.1f} s  {row['vectors_per_s']:6.1f} vectors/s  read {c['read']:,d}"
           f" = written {c['written']:,d} + semantic {c['semantic_duplicates']:,d}  "
-          f"brute force {row['truth']:,d} duplicates ({truth_s:.1f} s; 0 = cached): "
+          f"brute force {row['truth']:,d} duplicates ({row['brute_force_s']:.1f} s): "
           f"recall {row['recall']:.4f} precision {row['precision']:.4f} "
           f"(ids: {row['id_recall']:.4f} / {row['id_precision']:.4f})", flush=True)
     return row
@@ -274,19 +292,18 @@ def summary(rows: list[dict]) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Each size: its subset and brute force by ``prepare`` in a child process (so this
+    process stays small: a child's peak RSS is never below its parent's, see
+    benchlib.run_child), then ``beam-e5 dedupe`` in another."""
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    if args.synthetic:
-        table = synthetic_table(max(args.n))
-    else:
-        table = load_vectors(args.vectors)
-    if len(table) < max(args.n):
-        raise SystemExit(f"only {len(table):,d} vectors, asked for {max(args.n):,d}")
-    order = sample_order(table.column("id").to_pylist())
+    source = ["--synthetic"] if args.synthetic else ["--vectors", args.vectors]
+    subprocess.run([sys.executable, __file__, "prepare", *source, "--work", args.work,
+                    "--threshold", str(args.threshold), "--n", *map(str, args.n)], check=True)
     results = work / f"results-{args.tag}.json"
     done = {row["n"]: row for row in json.loads(results.read_text())} if results.exists() else {}
     for n in args.n:  # in the order given; earlier sizes of this tag are kept
-        done[n] = one_size(n, table, order, args)
+        done[n] = one_size(n, args)
         results.write_text(json.dumps([done[k] for k in sorted(done)], indent=1))
     summary([done[k] for k in sorted(done)])
     print(f"results in {results}")
@@ -298,21 +315,24 @@ def main() -> None:
     c = sub.add_parser("corpus", help="write unique real paragraphs as JSONL")
     c.add_argument("--out", required=True)
     c.add_argument("--n", type=int, default=265_000)
-    r = sub.add_parser("run", help="dedupe subsets in child processes, check against brute force")
-    src = r.add_mutually_exclusive_group(required=True)
-    src.add_argument("--vectors", help="vectors-*.parquet glob written by beam-e5 embed")
-    src.add_argument("--synthetic", action="store_true", help="clustered synthetic vectors")
-    r.add_argument("--work", required=True, help="subsets, outputs, logs, cached brute force")
-    r.add_argument("--n", type=int, nargs="+", default=[25_000, 100_000, 250_000],
-                   help="sizes, run in this order (the summary merges this tag's earlier sizes)")
-    r.add_argument("--threshold", type=float, default=0.9)
-    r.add_argument("--code", default=str(ROOT), help="checkout whose beam_e5 the child runs")
-    r.add_argument("--tag", default="run", help="names this run's outputs and results file")
+    for step, text in (("run", "dedupe subsets in child processes, check against brute force"),
+                       ("prepare", "only write the subsets and their brute force")):
+        r = sub.add_parser(step, help=text)
+        src = r.add_mutually_exclusive_group(required=True)
+        src.add_argument("--vectors", help="vectors-*.parquet glob written by beam-e5 embed")
+        src.add_argument("--synthetic", action="store_true", help="clustered synthetic vectors")
+        r.add_argument("--work", required=True, help="subsets, outputs, logs, cached brute force")
+        r.add_argument("--n", type=int, nargs="+", default=[25_000, 100_000, 250_000],
+                       help="sizes, run in this order (the summary merges this tag's earlier "
+                            "sizes)")
+        r.add_argument("--threshold", type=float, default=0.9)
+        r.add_argument("--code", default=str(ROOT), help="checkout whose beam_e5 the child runs")
+        r.add_argument("--tag", default="run", help="names this run's outputs and results file")
     args = ap.parse_args()
     if args.step == "corpus":
         write_corpus(Path(args.out), args.n)
     else:
-        run(args)
+        {"run": run, "prepare": prepare}[args.step](args)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,10 @@ def run_child(cmd: list[str], env: dict, log: Path,
     """Run ``cmd`` with its output in ``log``; (wall seconds, its rusage) or RuntimeError.
 
     The rusage comes from ``os.wait4`` on that child: ``ru_maxrss`` (KiB on Linux) is its
-    peak resident memory, ``ru_utime + ru_stime`` its CPU seconds.
+    peak resident memory, ``ru_utime + ru_stime`` its CPU seconds. Linux counts the
+    caller's memory in it (exec records the high-water mark of the address space it
+    replaces, the caller's when forked or vforked from it): keep the caller small, or the
+    figure is the caller's peak, not the child's.
     """
     with open(log, "w") as logf:
         start = time.perf_counter()
