@@ -22,12 +22,11 @@ import glob
 import gzip
 import json
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import run_child
+from benchlib import paragraphs, run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,13 +41,11 @@ def changelog_paragraphs(n: int, share_dir: str = "/usr/share/doc"):
         except OSError:
             continue
         name = "/".join(Path(path).parts[-2:])
-        for k, para in enumerate(re.split(r"\n\s*\n", text)):
-            para = " ".join(para.split())
-            if 20 <= len(para) <= 2000:
-                yield {"id": f"{name}#{k}", "text": para}
-                made += 1
-                if made == n:
-                    return
+        for k, para in paragraphs(text):
+            yield {"id": f"{name}#{k}", "text": para}
+            made += 1
+            if made == n:
+                return
     if made < n:
         raise SystemExit(f"only {made:,d} paragraphs under {share_dir}, asked for {n:,d}")
 
