@@ -54,6 +54,12 @@ class OnnxRuntimeBackend(InferenceBackend):
         if threads:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # No CPU memory arena: ORT's arena grows to the largest micro-batch it has run (a
+        # 256-token batch's attention scores alone take about 100 MB) and never gives that back,
+        # so every later stage of a local run peaked on top of it (docs/benchmarks.md, "Memory
+        # on the DirectRunner", round 3). Without it each run's buffers go back to the C heap,
+        # which returns blocks over 128 KiB at once; the vectors are the same, bit for bit.
+        options.enable_cpu_mem_arena = False
         # Idle intra-op threads sleep instead of spinning: a spinning thread takes a core from
         # tokenisation and Beam's own threads between passes.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -59,3 +59,23 @@ def test_every_onnx_encoder_family_matches_torch(tiny_models, tmp_path, family):
     assert isinstance(enc.backend, OnnxRuntimeBackend)
     vecs, _ = enc.encode(texts)
     assert np.min(np.sum(vecs * ref, axis=1)) >= 0.99999
+
+
+@pytest.mark.slow
+def test_session_without_memory_arena_gives_the_arena_vectors_bit_for_bit(tiny_models,
+                                                                         tmp_path):
+    import onnxruntime as ort
+
+    path = tiny_models("bert", "tiny-bert-arena")
+    enc = Encoder.load(EncoderConfig(path, backend="onnx", model_cache_dir=str(tmp_path))
+                       .resolve())
+    assert enc.backend.session.get_session_options().enable_cpu_mem_arena is False
+    texts = ["hello world", "query passage " * 60, "", "the quick brown fox", "licence " * 7]
+    vecs, _ = enc.encode(texts)
+    with_arena = ort.SessionOptions()  # ORT's default: the arena on
+    assert with_arena.enable_cpu_mem_arena is True
+    with_arena.inter_op_num_threads = 1
+    enc.backend.session = ort.InferenceSession(str(enc.backend.graph_file), with_arena,
+                                               providers=["CPUExecutionProvider"])
+    ref, _ = enc.encode(texts)
+    assert vecs.tobytes() == ref.tobytes()
