@@ -346,10 +346,12 @@ class Encoder:
     def _run_plan(self, plan: list, ids: list[list[int]], lengths: list[int], out: np.ndarray,
                   stats: EncodeStats, on_progress: Optional[Callable[[int, int], None]]) -> None:
         """Embed every micro-batch into its rows of ``out``."""
-        for batch in plan:
+        for k, batch in enumerate(plan):
             rows = list(batch.indices)
+            last = k == len(plan) - 1
             vectors = run_splitting_on_oom(
-                lambda part: [self._embed([ids[i] for i in part], stats)], rows, stats)
+                lambda part, last=last: [self._embed([ids[i] for i in part], stats, last)],
+                rows, stats)
             out[rows] = np.concatenate(vectors)
             if on_progress is not None:
                 on_progress(len(rows), sum(lengths[i] for i in rows))
@@ -358,9 +360,14 @@ class Encoder:
             # batch runs: the heap's free pages go back to the OS once per Beam batch
             release_free_memory()
 
-    def _embed(self, ids: list[list[int]], stats: EncodeStats) -> np.ndarray:
+    def _embed(self, ids: list[list[int]], stats: EncodeStats, release: bool = False
+               ) -> np.ndarray:
+        """``release``: the last micro-batch of a Beam batch (the backend then gives back the
+        memory its runtime keeps between calls)."""
         batch = pad_batch(ids, self.pad_id, self.left_padding)
         stats.padded_tokens += batch.input_ids.size
+        if release:
+            return self.backend.embed_and_release(batch, self.profile.pooling)
         return self.backend.embed(batch, self.profile.pooling)
 
 

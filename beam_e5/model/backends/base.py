@@ -92,3 +92,8 @@ class InferenceBackend(ABC):
     def embed(self, batch: PaddedBatch, pooling: Pooling) -> np.ndarray:
         """One vector per row of ``batch``: the model's last hidden state pooled as
         ``pooling`` says and L2-normalised, float32 (rows, dim), in row order."""
+
+    def embed_and_release(self, batch: PaddedBatch, pooling: Pooling) -> np.ndarray:
+        """:meth:`embed`, then give back the memory the runtime keeps for its next call (the
+        encoder calls this for the last micro-batch of each Beam batch). Default: ``embed``."""
+        return self.embed(batch, pooling)

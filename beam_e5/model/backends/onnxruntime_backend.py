@@ -54,17 +54,19 @@ class OnnxRuntimeBackend(InferenceBackend):
         if threads:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        # No CPU memory arena: ORT's arena grows to the largest micro-batch it has run (a
-        # 256-token batch's attention scores alone take about 100 MB) and never gives that back,
-        # so every later stage of a local run peaked on top of it (docs/benchmarks.md, "Memory
-        # on the DirectRunner", round 3). Without it each run's buffers go back to the C heap,
-        # which returns blocks over 128 KiB at once; the vectors are the same, bit for bit.
-        options.enable_cpu_mem_arena = False
+        # ORT's CPU memory arena grows to the largest micro-batch the session has run (a
+        # 256-token batch's attention scores alone take about 100 MB) and keeps it: the last
+        # micro-batch of each Beam batch runs with the arena shrinkage option
+        # (embed_and_release), so that memory goes back between Beam batches instead of
+        # sitting under every later stage of a local run (docs/benchmarks.md, "Memory on the
+        # DirectRunner", round 3) while the micro-batches within a batch keep the arena's speed.
         # Idle intra-op threads sleep instead of spinning: a spinning thread takes a core from
         # tokenisation and Beam's own threads between passes.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(graph_file), options,
                                             providers=["CPUExecutionProvider"])
+        self._release = ort.RunOptions()
+        self._release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.graph_file = graph_file
         self.name = name
         self.precision, shown = _VARIANTS[name]
@@ -90,8 +92,12 @@ class OnnxRuntimeBackend(InferenceBackend):
                     "container) or use --backend torch")
         return None
 
-    def embed(self, batch: PaddedBatch, pooling: Pooling) -> np.ndarray:
+    def embed(self, batch: PaddedBatch, pooling: Pooling, run_options=None) -> np.ndarray:
         (hidden,) = self.session.run(["last_hidden_state"], {
-            "input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
+            "input_ids": batch.input_ids, "attention_mask": batch.attention_mask}, run_options)
         return pooled_vectors(pooling, torch.from_numpy(hidden),
                               torch.from_numpy(batch.attention_mask)).numpy()
+
+    def embed_and_release(self, batch: PaddedBatch, pooling: Pooling) -> np.ndarray:
+        """``embed``, then the arena gives back what this run left unused."""
+        return self.embed(batch, pooling, self._release)
