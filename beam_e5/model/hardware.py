@@ -103,10 +103,11 @@ def bound_onednn_cache(environ: MutableMapping[str, str] = os.environ) -> None:
         environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(ONEDNN_CACHE_CAPACITY)
 
 
-@functools.lru_cache(maxsize=1)
-def _malloc_trim():
+@functools.lru_cache(maxsize=None)
+def _libc(name: str):
+    """The C library's function ``name``, or None where it has none."""
     try:  # the process's own symbols: the C library it runs on, found without ldconfig
-        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+        return getattr(ctypes.CDLL(None), name, None)
     except (OSError, TypeError):  # TypeError: Windows has no CDLL(None)
         return None
 
@@ -115,14 +116,6 @@ def _malloc_trim():
 # time a block over it is freed; fixing it stops that)
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 128 << 10
-
-
-@functools.lru_cache(maxsize=1)
-def _mallopt():
-    try:
-        return getattr(ctypes.CDLL(None), "mallopt", None)
-    except (OSError, TypeError):
-        return None
 
 
 def return_large_blocks(environ: MutableMapping[str, str] = os.environ) -> bool:
@@ -135,7 +128,7 @@ def return_large_blocks(environ: MutableMapping[str, str] = os.environ) -> bool:
     a fixed threshold a freed block over 128 KiB goes back to the OS at once."""
     if "MALLOC_MMAP_THRESHOLD_" in environ:
         return False
-    opt = _mallopt()
+    opt = _libc("mallopt")
     if opt is None:
         return False
     environ["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD_BYTES)
@@ -146,7 +139,7 @@ def release_free_memory() -> bool:
     """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``); False where the C
     library has no such call. Micro-batches of ever-different shapes otherwise leave the heap
     fragmented and the worker's resident memory creeping up batch after batch."""
-    trim = _malloc_trim()
+    trim = _libc("malloc_trim")
     if trim is None:
         return False
     trim(0)
