@@ -350,10 +350,6 @@ def coarse_of(element: Coarse | dict[str, Any], config: SemanticDedupeConfig,
     return _placed(to_point(element, config.keep), config, coarse_model)
 
 
-def _coarse_home(element: Coarse) -> tuple[int, Point]:
-    return element.home, element.point
-
-
 def _home_cell(element: Coarse | dict[str, Any], config: SemanticDedupeConfig,
                coarse_model: CellModel | None = None) -> int:
     return coarse_of(element, config, coarse_model).home

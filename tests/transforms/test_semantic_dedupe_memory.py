@@ -99,7 +99,7 @@ def test_fine_models_only_collect_divided_cells_and_equal_fitting_every_cell():
         model = pts | "Fit" >> beam.CombineGlobally(sd.FitCellsFn(cfg))
         coarse = pts | beam.ParDo(sd.CoarseCellsFn(cfg), beam.pvalue.AsSingleton(model))
         new = sd._fine_models(coarse, cfg, {})
-        old = (coarse | "Homes" >> beam.Map(sd._coarse_home)
+        old = (coarse | "Homes" >> beam.Map(lambda c: (c.home, c.point))  # the old graph
                | "FitAll" >> beam.CombinePerKey(sd.FitCellsFn(cfg, fine=True)))
         joined = {"new": new, "old": old} | beam.CoGroupByKey() | beam.Map(_same_model)
         assert_that(joined, _all_same_both_kinds)
