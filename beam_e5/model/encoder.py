@@ -346,6 +346,9 @@ class Encoder:
     def _run_plan(self, plan: list, ids: list[list[int]], lengths: list[int], out: np.ndarray,
                   stats: EncodeStats, on_progress: Optional[Callable[[int, int], None]]) -> None:
         """Embed every micro-batch into its rows of ``out``."""
+        if self.backend.in_flight > 1:
+            self._run_plan_overlapped(plan, ids, lengths, out, stats, on_progress)
+            return
         for k, batch in enumerate(plan):
             rows = list(batch.indices)
             last = k == len(plan) - 1
@@ -360,12 +363,31 @@ class Encoder:
             # batch runs: the heap's free pages go back to the OS once per Beam batch
             release_free_memory()
 
+    def _run_plan_overlapped(self, plan: list, ids: list[list[int]], lengths: list[int],
+                             out: np.ndarray, stats: EncodeStats,
+                             on_progress: Optional[Callable[[int, int], None]]) -> None:
+        """:meth:`_run_plan` for a runtime that computes several micro-batches at once (a CPU
+        runtime, OpenVINO's streams: no out-of-memory splitting, and no runtime arena to give
+        back after the last call): each is padded while the ones before it run."""
+        padded = (self._padded([ids[i] for i in batch.indices], stats) for batch in plan)
+        for batch, vectors in zip(plan, self.backend.embed_overlapped(padded,
+                                                                      self.profile.pooling)):
+            rows = list(batch.indices)
+            out[rows] = vectors
+            if on_progress is not None:
+                on_progress(len(rows), sum(lengths[i] for i in rows))
+        release_free_memory()
+
+    def _padded(self, ids: list[list[int]], stats: EncodeStats) -> PaddedBatch:
+        batch = pad_batch(ids, self.pad_id, self.left_padding)
+        stats.padded_tokens += batch.input_ids.size
+        return batch
+
     def _embed(self, ids: list[list[int]], stats: EncodeStats, release: bool = False
                ) -> np.ndarray:
         """``release``: the last micro-batch of a Beam batch (the backend then gives back the
         memory its runtime keeps between calls)."""
-        batch = pad_batch(ids, self.pad_id, self.left_padding)
-        stats.padded_tokens += batch.input_ids.size
+        batch = self._padded(ids, stats)
         if release:
             return self.backend.embed_and_release(batch, self.profile.pooling)
         return self.backend.embed(batch, self.profile.pooling)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional
+from typing import Any, Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
@@ -67,7 +67,8 @@ class InferenceBackend(ABC):
     of the thread that calls ``embed``: 1 where torch only pools (another runtime runs the
     model on threads of its own, and torch's OpenMP threads, spinning after each pooling,
     would take cores from it; one thread or two give the same bits), None where torch runs the
-    model and keeps its threads.
+    model and keeps its threads. ``in_flight`` is how many calls the runtime computes at once
+    (:meth:`embed_overlapped`); 1 for a runtime that spreads each call over every thread.
     """
 
     name: str
@@ -76,6 +77,7 @@ class InferenceBackend(ABC):
     label: str
     call_overhead_tokens: int
     pool_threads: Optional[int] = 1
+    in_flight: int = 1
 
     @classmethod
     @abstractmethod
@@ -92,6 +94,15 @@ class InferenceBackend(ABC):
     def embed(self, batch: PaddedBatch, pooling: Pooling) -> np.ndarray:
         """One vector per row of ``batch``: the model's last hidden state pooled as
         ``pooling`` says and L2-normalised, float32 (rows, dim), in row order."""
+
+    def embed_overlapped(self, batches: Iterable[PaddedBatch], pooling: Pooling
+                         ) -> Iterator[np.ndarray]:
+        """:meth:`embed` of each batch, in order, as the caller draws them. A runtime that
+        computes ``in_flight`` > 1 calls at once starts the next batches before it hands back
+        the first (the encoder pads the next batch and pools the last while they run).
+        Default: one at a time."""
+        for batch in batches:
+            yield self.embed(batch, pooling)
 
     def embed_and_release(self, batch: PaddedBatch, pooling: Pooling) -> np.ndarray:
         """:meth:`embed`, then give back the memory the runtime keeps for its next call (the

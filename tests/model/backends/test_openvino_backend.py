@@ -3,19 +3,21 @@ in bf16, fp32 where the CPU has no bf16, one conversion per machine and one blob
 precision."""
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from beam_e5.model.backends import openvino_backend
+from beam_e5.model.backends.base import PaddedBatch
 from beam_e5.model.backends.openvino_backend import (
     OpenVinoBackend,
     compile_config,
     openvino_precision,
 )
 from beam_e5.model.config import EncoderConfig
-from beam_e5.model.encoder import Encoder
+from beam_e5.model.encoder import Encoder, pad_batch
 from beam_e5.model.hardware import cpu_flags, native_bf16
 
 pytest.importorskip("openvino")
@@ -35,13 +37,16 @@ def test_precision_follows_dtype_and_cpu(requested, native, precision):
     assert openvino_precision(requested, native) == precision
 
 
-def test_compile_config_is_explicit_and_keys_the_blob_folder_by_precision():
+def test_compile_config_is_explicit_and_keys_the_blob_folder_by_precision_and_mode():
     f32 = compile_config("float32", 0, "/c/openvino")
-    assert f32 == {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-                   "CACHE_DIR": "/c/openvino/f32-threadsauto"}
-    bf16 = compile_config("bfloat16", 2, "/c/openvino")
+    assert f32 == {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT",
+                   "CACHE_DIR": "/c/openvino/f32-threadsauto-throughput"}
+    bf16 = compile_config("bfloat16", 2, "/c/openvino", "LATENCY")
     assert bf16["INFERENCE_PRECISION_HINT"] == "bf16" and bf16["INFERENCE_NUM_THREADS"] == "2"
-    assert bf16["CACHE_DIR"] == "/c/openvino/bf16-threads2"
+    assert bf16["PERFORMANCE_HINT"] == "LATENCY"
+    assert bf16["CACHE_DIR"] == "/c/openvino/bf16-threads2-latency"
+    with pytest.raises(ValueError, match="THROUGHPUT"):
+        compile_config("float32", 0, "/c/openvino", "throughput")
 
 
 def _encode(path: str, cache: str, texts: list[str], **options) -> tuple[Encoder, np.ndarray]:
@@ -58,7 +63,7 @@ def test_tiny_model_fp32_matches_torch_and_converts_once(tiny_models, tmp_path, 
     assert isinstance(enc.backend, OpenVinoBackend)
     assert (enc.backend.precision, enc.backend.label.endswith(", f32")) == ("float32", True)
     assert np.min(np.sum(vecs * ref, axis=1)) >= 0.99999
-    assert list(Path(tmp_path, "openvino").iterdir())[0].name == "f32-threadsauto"
+    assert list(Path(tmp_path, "openvino").iterdir())[0].name == "f32-threadsauto-throughput"
 
     def no_conversion(*args, **kwargs):
         raise AssertionError("the cached IR was converted again")
@@ -66,6 +71,42 @@ def test_tiny_model_fp32_matches_torch_and_converts_once(tiny_models, tmp_path, 
     monkeypatch.setattr(openvino_backend, "load_hf_model", no_conversion)
     _, again = _encode(path, str(tmp_path), texts)  # the IR and the compiled blob, cached
     np.testing.assert_array_equal(again, vecs)
+
+
+def _batches(lengths: list[int]) -> list[PaddedBatch]:
+    rng = np.random.default_rng(3)
+    rows = [[101, *rng.integers(1000, 5000, n - 2).tolist(), 102] for n in lengths]
+    return [pad_batch(rows[i:i + 3], 0) for i in range(0, len(rows), 3)]
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: OpenVINO runs one stream")
+def test_overlapped_calls_give_each_batch_its_own_vectors_in_order(tiny_models, tmp_path):
+    path = tiny_models("bert", "e5-small-v2")
+    backend = _encode(path, str(tmp_path), ["warm"])[0].backend
+    assert backend.in_flight >= 2 and len(backend.requests) == backend.in_flight
+    batches = _batches([5, 9, 30, 7, 64, 12, 3, 40, 22, 17, 8, 50, 6, 11])
+    one_by_one = [backend.embed(b, "mean") for b in batches]
+    overlapped = backend.embed_overlapped(iter(batches), "mean")
+    for serial, vectors in zip(one_by_one, overlapped, strict=True):
+        np.testing.assert_array_equal(vectors, serial)
+    stopped = backend.embed_overlapped(iter(batches), "mean")
+    next(stopped)
+    stopped.close()  # the calls still running are waited for, and their requests reused
+    again = list(backend.embed_overlapped(iter(batches), "mean"))
+    for serial, vectors in zip(one_by_one, again, strict=True):
+        np.testing.assert_array_equal(vectors, serial)
+
+
+def test_throughput_mode_gives_the_latency_modes_vectors(tiny_models, tmp_path):
+    path = tiny_models("bert", "e5-small-v2")
+    texts = [("licence " * n).strip() for n in range(1, 40)]
+    enc, vecs = _encode(path, str(tmp_path), texts, max_batch_size=4)
+    graph = enc.backend.graph_file
+    serial = OpenVinoBackend(graph, str(tmp_path / "openvino"), "float32", 0, "LATENCY")
+    assert serial.in_flight == 1
+    ref, stats = Encoder(enc.spec, enc.tokenizer, serial).encode(texts)
+    assert stats.micro_batches > 4  # several calls, so several were in flight at once
+    assert np.min(np.sum(vecs * ref, axis=1)) >= 0.99999
 
 
 def test_a_cpu_without_bf16_runs_fp32_and_says_so(tiny_models, tmp_path, monkeypatch, caplog):
