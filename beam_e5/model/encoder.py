@@ -313,7 +313,7 @@ class Encoder:
         lengths = [len(x) for x in windows]
         out = np.empty((len(windows), self.dim), dtype=np.float32)
         if windows:
-            batch_plan = plan_micro_batches(lengths, self.spec.config.max_batch_tokens,
+            batch_plan = plan_micro_batches(lengths, self.batch_tokens(),
                                             self.spec.config.max_batch_size,
                                             self.backend.call_overhead_tokens)
             self._inference_thread.submit(self._run_plan, batch_plan, windows, lengths, out,
@@ -342,6 +342,13 @@ class Encoder:
         stats.content_per_text = [self.content_tokens(p) for p in plans]
         stats.seconds = time.perf_counter() - start
         return docs, stats
+
+    def batch_tokens(self) -> int:
+        """The padded-token budget of one micro-batch: ``--max-batch-tokens``, or less where
+        the backend's calls gain nothing past ``max_call_tokens`` (at least one window)."""
+        own = self.backend.max_call_tokens
+        budget = self.spec.config.max_batch_tokens
+        return budget if own is None else min(budget, max(own, self.max_length))
 
     def _run_plan(self, plan: list, ids: list[list[int]], lengths: list[int], out: np.ndarray,
                   stats: EncodeStats, on_progress: Optional[Callable[[int, int], None]]) -> None:

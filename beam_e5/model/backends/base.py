@@ -69,6 +69,9 @@ class InferenceBackend(ABC):
     would take cores from it; one thread or two give the same bits), None where torch runs the
     model and keeps its threads. ``in_flight`` is how many calls the runtime computes at once
     (:meth:`embed_overlapped`); 1 for a runtime that spreads each call over every thread.
+    ``max_call_tokens``: the padded tokens past which a call of this runtime gets no faster
+    per token (the encoder plans under the smaller of it and ``--max-batch-tokens``, never
+    under the max length); None: ``--max-batch-tokens`` alone.
     """
 
     name: str
@@ -78,6 +81,7 @@ class InferenceBackend(ABC):
     call_overhead_tokens: int
     pool_threads: Optional[int] = 1
     in_flight: int = 1
+    max_call_tokens: Optional[int] = None
 
     @classmethod
     @abstractmethod

@@ -79,7 +79,10 @@ def _batches(lengths: list[int]) -> list[PaddedBatch]:
     return [pad_batch(rows[i:i + 3], 0) for i in range(0, len(rows), 3)]
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: OpenVINO runs one stream")
+ONE_CORE = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: one stream")
+
+
+@ONE_CORE
 def test_overlapped_calls_give_each_batch_its_own_vectors_in_order(tiny_models, tmp_path):
     path = tiny_models("bert", "e5-small-v2")
     backend = _encode(path, str(tmp_path), ["warm"])[0].backend
@@ -107,6 +110,17 @@ def test_throughput_mode_gives_the_latency_modes_vectors(tiny_models, tmp_path):
     ref, stats = Encoder(enc.spec, enc.tokenizer, serial).encode(texts)
     assert stats.micro_batches > 4  # several calls, so several were in flight at once
     assert np.min(np.sum(vecs * ref, axis=1)) >= 0.99999
+
+
+@ONE_CORE
+def test_streams_cap_a_call_at_their_own_budget_never_above_the_users(tiny_models, tmp_path):
+    path = tiny_models("bert", "e5-small-v2")
+    streams = _encode(path, str(tmp_path), ["warm"])[0]
+    assert streams.batch_tokens() == openvino_backend.STREAM_CALL_TOKENS < 8192
+    assert _encode(path, str(tmp_path), ["warm"], max_batch_tokens=1024)[0].batch_tokens() == 1024
+    serial = OpenVinoBackend(streams.backend.graph_file, str(tmp_path / "openvino"), "float32",
+                             0, "LATENCY")
+    assert Encoder(streams.spec, streams.tokenizer, serial).batch_tokens() == 8192
 
 
 def test_a_cpu_without_bf16_runs_fp32_and_says_so(tiny_models, tmp_path, monkeypatch, caplog):
