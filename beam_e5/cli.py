@@ -450,7 +450,10 @@ class StopOnInterrupt:
             got = signal.sigtimedwait({signal.SIGINT}, 0.2)
             if self._stop.is_set():  # the run ended (and __exit__ woke this thread)
                 return
-            if self._interrupted.is_set() or got is not None:
+            # a wait cut short past its timeout (the process was stopped and continued:
+            # Ctrl-Z and fg, a debugger or profiler attaching) returns an empty siginfo
+            if self._interrupted.is_set() or (got is not None
+                                              and got.si_signo == signal.SIGINT):
                 stop_run_now()
 
     def __exit__(self, *exc: object) -> None:
