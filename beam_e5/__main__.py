@@ -2,6 +2,6 @@
 
 import sys
 
-from beam_e5.cli import main
+from beam_e5.entry import main
 
 sys.exit(main())

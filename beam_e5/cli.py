@@ -447,13 +447,21 @@ class StopOnInterrupt:
 
     def _watch(self) -> None:
         while not self._stop.is_set():
-            if (self._interrupted.is_set()
-                    or signal.sigtimedwait({signal.SIGINT}, 0.2) is not None):
+            got = signal.sigtimedwait({signal.SIGINT}, 0.2)
+            if self._stop.is_set():  # the run ended (and __exit__ woke this thread)
+                return
+            # a wait cut short past its timeout (the process was stopped and continued:
+            # Ctrl-Z and fg, a debugger or profiler attaching) returns an empty siginfo
+            if self._interrupted.is_set() or (got is not None
+                                              and got.si_signo == signal.SIGINT):
                 stop_run_now()
 
     def __exit__(self, *exc: object) -> None:
         if self._thread is not None:
             self._stop.set()
+            # wake the watcher now rather than at its next 0.2 s timeout: a SIGINT sent to
+            # its thread alone, which it takes as the end of the run (the flag is set first)
+            signal.pthread_kill(self._thread.ident, signal.SIGINT)
             self._thread.join()
             signal.pthread_sigmask(signal.SIG_SETMASK, self._old[1])
             signal.signal(signal.SIGINT, self._old[0])

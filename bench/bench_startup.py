@@ -10,10 +10,14 @@ as on a worker that already has it):
    read from its blob cache), then the corpus encoded twice in batches of
    ``--beam-batch-size``: the first batch of the first pass (cold: first runs of each
    shape) against the second pass (steady), and the steady docs/s of the bare encoder.
-3. ``pipeline``: ``python -m beam_e5 embed`` on the same corpus, each stderr line stamped
-   with its arrival time since process start: when the backend line (model loaded) and the
-   first-micro-batch line arrive, the end, and the manifest's job seconds; docs/s of the
-   whole command against the bare encoder's.
+3. ``pipeline``: ``python -m beam_e5 embed`` on the same corpus, each stderr and stdout line
+   stamped with its arrival time since process start: when the backend line (model loaded),
+   the first-micro-batch line and the summary (stdout, printed once the manifest is written
+   and the run published) arrive, and the process's exit; the manifest's job seconds (graph
+   built, run, counts read) and encoder seconds. Derived: ``before_job_s`` (summary minus
+   job: interpreter start, imports, validation, opening the output), ``after_summary_s``
+   (exit minus summary: the interpreter's shutdown) and ``job_not_encoding_s``; docs/s of
+   the whole command against the bare encoder's.
 
     python bench/bench_startup.py --n 3000 --max-chars 200     # 3,000 short paragraphs
 """
@@ -27,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -98,24 +103,39 @@ def run_pipeline(args: argparse.Namespace, env: dict, out: Path) -> dict:
            *args.pipeline_args.split()]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=dict(env, PYTHONUNBUFFERED="1"), stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True, cwd=ROOT)
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
     marks: dict[str, float] = {}
-    lines = []
-    for line in proc.stderr:
-        now = time.perf_counter() - start
-        lines.append(f"{now:7.2f} {line.rstrip()}")
-        if " backend (" in line and "model_loaded_s" not in marks:
-            marks["model_loaded_s"] = now
-        if "first micro-batch" in line and "first_vectors_s" not in marks:
-            marks["first_vectors_s"] = now
+    lines: list[str] = []
+    stdout = threading.Thread(target=_stamp_lines, args=(proc.stdout, start, lines, marks))
+    stdout.start()
+    _stamp_lines(proc.stderr, start, lines, marks)
+    stdout.join()
     if proc.wait() != 0:
-        raise RuntimeError("pipeline failed:\n" + "\n".join(lines[-30:]))
+        raise RuntimeError("pipeline failed:\n" + "\n".join(sorted(lines)[-30:]))
     marks["exit_s"] = time.perf_counter() - start
     manifest = json.loads((out / "manifest.json").read_text())
     marks["job_s"] = manifest["stats"]["seconds"]
     marks["encode_s"] = manifest["stats"]["encode_seconds"]
-    (out.parent / "pipeline.log").write_text("\n".join(lines) + "\n")
+    marks["job_not_encoding_s"] = marks["job_s"] - marks["encode_s"]
+    if "summary_s" in marks:
+        marks["before_job_s"] = marks["summary_s"] - marks["job_s"]
+        marks["after_summary_s"] = marks["exit_s"] - marks["summary_s"]
+    (out.parent / "pipeline.log").write_text("\n".join(sorted(lines)) + "\n")
     return marks
+
+
+MARKS = ((" backend (", "model_loaded_s"), ("first micro-batch", "first_vectors_s"),
+         ("beam-e5 summary", "summary_s"))
+
+
+def _stamp_lines(stream, start: float, lines: list[str], marks: dict[str, float]) -> None:
+    """Each line of ``stream`` with its arrival time; the first arrival of each mark."""
+    for line in stream:
+        now = time.perf_counter() - start
+        lines.append(f"{now:7.2f} {line.rstrip()}")
+        for text, mark in MARKS:
+            if text in line and mark not in marks:
+                marks[mark] = now
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ Identical to `beam-e5 dedupe ...`; see README.md and docs/deploy.md.
 
 import sys
 
-from beam_e5.cli import main
+from beam_e5.entry import main
 
 if __name__ == "__main__":
     sys.exit(main(["dedupe", *sys.argv[1:]]))

@@ -320,3 +320,25 @@ def test_stop_on_interrupt_gives_the_signal_back_as_it_found_it() -> None:
         assert signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, set())
     assert signal.getsignal(signal.SIGINT) is handler
     assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == mask
+
+
+def test_a_stopped_and_continued_run_is_not_taken_for_ctrl_c() -> None:
+    """Ctrl-Z then fg (SIGSTOP, SIGCONT) cuts the watcher's wait short past its timeout,
+    and ``sigtimedwait`` then returns an empty siginfo: that is no SIGINT."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import time\nfrom beam_e5.cli import StopOnInterrupt\n"
+            "with StopOnInterrupt():\n    print('ready', flush=True)\n    time.sleep(1.5)\n"
+            "print('done', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(0.5)  # longer than the watcher's 0.2 s wait
+    proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.strip() == "done"

@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "beam_e5.transforms": 3,
     "beam_e5.jobs": 4,
     "beam_e5.cli": 5,
+    "beam_e5.entry": 6,
     "beam_e5.__main__": 6,
     # Compatibility paths and the package facade re-export from every layer.
     "beam_e5.config": 7,
