@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import queue
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
@@ -42,7 +44,7 @@ from beam_e5.model.profiles import Pooling
 LOG = logging.getLogger(__name__)
 
 __all__ = ["IR_FILE", "PERFORMANCE_MODES", "OpenVinoBackend", "compile_config", "convert_ir",
-           "ensure_ir", "openvino_available", "openvino_precision"]
+           "ensure_ir", "import_openvino", "openvino_available", "openvino_precision"]
 
 IR_FILE = "model.xml"  # and model.bin, its weights, beside it
 IR_RECIPE = "ov-convert-sdpa-fp32-v1"  # part of the cache key: a new recipe converts again
@@ -64,6 +66,28 @@ PERFORMANCE_MODES = ("THROUGHPUT", "LATENCY")
 # 8192 took 5% (bf16) and 9% (f32) less time on 300 texts cut at 256 tokens, the same on
 # short and mixed ones (docs/benchmarks.md, "OpenVINO streams").
 STREAM_CALL_TOKENS = 4096
+
+
+def import_openvino() -> Any:
+    """``import openvino``, without its usage report. On import, OpenVINO (its ``ovc``
+    module, through ``openvino_telemetry``) sends an event to Google Analytics unless the user
+    opted out with ``opt_in_out --opt_out`` (no consent file counts as consent), and sends it
+    from a forked copy of the importing process: a worker's data-free but outbound request,
+    and a fork of a multi-threaded Beam worker (gRPC threads) that runs Python in the child.
+    The telemetry declines in CI, so the import runs with ``CI=true``, put back as it was
+    after; later events in the process (a conversion's) are declined with it."""
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"]
+    before = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        import openvino
+    finally:
+        if before is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = before
+    return openvino
 
 
 def openvino_available() -> bool:
@@ -104,7 +128,7 @@ def compile_config(precision: str, threads: int, cache_root: str,
 def convert_ir(model: torch.nn.Module, folder: Path) -> None:
     """``folder/model.xml`` (+ ``model.bin``): the encoder as OpenVINO IR, dynamic batch and
     sequence axes, ``last_hidden_state`` out, fp32 weights."""
-    import openvino as ov
+    ov = import_openvino()
 
     ids = torch.full((2, 8), 5, dtype=torch.long)
     mask = torch.ones_like(ids)
@@ -120,7 +144,7 @@ def convert_ir(model: torch.nn.Module, folder: Path) -> None:
 
 def ensure_ir(request: LoadRequest) -> Path:
     """The cached IR of ``request``'s model; converted (once per machine) on a miss."""
-    import openvino as ov
+    ov = import_openvino()
 
     config = request.model_config
     target = graph_dir(request.cache_dir, request.path, getattr(config, "_commit_hash", None),
@@ -138,7 +162,7 @@ class OpenVinoBackend(InferenceBackend):
 
     def __init__(self, graph_file: Path, cache_root: str, precision: str = "float32",
                  threads: int = 0, mode: str = "THROUGHPUT") -> None:
-        import openvino as ov
+        ov = import_openvino()
 
         self.config = compile_config(precision, threads, cache_root, mode)
         # compiled from the file path, so a cached blob is loaded without reading the graph

@@ -4,6 +4,8 @@ precision."""
 
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +171,24 @@ def test_every_encoder_family_matches_torch(tiny_models, tmp_path, family):
     ref, _ = Encoder.load(EncoderConfig(path, backend="torch").resolve()).encode(texts)
     _, vecs = _encode(path, str(tmp_path), texts)
     assert np.min(np.sum(vecs * ref, axis=1)) >= 0.99999
+
+
+_TELEMETRY_PROBE = """
+import os
+from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+from beam_e5.model.backends.openvino_backend import import_openvino
+# no consent file: a plain import of openvino would take that as consent and report
+print(OptInChecker().check(False, True) == ConsentCheckResult.NO_FILE)
+import_openvino()
+import openvino_telemetry
+print(openvino_telemetry.Telemetry().consent, os.environ.get("CI"))
+"""
+
+
+def test_openvino_is_imported_without_its_usage_report(tmp_path):
+    pytest.importorskip("openvino_telemetry")
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env["HOME"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", _TELEMETRY_PROBE], env=env, check=True,
+                         capture_output=True, text=True, cwd=Path(__file__).parents[3])
+    assert out.stdout.split("\n")[-3:-1] == ["True", "False None"]
