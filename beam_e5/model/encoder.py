@@ -313,7 +313,7 @@ class Encoder:
         lengths = [len(x) for x in windows]
         out = np.empty((len(windows), self.dim), dtype=np.float32)
         if windows:
-            batch_plan = plan_micro_batches(lengths, self.batch_tokens(),
+            batch_plan = plan_micro_batches(lengths, self.batch_tokens(lengths),
                                             self.spec.config.max_batch_size,
                                             self.backend.call_overhead_tokens)
             self._inference_thread.submit(self._run_plan, batch_plan, windows, lengths, out,
@@ -343,12 +343,19 @@ class Encoder:
         stats.seconds = time.perf_counter() - start
         return docs, stats
 
-    def batch_tokens(self) -> int:
+    def batch_tokens(self, lengths: Sequence[int] = ()) -> int:
         """The padded-token budget of one micro-batch: ``--max-batch-tokens``, or less where
-        the backend's calls gain nothing past ``max_call_tokens`` (at least one window)."""
+        the backend's calls gain nothing past ``max_call_tokens`` (at least one window). Where
+        the backend computes several calls at once, the windows of a small Beam batch
+        (``lengths``) are shared out among them, not left to one of its streams."""
         own = self.backend.max_call_tokens
         budget = self.spec.config.max_batch_tokens
-        return budget if own is None else min(budget, max(own, self.max_length))
+        if own is not None:
+            budget = min(budget, max(own, self.max_length))
+        if self.backend.in_flight > 1 and lengths:
+            share = -(-sum(lengths) // self.backend.in_flight)
+            budget = min(budget, max(share, max(lengths)))
+        return budget
 
     def _run_plan(self, plan: list, ids: list[list[int]], lengths: list[int], out: np.ndarray,
                   stats: EncodeStats, on_progress: Optional[Callable[[int, int], None]]) -> None:

@@ -25,7 +25,8 @@ import importlib.util
 import logging
 import os
 import queue
-import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
@@ -44,7 +45,8 @@ from beam_e5.model.profiles import Pooling
 LOG = logging.getLogger(__name__)
 
 __all__ = ["IR_FILE", "PERFORMANCE_MODES", "OpenVinoBackend", "compile_config", "convert_ir",
-           "ensure_ir", "import_openvino", "openvino_available", "openvino_precision"]
+           "ensure_ir", "import_openvino", "openvino_available", "openvino_precision",
+           "telemetry_declined"]
 
 IR_FILE = "model.xml"  # and model.bin, its weights, beside it
 IR_RECIPE = "ov-convert-sdpa-fp32-v1"  # part of the cache key: a new recipe converts again
@@ -64,29 +66,41 @@ PERFORMANCE_MODES = ("THROUGHPUT", "LATENCY")
 # Streams of one thread (THROUGHPUT on two cores) gain nothing past this many padded tokens a
 # call, and the last calls of a Beam batch, alone on their stream, end sooner: 4096 against
 # 8192 took 5% (bf16) and 9% (f32) less time on 300 texts cut at 256 tokens, the same on
-# short and mixed ones (docs/benchmarks.md, "OpenVINO streams").
+# short and mixed ones (docs/benchmarks.md, OpenVINO "Third round"). Measured on two cores
+# only; on more, OpenVINO picks its own streams and threads per stream (not measured here).
 STREAM_CALL_TOKENS = 4096
+
+_POLL_SECONDS = 0.05  # how often embed_overlapped looks for a call that failed (no callback)
+
+
+_TELEMETRY_LOCK = threading.Lock()
+
+
+@contextmanager
+def telemetry_declined() -> Iterator[None]:
+    """OpenVINO's usage reports declined for the duration. On import, and again on each model
+    conversion, OpenVINO (its ``ovc`` module, through ``openvino_telemetry``) sends an event
+    to Google Analytics unless the user opted out with ``opt_in_out --opt_out`` (no consent
+    file counts as consent), and sends it from a forked copy of the process: an outbound
+    request from a worker, and a fork of a multi-threaded Beam worker (gRPC threads) that
+    runs Python in the child. The telemetry declines in CI, so ``CI=true`` is set meanwhile
+    and put back as it was after (one thread at a time)."""
+    with _TELEMETRY_LOCK:
+        before = os.environ.get("CI")
+        os.environ["CI"] = "true"
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("CI", None)
+            else:
+                os.environ["CI"] = before
 
 
 def import_openvino() -> Any:
-    """``import openvino``, without its usage report. On import, OpenVINO (its ``ovc``
-    module, through ``openvino_telemetry``) sends an event to Google Analytics unless the user
-    opted out with ``opt_in_out --opt_out`` (no consent file counts as consent), and sends it
-    from a forked copy of the importing process: a worker's data-free but outbound request,
-    and a fork of a multi-threaded Beam worker (gRPC threads) that runs Python in the child.
-    The telemetry declines in CI, so the import runs with ``CI=true``, put back as it was
-    after; later events in the process (a conversion's) are declined with it."""
-    if "openvino" in sys.modules:
-        return sys.modules["openvino"]
-    before = os.environ.get("CI")
-    os.environ["CI"] = "true"
-    try:
+    """``import openvino`` without its usage report (:func:`telemetry_declined`)."""
+    with telemetry_declined():  # the lock also keeps a second thread off a half-made module
         import openvino
-    finally:
-        if before is None:
-            os.environ.pop("CI", None)
-        else:
-            os.environ["CI"] = before
     return openvino
 
 
@@ -133,7 +147,7 @@ def convert_ir(model: torch.nn.Module, folder: Path) -> None:
     ids = torch.full((2, 8), 5, dtype=torch.long)
     mask = torch.ones_like(ids)
     mask[1, 5:] = 0  # a padded row, so the mask path is traced, not constant-folded
-    with torch.no_grad():
+    with torch.no_grad(), telemetry_declined():
         ir = ov.convert_model(LastHidden(model.eval()),
                               example_input={"input_ids": ids, "attention_mask": mask},
                               input=[("input_ids", [-1, -1], ov.Type.i64),
@@ -210,7 +224,8 @@ class OpenVinoBackend(InferenceBackend):
         """Up to ``in_flight`` micro-batches computing at once, one per stream. Whichever call
         ends first is pooled first (on the caller's thread, from its request's own output
         buffer) and its stream given the next batch at once, so no stream waits on a slower
-        one; the vectors still come back in the batches' order."""
+        one; the vectors still come back in the batches' order. A call that fails raises
+        here (OpenVINO runs no callback for it: :meth:`_next_ended` looks)."""
         done: queue.SimpleQueue = queue.SimpleQueue()  # indices of requests that have ended
         for index, request in enumerate(self.requests):
             request.set_callback(done.put, index)
@@ -221,21 +236,35 @@ class OpenVinoBackend(InferenceBackend):
         try:
             for number, batch in enumerate(batches):
                 if not free:
-                    free.append(self._collect(done.get(), running, ready, pooling))
+                    free.append(self._collect(self._next_ended(done, running), running,
+                                              ready, pooling))
                     while turn in ready:
                         yield ready.pop(turn)
                         turn += 1
                 index = free.pop()
-                running[index] = (number, batch)
                 self.requests[index].start_async(_inputs(batch))
+                running[index] = (number, batch)
             while running:
-                self._collect(done.get(), running, ready, pooling)
+                self._collect(self._next_ended(done, running), running, ready, pooling)
                 while turn in ready:
                     yield ready.pop(turn)
                     turn += 1
-        finally:  # the caller stopped early or a call failed: every callback has run
-            while running:
-                running.pop(done.get())
+        finally:  # the caller stopped early or a call failed: no request is left running
+            for index in running:
+                try:
+                    self.requests[index].wait()
+                except Exception:  # noqa: BLE001 - the first error is already on its way
+                    pass
+
+    def _next_ended(self, done: queue.SimpleQueue, running: dict) -> int:
+        """The index of a request whose call has ended. A failed call runs no callback, so
+        while none arrives the running ones are asked: ``wait_for(0)`` raises a failure."""
+        while True:
+            try:
+                return done.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                for index in running:
+                    self.requests[index].wait_for(0)
 
     def _collect(self, index: int, running: dict, ready: dict, pooling: Pooling) -> int:
         """Pool the ended call of request ``index`` into ``ready``; the request is free again."""
