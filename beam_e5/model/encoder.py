@@ -384,8 +384,8 @@ class Encoder:
         runtime, OpenVINO's streams: no out-of-memory splitting, and no runtime arena to give
         back after the last call): each is padded while the ones before it run."""
         padded = (self._padded([ids[i] for i in batch.indices], stats) for batch in plan)
-        for batch, vectors in zip(plan, self.backend.embed_overlapped(padded,
-                                                                      self.profile.pooling)):
+        vectors_of = self.backend.embed_overlapped(padded, self.profile.pooling)
+        for batch, vectors in zip(plan, vectors_of, strict=True):
             rows = list(batch.indices)
             out[rows] = vectors
             if on_progress is not None:
