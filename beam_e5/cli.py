@@ -431,6 +431,7 @@ class StopOnInterrupt:
 
     def __init__(self) -> None:
         self._stop = threading.Event()
+        self._woken = threading.Event()  # __exit__ has signalled the watcher: it may end
         self._interrupted = threading.Event()  # set by the handler, for a thread started
         self._thread: Optional[threading.Thread] = None  # before the block that got SIGINT
         self._old: Any = None
@@ -446,15 +447,21 @@ class StopOnInterrupt:
         return self
 
     def _watch(self) -> None:
-        while not self._stop.is_set():
-            got = signal.sigtimedwait({signal.SIGINT}, 0.2)
-            if self._stop.is_set():  # the run ended (and __exit__ woke this thread)
-                return
-            # a wait cut short past its timeout (the process was stopped and continued:
-            # Ctrl-Z and fg, a debugger or profiler attaching) returns an empty siginfo
-            if self._interrupted.is_set() or (got is not None
-                                              and got.si_signo == signal.SIGINT):
-                stop_run_now()
+        try:
+            while not self._stop.is_set():
+                got = signal.sigtimedwait({signal.SIGINT}, 0.2)
+                if self._stop.is_set():  # the run ended (and __exit__ woke this thread)
+                    return
+                # a wait cut short past its timeout (the process was stopped and continued:
+                # Ctrl-Z and fg, a debugger or profiler attaching) returns an empty siginfo
+                if self._interrupted.is_set() or (got is not None
+                                                  and got.si_signo == signal.SIGINT):
+                    stop_run_now()
+        finally:
+            # alive until __exit__ has sent its wake-up: a signal to a thread that has ended
+            # (its pthread freed) is undefined behaviour; one still pending here is dropped
+            # with the thread
+            self._woken.wait()
 
     def __exit__(self, *exc: object) -> None:
         if self._thread is not None:
@@ -462,6 +469,7 @@ class StopOnInterrupt:
             # wake the watcher now rather than at its next 0.2 s timeout: a SIGINT sent to
             # its thread alone, which it takes as the end of the run (the flag is set first)
             signal.pthread_kill(self._thread.ident, signal.SIGINT)
+            self._woken.set()
             self._thread.join()
             signal.pthread_sigmask(signal.SIG_SETMASK, self._old[1])
             signal.signal(signal.SIGINT, self._old[0])
