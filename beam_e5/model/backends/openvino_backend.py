@@ -233,22 +233,24 @@ class OpenVinoBackend(InferenceBackend):
         running: dict[int, tuple[int, PaddedBatch]] = {}  # request -> (batch number, batch)
         ready: dict[int, np.ndarray] = {}  # batch number -> its vectors, until its turn
         turn = 0
+
+        def collect_one() -> Iterator[np.ndarray]:
+            """Pool the next call to end, then hand back every vector array now in turn."""
+            nonlocal turn
+            self._collect(self._next_ended(done, running), running, ready, free, pooling)
+            while turn in ready:
+                yield ready.pop(turn)
+                turn += 1
+
         try:
             for number, batch in enumerate(batches):
                 if not free:
-                    free.append(self._collect(self._next_ended(done, running), running,
-                                              ready, pooling))
-                    while turn in ready:
-                        yield ready.pop(turn)
-                        turn += 1
+                    yield from collect_one()
                 index = free.pop()
                 self.requests[index].start_async(_inputs(batch))
                 running[index] = (number, batch)
             while running:
-                self._collect(self._next_ended(done, running), running, ready, pooling)
-                while turn in ready:
-                    yield ready.pop(turn)
-                    turn += 1
+                yield from collect_one()
         finally:  # the caller stopped early or a call failed: no request is left running
             for index in running:
                 try:
@@ -266,13 +268,14 @@ class OpenVinoBackend(InferenceBackend):
                 for index in running:
                     self.requests[index].wait_for(0)
 
-    def _collect(self, index: int, running: dict, ready: dict, pooling: Pooling) -> int:
+    def _collect(self, index: int, running: dict, ready: dict, free: list,
+                 pooling: Pooling) -> None:
         """Pool the ended call of request ``index`` into ``ready``; the request is free again."""
         number, batch = running.pop(index)
         request = self.requests[index]
         request.wait()  # raises the call's error, if it failed
         ready[number] = _pooled(request.get_output_tensor(0).data, batch, pooling)
-        return index
+        free.append(index)
 
 
 def _inputs(batch: PaddedBatch) -> dict[str, np.ndarray]:
