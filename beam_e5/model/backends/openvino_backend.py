@@ -74,6 +74,7 @@ _POLL_SECONDS = 0.05  # how often embed_overlapped looks for a call that failed 
 
 
 _TELEMETRY_LOCK = threading.Lock()
+_OPENVINO: Any = None  # the module, once import_openvino has imported it
 
 
 @contextmanager
@@ -98,10 +99,15 @@ def telemetry_declined() -> Iterator[None]:
 
 
 def import_openvino() -> Any:
-    """``import openvino`` without its usage report (:func:`telemetry_declined`)."""
-    with telemetry_declined():  # the lock also keeps a second thread off a half-made module
-        import openvino
-    return openvino
+    """``import openvino`` without its usage report (:func:`telemetry_declined`); once
+    imported, the module comes back without touching the environment again."""
+    global _OPENVINO
+    if _OPENVINO is None:
+        with telemetry_declined():  # the lock also keeps a second thread off a half-made one
+            import openvino
+
+            _OPENVINO = openvino
+    return _OPENVINO
 
 
 def openvino_available() -> bool:
