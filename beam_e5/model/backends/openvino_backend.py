@@ -201,6 +201,7 @@ class OpenVinoBackend(InferenceBackend):
         too (seen for those whose input_ids have the failed call's shape; the first CI run of
         tests/model/backends/test_openvino_backend.py met it). A fresh compile gives fresh
         streams, so a retried bundle is not failed by the one before it."""
+        self.compiled = self.requests = self.request = None  # the old ones freed first
         self.compiled = import_openvino().Core().compile_model(
             str(self.graph_file), "CPU", self.config)
         self.in_flight = max(1, int(self.compiled.get_property(
