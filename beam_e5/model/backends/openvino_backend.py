@@ -201,7 +201,8 @@ class OpenVinoBackend(InferenceBackend):
         too (seen for those whose input_ids have the failed call's shape; the first CI run of
         tests/model/backends/test_openvino_backend.py met it). A fresh compile gives fresh
         streams, so a retried bundle is not failed by the one before it."""
-        self.compiled = self.requests = self.request = None  # the old ones freed first
+        # the old ones freed first; if this compile fails, the next call compiles again
+        self.compiled = self.requests = self.request = None
         self.compiled = import_openvino().Core().compile_model(
             str(self.graph_file), "CPU", self.config)
         self.in_flight = max(1, int(self.compiled.get_property(
@@ -233,7 +234,12 @@ class OpenVinoBackend(InferenceBackend):
                     "(also in the worker container), or use --backend onnx")
         return None
 
+    def _ready(self) -> None:
+        if self.requests is None:  # the compile after a failed call failed too
+            self._compile()
+
     def embed(self, batch: PaddedBatch, pooling: Pooling) -> np.ndarray:
+        self._ready()
         try:
             outputs: Any = self.request.infer(_inputs(batch))
         except Exception:
@@ -249,6 +255,7 @@ class OpenVinoBackend(InferenceBackend):
         one; the vectors still come back in the batches' order. A call that fails raises
         here (OpenVINO runs no callback for it: :meth:`_next_ended` looks), once the other
         calls have ended, and the model is compiled again (see :meth:`_compile`)."""
+        self._ready()
         done: queue.SimpleQueue = queue.SimpleQueue()  # indices of requests that have ended
         for index, request in enumerate(self.requests):
             request.set_callback(done.put, index)

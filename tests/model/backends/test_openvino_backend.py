@@ -137,6 +137,22 @@ def test_a_call_that_fails_raises_and_leaves_the_streams_usable(tiny_models, tmp
         np.testing.assert_array_equal(backend.embed(batches[i], "mean"), good[i])
 
 
+def test_a_compile_that_fails_after_a_failed_call_is_tried_again_at_the_next_call(
+        tiny_models, tmp_path):
+    path = tiny_models("bert", "e5-small-v2")
+    backend = _encode(path, str(tmp_path), ["warm"])[0].backend
+    batch = _batches([5, 9, 30])[0]
+    good = backend.embed(batch, "mean")
+    graph, backend.graph_file = backend.graph_file, tmp_path / "gone.xml"  # the compile fails
+    with pytest.raises(RuntimeError):
+        backend.embed(PaddedBatch(batch.input_ids, batch.attention_mask[:, :3]), "mean")
+    assert backend.requests is None
+    backend.graph_file = graph
+    np.testing.assert_array_equal(backend.embed(batch, "mean"), good)
+    backend.requests = None
+    np.testing.assert_array_equal(next(backend.embed_overlapped(iter([batch]), "mean")), good)
+
+
 def test_throughput_mode_gives_the_latency_modes_vectors(tiny_models, tmp_path):
     path = tiny_models("bert", "e5-small-v2")
     texts = [("licence " * n).strip() for n in range(1, 40)]
