@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_embed import bf16_matmul_flops, matmul_flops, neighbour_overlap  # noqa: E402
+from benchlib import save_results  # noqa: E402
 
 SHAPES = ("minilm", "small", "base", "large")
 
@@ -133,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           for k, v in fp32.items()},
                                                        "torch-bf16": bf16 / 1e9},
               "shapes": {s: run_shape(s, texts, args, work) for s in shapes}}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"results: {args.json}")
+    save_results(args.json, result)
     return 0
 
 

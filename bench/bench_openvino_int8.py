@@ -61,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_embed import neighbour_overlap  # noqa: E402
+from benchlib import save_results  # noqa: E402
 
 BUILT_IN = {"onnx-int8": dict(backend="onnx-int8"),
             "ov-bf16": dict(backend="openvino", dtype="bfloat16"),
@@ -280,9 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: {len(texts)} texts", flush=True)
         result = time_passes(encoders, texts, speed, args.rounds)
         out["corpora"][label] = {"texts": len(texts), "rows": summarise(result)}
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
-        print(f"results: {args.json}")
+    save_results(args.json, out)
     return 0
 
 

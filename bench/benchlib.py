@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -41,3 +42,10 @@ def paragraphs(text: str, shortest: int = 20, longest: int = 2000) -> Iterator[t
         para = " ".join(para.split())
         if shortest <= len(para) <= longest:
             yield k, para
+
+
+def save_results(path: str | None, data: dict) -> None:
+    """Write a bench's results as indented JSON to ``--json`` PATH, if one was given."""
+    if path:
+        Path(path).write_text(json.dumps(data, indent=2))
+        print(f"results: {path}")
