@@ -172,16 +172,14 @@ def _with_group_size(graph: Path, cache: str, precision: str, threads: int, grou
     """The OpenVINO backend compiled with ``DYNAMIC_QUANTIZATION_GROUP_SIZE`` ``group``
     (the CPU plugin quantises the activations of MatMuls with int8-compressed weights at run
     time, per token and group of this many channels; 0: off, the weights decompressed)."""
-    import openvino as ov
+    from beam_e5.model.backends.openvino_backend import OpenVinoBackend
 
-    from beam_e5.model.backends.openvino_backend import OpenVinoBackend, compile_config
-
-    backend = OpenVinoBackend.__new__(OpenVinoBackend)
-    backend.config = {**compile_config(precision, threads, cache),
-                      "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(group)}
-    backend.compiled = ov.Core().compile_model(str(graph), "CPU", backend.config)
-    backend.request = backend.compiled.create_infer_request()
-    backend.graph_file, backend.precision, backend.label = graph, precision, f"dq{group}"
+    # built as the backend builds itself (streams, requests, call price), then compiled again
+    # with the group size added to its properties
+    backend = OpenVinoBackend(graph, cache, precision, threads)
+    backend.config = {**backend.config, "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(group)}
+    backend._compile()
+    backend.label = f"dq{group}"
     return backend
 
 

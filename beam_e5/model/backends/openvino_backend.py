@@ -202,13 +202,12 @@ class OpenVinoBackend(InferenceBackend):
         tests/model/backends/test_openvino_backend.py met it). A fresh compile gives fresh
         streams, so a retried bundle is not failed by the one before it."""
         # the old ones freed first; if this compile fails, the next call compiles again
-        self.compiled = self.requests = self.request = None
+        self.compiled = self.requests = None
         self.compiled = import_openvino().Core().compile_model(
             str(self.graph_file), "CPU", self.config)
         self.in_flight = max(1, int(self.compiled.get_property(
             "OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self.requests = [self.compiled.create_infer_request() for _ in range(self.in_flight)]
-        self.request = self.requests[0]
 
     @classmethod
     def load(cls, request: LoadRequest, name: str = "openvino") -> "OpenVinoBackend":
@@ -241,7 +240,7 @@ class OpenVinoBackend(InferenceBackend):
     def embed(self, batch: PaddedBatch, pooling: Pooling) -> np.ndarray:
         self._ready()
         try:
-            outputs: Any = self.request.infer(_inputs(batch))
+            outputs: Any = self.requests[0].infer(_inputs(batch))
         except Exception:
             self._compile()  # the failed call may have broken its stream (see _compile)
             raise
