@@ -85,9 +85,7 @@ def make_queries(docs: list[dict], tokenizer, budget: int, seed: int = 0):
     normed = [norm(d["text"]) for d in docs]
     past, before = [], []
     for i, d in enumerate(docs):
-        enc = tokenizer(d["text"], add_special_tokens=False, return_offsets_mapping=True,
-                        verbose=False)
-        offs = enc["offset_mapping"]
+        offs = tokenizer.ids_and_offsets([d["text"]])[1][0]
         if len(offs) <= budget + 50:
             continue
         cut = offs[budget - 1][1]  # last character a truncated window holds
@@ -155,8 +153,8 @@ def cmd_recall(args) -> dict:
                       "counts": manifest["counts"]}
     result = {"documents": len(docs), "queries_past_cut": len(past),
               "queries_before_cut": len(before), "window_text_tokens": budget,
-              "tokens": sum(len(x) for x in enc.tokenizer(
-                  [d["text"] for d in docs], add_special_tokens=False, verbose=False)["input_ids"]),
+              "tokens": sum(len(x) for x in enc.tokenizer.ids(
+                  [d["text"] for d in docs], special_tokens=False)),
               "counts_chunk": runs["chunk"]["counts"],
               "counts_truncate": runs["truncate"]["counts"]}
     for name, queries in (("past_cut", past), ("before_cut", before)):
@@ -199,12 +197,11 @@ def cmd_throughput(args) -> dict:
     enc = Encoder.load(EncoderConfig(minilm()).resolve())
     texts = [enc.prefix + d["text"] for d in docs]
     t0 = time.perf_counter()
-    tok = enc.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
-                        verbose=False)
+    all_offsets = enc.tokenizer.ids_and_offsets(texts)[1]
     t_tok = time.perf_counter() - t0
     cfg = LongTextConfig()
     t0 = time.perf_counter()
-    for d, offsets in zip(docs, tok["offset_mapping"]):
+    for d, offsets in zip(docs, all_offsets):
         k = split_prefix(offsets, len(enc.prefix))
         window = cfg.window(enc.text_budget(k))
         chunk_spans(d["text"], text_offsets(offsets[k:], len(enc.prefix)), window,

@@ -51,12 +51,11 @@ def import_seconds(module: str, env: dict) -> float:
 
 
 def child_encoder(args: argparse.Namespace) -> None:
-    from transformers import AutoConfig, AutoTokenizer
-
     from beam_e5.model.backends.base import LoadRequest
     from beam_e5.model.backends.choose import RUNTIMES
     from beam_e5.model.config import EncoderConfig
     from beam_e5.model.encoder import Encoder
+    from beam_e5.model.tokenizer import load_tokenizer
 
     texts = [json.loads(line)["text"] for line in open(args.corpus)]
     cfg = EncoderConfig(args.model, backend=args.backend, dtype=args.dtype,
@@ -65,16 +64,18 @@ def child_encoder(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     spec = cfg.resolve()
     res["resolve_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    AutoTokenizer.from_pretrained(args.model)
+    t = time.perf_counter()  # its snapshot where saved (transformers not imported), else built
+    tokenizer = load_tokenizer(args.model, cache_dir=args.cache)
     res["tokenizer_s"] = time.perf_counter() - t
+    res["tokenizer"] = type(tokenizer).__name__
     t = time.perf_counter()
-    AutoConfig.from_pretrained(args.model)
+    request = LoadRequest(model=args.model, path=args.model, backend=args.backend,
+                          dtype=args.dtype, cache_dir=args.cache)
+    _ = request.model_config
     res["config_s"] = time.perf_counter() - t
+    res["transformers_imported"] = "transformers" in sys.modules
     t = time.perf_counter()  # the cached graph found, and the session or compiled model built
-    RUNTIMES[args.backend].load(LoadRequest(model=args.model, path=args.model,
-                                            backend=args.backend, dtype=args.dtype,
-                                            cache_dir=args.cache), args.backend)
+    RUNTIMES[args.backend].load(request, args.backend)
     res["session_s"] = time.perf_counter() - t
     t = time.perf_counter()
     enc = Encoder.load(spec)

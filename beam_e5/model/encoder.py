@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Callable, NamedTuple, Optional, Sequence, TypeVar, Union
+from typing import Callable, NamedTuple, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from beam_e5.model.chunking import (
 from beam_e5.model.config import EncoderSpec
 from beam_e5.model.hardware import release_free_memory
 from beam_e5.model.loading import local_model_path
+from beam_e5.model.tokenizer import TextTokenizer, TokenizerInfo, load_tokenizer
 
 LOG = logging.getLogger(__name__)
 
@@ -128,20 +129,21 @@ def run_splitting_on_oom(fn: Callable[[Sequence[T]], list], items: Sequence[T],
 class Encoder:
     """A loaded tokenizer + inference backend + profile. Build with :meth:`load`."""
 
-    def __init__(self, spec: EncoderSpec, tokenizer: Any, backend: InferenceBackend) -> None:
+    def __init__(self, spec: EncoderSpec, tokenizer: TextTokenizer,
+                 backend: InferenceBackend) -> None:
         self.spec = spec
         self.backend = backend  # what runs the forward pass (beam_e5.model.backends)
         self.profile = spec.profile
         self.prefix = spec.prefix
         self.tokenizer = tokenizer
-        self.max_length = min(self.profile.max_length, _tokenizer_limit(tokenizer))
-        self.pad_id = _pad_id(tokenizer)
-        self.eos_id = tokenizer.eos_token_id
-        self.left_padding = getattr(tokenizer, "padding_side", "right") == "left"
+        self.max_length = min(self.profile.max_length, _tokenizer_limit(tokenizer.info))
+        self.pad_id = _pad_id(tokenizer.info)
+        self.eos_id = tokenizer.info.eos_token_id
+        self.left_padding = tokenizer.info.padding_side == "left"
         self.dim = spec.dim
         self._frame_ids: Optional[tuple[list[int], list[int]]] = None
         self._told: set[str] = set()  # warnings already logged (see _tell_once)
-        self.unk_id = tokenizer.unk_token_id
+        self.unk_id = tokenizer.info.unk_token_id
         # Every forward pass runs on this one thread, one at a time: the model already uses
         # every core (or the GPU), and passes from many Beam worker threads would each grow
         # their own malloc arena by a batch's activations, so peak memory would rise with the
@@ -164,12 +166,10 @@ class Encoder:
     def load(cls, spec: EncoderSpec) -> "Encoder":
         """Load the tokenizer and the backend that ``spec`` asks for
         (:func:`~beam_e5.model.backends.choose.load_backend`)."""
-        from transformers import AutoTokenizer
-
         cfg = spec.config
         path = local_model_path(spec.source, cfg.model_cache_dir)
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.revision,
-                                                  trust_remote_code=cfg.trust_remote_code)
+        tokenizer = load_tokenizer(path, cfg.revision, cfg.trust_remote_code,
+                                   cfg.model_cache_dir)
         backend = load_backend(LoadRequest(
             model=cfg.model, path=path, revision=cfg.revision,
             trust_remote_code=cfg.trust_remote_code,
@@ -183,8 +183,8 @@ class Encoder:
         """The special tokens the tokenizer puts before and after a text ([CLS] ... [SEP])."""
         if self._frame_ids is None:
             probe = "hello"
-            with_sp = list(self.tokenizer(probe)["input_ids"])
-            bare = list(self.tokenizer(probe, add_special_tokens=False)["input_ids"])
+            with_sp = self.tokenizer.ids([probe])[0]
+            bare = self.tokenizer.ids([probe], special_tokens=False)[0]
             head: list[int] = []
             tail: list[int] = []
             for i in range(len(with_sp) - len(bare) + 1):
@@ -224,14 +224,11 @@ class Encoder:
             return []
         modes = ([long_text] * len(full) if isinstance(long_text, LongTextConfig)
                  else list(long_text))
-        if not getattr(self.tokenizer, "is_fast", False):
+        if not self.tokenizer.is_fast:
             return [self._plan_slow(t, m) for t, m in zip(full, modes)]
-        enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True,
-                             return_attention_mask=False, return_token_type_ids=False,
-                             verbose=False)
+        all_ids, all_offsets = self.tokenizer.ids_and_offsets(full)
         plans = []
-        for text, ids, offsets, long_text in zip(texts, enc["input_ids"], enc["offset_mapping"],
-                                                 modes):
+        for text, ids, offsets, long_text in zip(texts, all_ids, all_offsets, modes):
             k = split_prefix(offsets, len(self.prefix))
             n = len(ids) - k
             budget = max(1, self.text_budget(k))
@@ -253,9 +250,8 @@ class Encoder:
 
     def _plan_slow(self, full: str, long_text: LongTextConfig) -> _Plan:
         """A slow (Python) tokenizer has no offsets: truncate only, offsets unknown."""
-        ids = list(self.tokenizer(full, add_special_tokens=False)["input_ids"])
-        k = len(self.tokenizer(self.prefix, add_special_tokens=False)["input_ids"]) \
-            if self.prefix else 0
+        ids = self.tokenizer.ids([full], special_tokens=False)[0]
+        k = len(self.tokenizer.ids([self.prefix], special_tokens=False)[0]) if self.prefix else 0
         n = len(ids) - k
         budget = max(1, self.text_budget(k))
         if n > budget and long_text.mode != "truncate":
@@ -425,13 +421,13 @@ def _set_own_torch_threads(threads: int) -> None:
     torch.set_num_threads(threads)  # ...which this then overrides for this thread
 
 
-def _tokenizer_limit(tokenizer) -> int:
-    limit = getattr(tokenizer, "model_max_length", None)
-    return int(limit) if isinstance(limit, int) and 0 < limit < 1_000_000 else 1_000_000
+def _tokenizer_limit(info: TokenizerInfo) -> int:
+    limit = info.model_max_length
+    return int(limit) if 0 < limit < 1_000_000 else 1_000_000
 
 
-def _pad_id(tokenizer) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
+def _pad_id(info: TokenizerInfo) -> int:
+    for candidate in (info.pad_token_id, info.eos_token_id, info.unk_token_id):
         if candidate is not None:
             return int(candidate)
     return 0

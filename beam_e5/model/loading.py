@@ -273,6 +273,24 @@ def preflight_model_source(source: ModelSource, allow_pickle_weights: bool) -> N
         check_tokenizer(source, names)
 
 
+def weights_key(model_path: str, commit_hash: Optional[str]) -> str:
+    """A cheap identity of the weights this worker loads: file names, sizes, mtimes.
+
+    A hub model (no local directory) is identified by its resolved commit instead.
+    """
+    digest = hashlib.sha256()
+    path = Path(model_path)
+    if path.is_dir():
+        for f in sorted(path.rglob("*")):
+            if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt", ".model"):
+                st = f.stat()
+                digest.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        digest.update(str(path.resolve()).encode())
+    else:
+        digest.update(f"hub:{model_path}@{commit_hash or 'unknown'}".encode())
+    return digest.hexdigest()[:24]
+
+
 def local_model_path(source: ModelSource, cache_root: str = DEFAULT_CACHE_DIR) -> str:
     """A path or hub name that ``from_pretrained`` can open on this worker."""
     if source.kind == "gcs":

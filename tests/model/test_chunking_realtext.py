@@ -58,7 +58,7 @@ def check_plan(encoder: Encoder, text: str, plan, window: int, overlap: int) -> 
         assert len(encoder._window_ids(plan, sp)) <= encoder.max_length
         piece = text[sp.char_start:sp.char_end]
         assert piece.strip()  # (byte-level BPE may keep a space token at an edge)
-        again = encoder.tokenizer(piece, add_special_tokens=False)["input_ids"]
+        again = encoder.tokenizer.ids([piece], special_tokens=False)[0]
         same += list(again) == ids[sp.token_start:sp.token_end]
     return same, len(spans)
 
@@ -159,8 +159,7 @@ def test_multilingual_offsets_fall_on_characters_with_bpe_and_sentencepiece(
                                      backend="torch").resolve())
     assert enc.prefix == "passage: "
     plan = enc.plan_documents([text], LongTextConfig(chunk_tokens=128, overlap=16))[0]
-    offsets = enc.tokenizer(enc.prefix + text, add_special_tokens=False,
-                            return_offsets_mapping=True)["offset_mapping"]
+    offsets = enc.tokenizer.ids_and_offsets([enc.prefix + text])[1][0]
     shared = sum(a == b for a, b in zip(offsets, offsets[1:]))
     assert shared > 100  # characters really are split into several tokens
     same, total = check_plan(enc, text, plan, 128, 16)
@@ -197,7 +196,7 @@ def test_multilingual_offsets_fall_on_characters_with_bpe_and_sentencepiece(
 
 def test_fail_and_truncate_report_tokens(minilm):
     text = licences()["GPL-3"]
-    n = len(minilm.tokenizer(text, add_special_tokens=False)["input_ids"])
+    n = len(minilm.tokenizer.ids([text], special_tokens=False)[0])
     docs, stats = minilm.encode_documents([text, "short"], LongTextConfig("fail"))
     assert f"{n} tokens, over the limit of 254" in docs[0].error and not docs[1].error
     assert stats.failed == 1
@@ -206,8 +205,8 @@ def test_fail_and_truncate_report_tokens(minilm):
     c = docs[0].chunks[0]
     assert c.char_start == len(text) - len(text.lstrip())  # the title is indented
     assert text[c.char_start:c.char_end].startswith("GNU GENERAL")
-    assert minilm.tokenizer(text[:c.char_end], add_special_tokens=False)["input_ids"] == \
-        minilm.tokenizer(text, add_special_tokens=False)["input_ids"][:254]
+    assert minilm.tokenizer.ids([text[:c.char_end]], special_tokens=False)[0] == \
+        minilm.tokenizer.ids([text], special_tokens=False)[0][:254]
 
 
 def test_chunk_tokens_beyond_what_the_prefix_leaves_is_said_once(minilm_dir, caplog):

@@ -75,8 +75,8 @@ class OnnxRuntimeBackend(InferenceBackend):
     @classmethod
     def load(cls, request: LoadRequest, name: str) -> "OnnxRuntimeBackend":
         """Build or reuse the cached graph, then open it (the torch model is then released)."""
-        graph = ensure_graph(request.path, request.model_config, name, request.cache_dir,
-                             lambda: load_hf_model(request, torch.float32))
+        graph = ensure_graph(request.path, request.model_config.commit_hash, name,
+                             request.cache_dir, lambda: load_hf_model(request, torch.float32))
         return cls(graph, name, request.threads)
 
     @classmethod

@@ -166,8 +166,7 @@ def ensure_ir(request: LoadRequest) -> Path:
     """The cached IR of ``request``'s model; converted (once per machine) on a miss."""
     ov = import_openvino()
 
-    config = request.model_config
-    target = graph_dir(request.cache_dir, request.path, getattr(config, "_commit_hash", None),
+    target = graph_dir(request.cache_dir, request.path, request.model_config.commit_hash,
                        "openvino", ov.get_version(), IR_RECIPE)
     return ensure_built(target / IR_FILE, f"the OpenVINO graph of {request.model}",
                         lambda: build_atomically(target, lambda tmp: convert_ir(

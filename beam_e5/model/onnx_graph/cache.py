@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from beam_e5.model.loading import weights_key
 from beam_e5.model.onnx_graph.export import export_graph, fp32_bytes, optimize_graph
 from beam_e5.model.onnx_graph.quantize import quantize_int8
 
@@ -43,24 +44,6 @@ _BUILD_LOCK = threading.Lock()
 __all__ = ["BUILD_FILE", "DATA_FILE", "EXPORT_RECIPE", "EXTERNAL_DATA_BYTES", "GRAPH_FILE",
            "build_atomically", "build_graph", "ensure_built", "ensure_graph", "graph_dir",
            "weights_key"]
-
-
-def weights_key(model_path: str, commit_hash: Optional[str]) -> str:
-    """A cheap identity of the weights this worker loads: file names, sizes, mtimes.
-
-    A hub model (no local directory) is identified by its resolved commit instead.
-    """
-    digest = hashlib.sha256()
-    path = Path(model_path)
-    if path.is_dir():
-        for f in sorted(path.rglob("*")):
-            if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt", ".model"):
-                st = f.stat()
-                digest.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-        digest.update(str(path.resolve()).encode())
-    else:
-        digest.update(f"hub:{model_path}@{commit_hash or 'unknown'}".encode())
-    return digest.hexdigest()[:24]
 
 
 def graph_dir(cache_root: str, model_path: str, commit_hash: Optional[str], variant: str,
@@ -137,15 +120,15 @@ def _build_files(model: torch.nn.Module, tmp: Path, variant: str,
     return build
 
 
-def ensure_graph(model_path: str, config: Any, variant: str, cache_root: str,
+def ensure_graph(model_path: str, commit_hash: Optional[str], variant: str, cache_root: str,
                  load_torch_model: Callable[[], torch.nn.Module],
                  external_data: Optional[bool] = None) -> Path:
     """The cached graph for ``model_path``; built (once per machine) on a miss.
 
-    ``config`` is the model's ``AutoConfig``; ``load_torch_model()`` is only called on a miss.
+    ``commit_hash``: the hub commit transformers resolved (None for a local directory);
+    ``load_torch_model()`` is only called on a miss.
     """
-    commit = getattr(config, "_commit_hash", None)
-    target = graph_dir(cache_root, model_path, commit, variant)
+    target = graph_dir(cache_root, model_path, commit_hash, variant)
     return ensure_built(target / GRAPH_FILE, f"the {variant} graph of {model_path}",
                         lambda: build_graph(load_torch_model(), target, variant, external_data))
 

@@ -62,8 +62,10 @@ def test_the_encoders_inference_thread_takes_the_backends_torch_threads(backends
 
     from beam_e5.model.encoder import Encoder
 
+    from beam_e5.model.tokenizer import TokenizerInfo
+
     class Tok:  # only what Encoder.__init__ reads
-        model_max_length, pad_token_id, eos_token_id, unk_token_id = 512, 0, None, 100
+        info = TokenizerInfo(0, None, 100, "right", 512, False, "fake")
 
     spec = type("Spec", (), {"profile": type("P", (), {"max_length": 512}), "prefix": "",
                              "dim": 32})()

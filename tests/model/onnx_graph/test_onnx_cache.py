@@ -13,9 +13,6 @@ from beam_e5.model.onnx_graph import cache
 
 @pytest.mark.slow
 def test_graph_is_cached_and_reused_without_loading_torch(minilm_dir, onnx_cache):
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(minilm_dir)
     loads = []
 
     def load_torch():
@@ -24,8 +21,8 @@ def test_graph_is_cached_and_reused_without_loading_torch(minilm_dir, onnx_cache
         loads.append(1)
         return AutoModel.from_pretrained(minilm_dir)
 
-    first = cache.ensure_graph(minilm_dir, config, "onnx", onnx_cache, load_torch)
-    again = cache.ensure_graph(minilm_dir, config, "onnx", onnx_cache, load_torch)
+    first = cache.ensure_graph(minilm_dir, None, "onnx", onnx_cache, load_torch)
+    again = cache.ensure_graph(minilm_dir, None, "onnx", onnx_cache, load_torch)
     assert first == again and first.exists() and len(loads) <= 1
     # a different variant is a different graph
     assert cache.graph_dir(onnx_cache, minilm_dir, None, "onnx-int8") != first.parent
@@ -33,10 +30,9 @@ def test_graph_is_cached_and_reused_without_loading_torch(minilm_dir, onnx_cache
 
 @pytest.mark.slow
 def test_concurrent_builds_export_once(tiny_models, tmp_path):
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     path = tiny_models("bert", "e5-small-v2")
-    config = AutoConfig.from_pretrained(path)
     loads = []
 
     def load_torch():
@@ -45,7 +41,7 @@ def test_concurrent_builds_export_once(tiny_models, tmp_path):
 
     results = []
     threads = [threading.Thread(target=lambda: results.append(cache.ensure_graph(
-        path, config, "onnx", str(tmp_path), load_torch))) for _ in range(3)]
+        path, None, "onnx", str(tmp_path), load_torch))) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
@@ -56,15 +52,13 @@ def test_concurrent_builds_export_once(tiny_models, tmp_path):
 
 
 def test_failed_build_leaves_nothing_under_the_final_name(tiny_models, tmp_path):
-    from transformers import AutoConfig
-
     path = tiny_models("bert", "e5-small-v2")
 
     def broken():
         raise RuntimeError("export died")
 
     with pytest.raises(RuntimeError, match="export died"):
-        cache.ensure_graph(path, AutoConfig.from_pretrained(path), "onnx", str(tmp_path), broken)
+        cache.ensure_graph(path, None, "onnx", str(tmp_path), broken)
     target = cache.graph_dir(str(tmp_path), path, None, "onnx")
     assert not target.exists()
     assert [p for p in (tmp_path / "onnx").iterdir() if p.is_dir()] == []
@@ -87,7 +81,6 @@ def test_external_data_graph_matches_torch_and_is_cached(minilm_dir, texts, torc
     """Encoders over 2 GiB (multilingual-e5-large) are written as graph + weights file; the
     limit is lowered so that MiniLM's 90 MB take that path, the same code as the real size."""
     import onnx
-    from transformers import AutoConfig
 
     monkeypatch.setattr(cache, "EXTERNAL_DATA_BYTES", 0)
     enc = Encoder.load(EncoderConfig(minilm_dir, backend=variant,
@@ -112,8 +105,8 @@ def test_external_data_graph_matches_torch_and_is_cached(minilm_dir, texts, torc
     else:
         assert 0.998 <= cos.mean() < 0.99999
     loads = []  # cached per machine: a second worker opens it without loading torch
-    again = cache.ensure_graph(minilm_dir, AutoConfig.from_pretrained(minilm_dir), variant,
-                               str(tmp_path), lambda: loads.append(1))
+    again = cache.ensure_graph(minilm_dir, None, variant, str(tmp_path),
+                               lambda: loads.append(1))
     assert again == graph and loads == []
     assert [p.name for p in (tmp_path / "onnx").iterdir() if p.name.startswith(".building")] == []
 
