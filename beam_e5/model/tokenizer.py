@@ -151,10 +151,9 @@ def snapshot_path(model_path: str, cache_dir: str, trust_remote_code: bool) -> O
         versions = [metadata.version("transformers"), metadata.version("tokenizers")]
     except metadata.PackageNotFoundError:
         return None
-    key = hashlib.sha256(json.dumps([SNAPSHOT_FORMAT, weights_key(model_path, None), versions,
+    key = hashlib.sha256(json.dumps([SNAPSHOT_FORMAT, weights_key(str(model_path), None), versions,
                                      trust_remote_code]).encode()).hexdigest()[:16]
-    name = model_path.rstrip("/").split("/")[-1] or "model"
-    return Path(cache_dir) / "tokenizers" / f"{name}-{key}.json"
+    return Path(cache_dir) / "tokenizers" / f"{Path(model_path).name or 'model'}-{key}.json"
 
 
 def load_tokenizer(model_path: str, revision: Optional[str] = None,
