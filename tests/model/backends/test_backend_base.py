@@ -61,7 +61,6 @@ def test_the_encoders_inference_thread_takes_the_backends_torch_threads(backends
     import torch
 
     from beam_e5.model.encoder import Encoder
-
     from beam_e5.model.tokenizer import TokenizerInfo
 
     class Tok:  # only what Encoder.__init__ reads
