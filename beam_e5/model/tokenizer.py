@@ -38,10 +38,20 @@ SNAPSHOT_FORMAT = 1
 # transformers' methods between ``tokenizer(texts)`` and the backend's ``encode_batch``: a
 # class that overrides one of them tokenises differently from its backend alone
 _CALL_PATH = ("__call__", "_call_one", "_encode_plus", "encode_plus", "batch_encode_plus",
-              "set_truncation_and_padding", "prepare_for_tokenization")
+              "set_truncation_and_padding", "prepare_for_tokenization",
+              "_switch_to_input_mode", "_get_padding_truncation_strategies", "_convert_encoding")
+# files a tokenizer may be built from besides those the weights key stats (remote code,
+# tiktoken vocabularies)
+_MORE_TOKENIZER_SUFFIXES = (".py", ".tiktoken")
+# checked on the snapshot read back before it is saved: special-token text, accents, CJK,
+# emoji, blanks
+_PROBES = ("Hello World", "", "  ", "[CLS] <s> </s> [SEP] <pad> [PAD] <unk> <mask>",
+           "naïve café Straße", "東京都の人口", "Привет", "tab\tline\nend",
+           "emoji \U0001F600\U0001F44D\U0001F3FD ZWJ \U0001F468\u200d\U0001F469",
+           "e\u0301 \u200b\u00ad x" * 40)
 
 __all__ = ["HfTokenizer", "SnapshotTokenizer", "TextTokenizer", "TokenizerInfo",
-           "load_tokenizer", "snapshot_path"]
+           "load_tokenizer", "same_tokens", "snapshot_path"]
 
 
 @dataclass(frozen=True)
@@ -84,7 +94,8 @@ class TextTokenizer(ABC):
 
     @abstractmethod
     def decode(self, ids: Sequence[int]) -> str:
-        """The text of ``ids``, special tokens left out."""
+        """The text of ``ids``, special tokens left out (to inspect what the model reads;
+        transformers' optional clean-up of spaces is not applied)."""
 
 
 class SnapshotTokenizer(TextTokenizer):
@@ -151,8 +162,11 @@ def snapshot_path(model_path: str, cache_dir: str, trust_remote_code: bool) -> O
         versions = [metadata.version("transformers"), metadata.version("tokenizers")]
     except metadata.PackageNotFoundError:
         return None
-    key = hashlib.sha256(json.dumps([SNAPSHOT_FORMAT, weights_key(str(model_path), None), versions,
-                                     trust_remote_code]).encode()).hexdigest()[:16]
+    more = sorted(f"{f.relative_to(model_path)}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
+                  for f in Path(model_path).rglob("*")
+                  if f.suffix in _MORE_TOKENIZER_SUFFIXES and f.is_file())
+    key = hashlib.sha256(json.dumps([SNAPSHOT_FORMAT, weights_key(str(model_path), None), more,
+                                     versions, trust_remote_code]).encode()).hexdigest()[:16]
     return Path(cache_dir) / "tokenizers" / f"{Path(model_path).name or 'model'}-{key}.json"
 
 
@@ -176,13 +190,30 @@ def load_tokenizer(model_path: str, revision: Optional[str] = None,
                                        trust_remote_code=trust_remote_code)
     if target is None or not backend_alone_runs(hf):
         return HfTokenizer(hf)
-    snapshot = SnapshotTokenizer(hf.backend_tokenizer, TokenizerInfo.of(hf))
+    info = TokenizerInfo.of(hf)
+    try:  # a Python-defined part (a custom pre-tokenizer) cannot be serialised
+        backend_json = hf.backend_tokenizer.to_str()
+        snapshot = SnapshotTokenizer.from_json(backend_json, info)
+    except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception
+        LOG.info("beam-e5: tokenizer of %s not saved (%s); transformers loads it each time",
+                 model_path, e)
+        return HfTokenizer(hf)
+    if not same_tokens(snapshot, HfTokenizer(hf), _PROBES):
+        LOG.warning("beam-e5: the saved tokenizer of %s does not tokenise as transformers does; "
+                    "transformers loads it each time", model_path)
+        return HfTokenizer(hf)
     try:
-        _write_atomically(target, json.dumps({"info": asdict(snapshot.info),
-                                              "backend": snapshot.backend.to_str()}))
+        _write_atomically(target, json.dumps({"info": asdict(info), "backend": backend_json}))
     except OSError as e:  # a read-only cache: this worker still runs, the next one builds
         LOG.warning("beam-e5: cannot save the tokenizer snapshot in %s (%s)", target.parent, e)
     return snapshot
+
+
+def same_tokens(a: TextTokenizer, b: TextTokenizer, texts: Sequence[str]) -> bool:
+    """Do ``a`` and ``b`` give ``texts`` the same ids (with and without special tokens) and
+    the same offsets?"""
+    return (a.ids(texts) == b.ids(texts)
+            and a.ids_and_offsets(texts) == b.ids_and_offsets(texts))
 
 
 def backend_alone_runs(tokenizer: Any) -> bool:
@@ -204,6 +235,7 @@ def _write_atomically(target: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from workers of another user
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

