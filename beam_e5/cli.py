@@ -427,6 +427,12 @@ class StopOnInterrupt:
     thread takes it (``sigtimedwait``): it gives up the run's output claims (partial files
     and the ``_RUNNING`` marker removed, so the same command can simply be rerun), prints
     one line and exits with status 130 without waiting for the pipeline's threads.
+
+    Threads started before the block (by imports: two of them once torch, Beam and the rest
+    are in) still take SIGINT, and Python's handler then waits for the main thread, which may
+    wait on a whole document's inference (30 s in
+    ``tests/test_hostile_round2.py``). Python's C-level handler writes the signal's number to
+    its wakeup fd at once, in whichever thread took it: the watcher reads that pipe too.
     """
 
     def __init__(self) -> None:
@@ -435,10 +441,17 @@ class StopOnInterrupt:
         self._interrupted = threading.Event()  # set by the handler, for a thread started
         self._thread: Optional[threading.Thread] = None  # before the block that got SIGINT
         self._old: Any = None
+        self._wakeup: Optional[tuple[int, int]] = None  # the pipe Python's handler writes to
+        self._old_wakeup_fd = -1
 
     def __enter__(self) -> "StopOnInterrupt":
         if (threading.current_thread() is threading.main_thread()
                 and hasattr(signal, "sigtimedwait")):
+            self._wakeup = os.pipe()
+            for fd in self._wakeup:
+                os.set_blocking(fd, False)
+            self._old_wakeup_fd = signal.set_wakeup_fd(self._wakeup[1],
+                                                       warn_on_full_buffer=False)
             self._old = (signal.signal(signal.SIGINT, lambda *_: self._interrupted.set()),
                          signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}))
             self._thread = threading.Thread(target=self._watch, name="beam-e5-sigint",
@@ -454,14 +467,21 @@ class StopOnInterrupt:
                     return
                 # a wait cut short past its timeout (the process was stopped and continued:
                 # Ctrl-Z and fg, a debugger or profiler attaching) returns an empty siginfo
-                if self._interrupted.is_set() or (got is not None
-                                                  and got.si_signo == signal.SIGINT):
+                if self._interrupted.is_set() or self._taken_elsewhere() or (
+                        got is not None and got.si_signo == signal.SIGINT):
                     stop_run_now()
         finally:
             # alive until __exit__ has sent its wake-up: a signal to a thread that has ended
             # (its pthread freed) is undefined behaviour; one still pending here is dropped
             # with the thread
             self._woken.wait()
+
+    def _taken_elsewhere(self) -> bool:
+        """Has a thread that does not block SIGINT taken one (its number in the pipe)?"""
+        try:
+            return signal.SIGINT in os.read(self._wakeup[0], 512)
+        except OSError:  # nothing written (BlockingIOError), or the pipe already closed
+            return False
 
     def __exit__(self, *exc: object) -> None:
         if self._thread is not None:
@@ -473,6 +493,9 @@ class StopOnInterrupt:
             self._thread.join()
             signal.pthread_sigmask(signal.SIG_SETMASK, self._old[1])
             signal.signal(signal.SIGINT, self._old[0])
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+            for fd in self._wakeup or ():
+                os.close(fd)
 
 
 def stop_run_now() -> None:

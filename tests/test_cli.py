@@ -322,6 +322,30 @@ def test_stop_on_interrupt_gives_the_signal_back_as_it_found_it() -> None:
     assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == mask
 
 
+def test_ctrl_c_taken_by_a_thread_started_before_the_run_stops_it_at_once() -> None:
+    """A thread an import started before the block does not block SIGINT, so the kernel
+    hands the signal to it; Python's handler would then wait for the main thread, here
+    parked in a 20 s wait as it is during a whole document's inference."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import threading, time\nfrom beam_e5.cli import StopOnInterrupt\n"
+            "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+            "with StopOnInterrupt():\n    print('ready', flush=True)\n"
+            "    threading.Event().wait(20)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - sent < 5
+    assert err.strip().startswith("beam-e5: interrupted (Ctrl-C)")
+
+
 def test_a_stopped_and_continued_run_is_not_taken_for_ctrl_c() -> None:
     """Ctrl-Z then fg (SIGSTOP, SIGCONT) cuts the watcher's wait short past its timeout,
     and ``sigtimedwait`` then returns an empty siginfo: that is no SIGINT."""
