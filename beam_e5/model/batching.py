@@ -8,6 +8,7 @@ overhead; callers restore input order with the returned indices.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -66,3 +67,36 @@ def plan_micro_batches(
         batches.append(MicroBatch(tuple(order[i:cut[i]]), int(widths[i])))
         i = int(cut[i])
     return batches
+
+
+def finish_tokens(batches: Sequence[MicroBatch], streams: int,
+                  batch_overhead_tokens: int = 0) -> int:
+    """When the last of ``streams`` runtime streams ends, in tokens: each takes the next
+    batch as it ends its last (a batch costs its padded tokens plus the call's price)."""
+    ends = [0] * max(1, streams)
+    for batch in batches:
+        heapq.heappush(ends, heapq.heappop(ends) + batch.padded_tokens + batch_overhead_tokens)
+    return max(ends)
+
+
+def split_tail(batches: list[MicroBatch], lengths: Sequence[int], streams: int,
+               batch_overhead_tokens: int = 0) -> list[MicroBatch]:
+    """Where ``streams`` calls run at once (one thread each), the last call of a plan runs
+    while the other streams' cores idle: 300 windows of 256 tokens in calls of 16 rows are
+    19 calls, the 19th alone on one of two streams (4.5% of the work's time idle). Each of the
+    last ``streams`` batches is cut in two (its longer rows first, each half as wide as its
+    own longest row) when the streams then end sooner; else the plan is kept as it is."""
+    if streams < 2 or not batches:
+        return batches
+    tail = []
+    for batch in batches[-streams:]:
+        half = (len(batch.indices) + 1) // 2
+        if half == len(batch.indices):
+            tail.append(batch)
+            continue
+        rest = batch.indices[half:]
+        tail += [MicroBatch(batch.indices[:half], batch.width),
+                 MicroBatch(rest, max(lengths[i] for i in rest))]
+    split = list(batches[:-streams]) + tail
+    before = finish_tokens(batches, streams, batch_overhead_tokens)
+    return split if finish_tokens(split, streams, batch_overhead_tokens) < before else batches

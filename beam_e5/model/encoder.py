@@ -23,7 +23,7 @@ import torch
 
 from beam_e5.model.backends.base import InferenceBackend, LoadRequest, PaddedBatch
 from beam_e5.model.backends.choose import load_backend
-from beam_e5.model.batching import plan_micro_batches
+from beam_e5.model.batching import plan_micro_batches, split_tail
 from beam_e5.model.chunking import (
     ChunkSpan,
     LongTextConfig,
@@ -309,9 +309,11 @@ class Encoder:
         lengths = [len(x) for x in windows]
         out = np.empty((len(windows), self.dim), dtype=np.float32)
         if windows:
-            batch_plan = plan_micro_batches(lengths, self.batch_tokens(lengths),
-                                            self.spec.config.max_batch_size,
-                                            self.backend.call_overhead_tokens)
+            batch_plan = split_tail(
+                plan_micro_batches(lengths, self.batch_tokens(lengths),
+                                   self.spec.config.max_batch_size,
+                                   self.backend.call_overhead_tokens),
+                lengths, self.backend.in_flight, self.backend.call_overhead_tokens)
             self._inference_thread.submit(self._run_plan, batch_plan, windows, lengths, out,
                                           stats, on_progress).result()
             stats.micro_batches = len(batch_plan) + stats.oom_splits

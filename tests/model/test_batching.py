@@ -3,7 +3,7 @@
 import pytest
 
 from beam_e5.errors import ConfigError
-from beam_e5.model.batching import plan_micro_batches
+from beam_e5.model.batching import MicroBatch, finish_tokens, plan_micro_batches, split_tail
 
 
 def test_every_index_once_and_budget_respected():
@@ -90,3 +90,42 @@ def test_overhead_trades_padding_for_fewer_batches():
     free = plan_micro_batches(lengths, 10_000, 100, batch_overhead_tokens=0)
     costly = plan_micro_batches(lengths, 10_000, 100, batch_overhead_tokens=1000)
     assert len(free) == 6 and len(costly) == 1
+
+
+def test_finish_tokens_follows_the_streams_taking_the_next_batch():
+    plan = [MicroBatch((0, 1), 10), MicroBatch((2,), 10), MicroBatch((3,), 5)]
+    assert finish_tokens(plan, 1) == 35
+    assert finish_tokens(plan, 2) == 20  # 20 on one stream; 10 then 5 on the other
+    assert finish_tokens(plan, 2, batch_overhead_tokens=3) == 23
+    assert finish_tokens([], 2) == 0
+
+
+def test_the_last_call_alone_on_a_stream_is_cut_in_two():
+    """300 windows of 256 tokens, 16 a call: 19 calls, the last alone on one of two
+    streams; cut, the streams end within a few rows of each other."""
+    lengths = [256] * 300
+    plan = plan_micro_batches(lengths, 4096, 1000, 150)
+    assert [len(b.indices) for b in plan] == [16] * 18 + [12]
+    split = split_tail(plan, lengths, 2, 150)
+    assert [len(b.indices) for b in split] == [16] * 17 + [8, 8, 6, 6]
+    assert sorted(i for b in split for i in b.indices) == list(range(300))
+    assert finish_tokens(split, 2, 150) < finish_tokens(plan, 2, 150)
+    ideal = (sum(lengths) + 150 * len(split)) / 2
+    assert finish_tokens(split, 2, 150) - ideal <= 8 * 256
+
+
+def test_a_halfs_width_is_its_own_longest_row():
+    lengths = [40, 40, 30, 20, 10, 10]
+    plan = [MicroBatch((0, 1, 2), 40), MicroBatch((3, 4, 5), 20)]
+    split = split_tail(plan, lengths, 2)
+    assert [(b.indices, b.width) for b in split] == [
+        ((0, 1), 40), ((2,), 30), ((3, 4), 20), ((5,), 10)]
+
+
+def test_a_plan_that_already_ends_together_is_kept():
+    lengths = [100] * 8
+    plan = plan_micro_batches(lengths, 400, 100)  # two calls of 4: one per stream
+    assert split_tail(plan, lengths, 2, 8) is plan
+    assert split_tail(plan, lengths, 1) is plan  # one stream: nothing to balance
+    single_rows = [MicroBatch((0,), 100), MicroBatch((1,), 100), MicroBatch((2,), 100)]
+    assert split_tail(single_rows, lengths, 2) is single_rows  # rows cannot be cut
