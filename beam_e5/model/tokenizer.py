@@ -10,11 +10,13 @@ the artefact cache (``<model cache dir>/tokenizers/``); later loads read that sn
 of every worker's start, +39 MiB resident) and building it again, and tokenise through the
 same Rust pipeline: the same ids and offsets (``tests/model/test_tokenizer.py``).
 
-The snapshot is keyed by the directory's files (names, sizes, mtimes: as the graph cache)
-and the transformers and tokenizers versions, and written atomically. transformers is used
-every time for a hub name (which transformers resolves), for a tokenizer with no fast
-backend, and for a class that tokenises in Python of its own (remote code): there the
-backend alone would not be what transformers runs.
+The snapshot is keyed by the directory's files (names, sizes, mtimes: as the graph cache;
+``*.py`` and ``*.tiktoken`` too) and the transformers and tokenizers versions, and written
+atomically once it has been read back and given transformers' ids and offsets on probe
+texts. transformers is used every time for a hub name (which transformers resolves), for a
+tokenizer with no fast backend, for a class that tokenises in Python of its own (remote
+code), for a backend with a Python-defined part (which cannot be saved) and for a snapshot
+that fails the probe texts: there the backend alone is not what transformers runs.
 """
 
 from __future__ import annotations
