@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from beam_e5.model.config import EncoderSpec
-from beam_e5.model.loading import is_gcs, list_gcs_files
+from beam_e5.model.loading import is_gcs, list_gcs_files, write_json_atomically
 
 __all__ = ["cached_local_digest", "model_signature", "weights_fingerprint"]
 
@@ -99,16 +97,9 @@ def cached_local_digest(root: Path, cache_dir: Optional[Path]) -> str:
 
 def _write_atomically(path: Path, content: dict[str, Any]) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".fingerprint-", dir=str(path.parent))
+        write_json_atomically(path, content, prefix=".fingerprint-")
     except OSError:
         return  # a read-only cache: the next run hashes again
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(content, f)
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def model_signature(spec: EncoderSpec) -> dict[str, Any]:

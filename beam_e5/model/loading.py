@@ -273,8 +273,13 @@ def preflight_model_source(source: ModelSource, allow_pickle_weights: bool) -> N
         check_tokenizer(source, names)
 
 
-def weights_key(model_path: str, commit_hash: Optional[str]) -> str:
-    """A cheap identity of the weights this worker loads: file names, sizes, mtimes.
+KEY_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
+
+
+def weights_key(model_path: str, commit_hash: Optional[str],
+                suffixes: tuple[str, ...] = KEY_SUFFIXES) -> str:
+    """A cheap identity of the weights this worker loads: the names, sizes and mtimes of the
+    directory's files that end in one of ``suffixes``.
 
     A hub model (no local directory) is identified by its resolved commit instead.
     """
@@ -282,13 +287,29 @@ def weights_key(model_path: str, commit_hash: Optional[str]) -> str:
     path = Path(model_path)
     if path.is_dir():
         for f in sorted(path.rglob("*")):
-            if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt", ".model"):
+            if f.is_file() and f.suffix in suffixes:
                 st = f.stat()
                 digest.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
         digest.update(str(path.resolve()).encode())
     else:
         digest.update(f"hub:{model_path}@{commit_hash or 'unknown'}".encode())
     return digest.hexdigest()[:24]
+
+
+def write_json_atomically(path: Path, content: Any, prefix: str = ".writing-") -> None:
+    """``content`` as JSON at ``path``, through a temporary file beside it renamed into place
+    (readable by every user: a cache shared by workers of another user). Raises OSError (the
+    temporary file removed) where the folder cannot be made or written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(content, f)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from workers of another user
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def local_model_path(source: ModelSource, cache_root: str = DEFAULT_CACHE_DIR) -> str:

@@ -24,15 +24,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from beam_e5.model.loading import DEFAULT_CACHE_DIR, weights_key
+from beam_e5.model.loading import (
+    DEFAULT_CACHE_DIR,
+    KEY_SUFFIXES,
+    weights_key,
+    write_json_atomically,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -164,11 +167,9 @@ def snapshot_path(model_path: str, cache_dir: str, trust_remote_code: bool) -> O
         versions = [metadata.version("transformers"), metadata.version("tokenizers")]
     except metadata.PackageNotFoundError:
         return None
-    more = sorted(f"{f.relative_to(model_path)}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
-                  for f in Path(model_path).rglob("*")
-                  if f.suffix in _MORE_TOKENIZER_SUFFIXES and f.is_file())
-    key = hashlib.sha256(json.dumps([SNAPSHOT_FORMAT, weights_key(str(model_path), None), more,
-                                     versions, trust_remote_code]).encode()).hexdigest()[:16]
+    files = weights_key(str(model_path), None, KEY_SUFFIXES + _MORE_TOKENIZER_SUFFIXES)
+    key = hashlib.sha256(json.dumps([SNAPSHOT_FORMAT, files, versions, trust_remote_code])
+                         .encode()).hexdigest()[:16]
     return Path(cache_dir) / "tokenizers" / f"{Path(model_path).name or 'model'}-{key}.json"
 
 
@@ -205,7 +206,7 @@ def load_tokenizer(model_path: str, revision: Optional[str] = None,
                     "transformers loads it each time", model_path)
         return HfTokenizer(hf)
     try:
-        _write_atomically(target, json.dumps({"info": asdict(info), "backend": backend_json}))
+        write_json_atomically(target, {"info": asdict(info), "backend": backend_json})
     except OSError as e:  # a read-only cache: this worker still runs, the next one builds
         LOG.warning("beam-e5: cannot save the tokenizer snapshot in %s (%s)", target.parent, e)
     return snapshot
@@ -230,16 +231,3 @@ def backend_alone_runs(tokenizer: Any) -> bool:
     return all(getattr(type(tokenizer), name, None) is getattr(TokenizersBackend, name, None)
                for name in _CALL_PATH)
 
-
-def _write_atomically(target: Path, text: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".writing-", dir=str(target.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from workers of another user
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
