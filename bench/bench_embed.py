@@ -198,11 +198,11 @@ def child_c(args: argparse.Namespace) -> None:
 
 def child_e5(args: argparse.Namespace) -> None:
     """A beam-e5 variant in process (``--in-process``): the Encoder, no Beam; its
-    ``encode`` over the corpus in calls of ``--beam-batch-size`` texts, as a Beam batch."""
+    ``encode`` over the corpus in calls of ``--beam-batch-size`` texts, as a Beam batch.
+    torch is not imported here: a CPU runtime's process never imports it (the torch backend
+    sets its threads from ``torch_threads`` itself)."""
     import numpy as np
-    import torch
 
-    torch.set_num_threads(args.threads)
     out = Path(args.child_out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

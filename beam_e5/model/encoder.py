@@ -12,6 +12,7 @@ half and retried, never dropped.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,7 +20,6 @@ from itertools import chain
 from typing import Callable, NamedTuple, Optional, Sequence, TypeVar, Union
 
 import numpy as np
-import torch
 
 from beam_e5.model.backends.base import InferenceBackend, LoadRequest, PaddedBatch
 from beam_e5.model.backends.choose import load_backend
@@ -108,14 +108,26 @@ class _Plan:
 T = TypeVar("T")
 
 
+class _NeverRaised(Exception):
+    """What ``except`` matches where torch was never imported (no CUDA call ran)."""
+
+
+def _cuda_out_of_memory() -> type[Exception]:
+    """torch's CUDA out-of-memory error, looked up only where torch is imported: the CPU
+    runtimes never import it (a worker saves its 0.6-0.9 s import and its memory)."""
+    torch = sys.modules.get("torch")
+    return torch.cuda.OutOfMemoryError if torch is not None else _NeverRaised
+
+
 def run_splitting_on_oom(fn: Callable[[Sequence[T]], list], items: Sequence[T],
                          stats: EncodeStats) -> list:
     """``fn(items)``, retrying on CUDA out-of-memory with halves until single items."""
     try:
         return fn(items)
-    except torch.cuda.OutOfMemoryError:
+    except _cuda_out_of_memory():
         if len(items) <= 1:
             raise
+        torch = sys.modules["torch"]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         stats.oom_splits += 1
@@ -150,17 +162,6 @@ class Encoder:
         # thread count. Tokenisation stays on the caller's thread.
         self._inference_thread = ThreadPoolExecutor(max_workers=1,
                                                     thread_name_prefix="beam-e5-inference")
-        if backend.pool_threads is not None:
-            self._set_inference_torch_threads(backend.pool_threads)
-
-    def _set_inference_torch_threads(self, threads: int) -> None:
-        """Where torch only pools, the inference thread gives it ``threads``. torch's OpenMP
-        thread count is per thread, but set_num_threads also stores the count that threads
-        take on their first torch call: the thread makes that call first, and the caller's
-        count is stored back."""
-        before = torch.get_num_threads()
-        self._inference_thread.submit(_set_own_torch_threads, threads).result()
-        torch.set_num_threads(before)
 
     @classmethod
     def load(cls, spec: EncoderSpec) -> "Encoder":
@@ -416,11 +417,6 @@ def pad_batch(ids: Sequence[Sequence[int]], pad_id: int,
     out = np.full((len(ids), width), pad_id, dtype=np.int64)
     out[keep] = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
     return PaddedBatch(out, keep.astype(np.int64))
-
-
-def _set_own_torch_threads(threads: int) -> None:
-    torch.get_num_threads()  # this thread's first torch call takes the stored count...
-    torch.set_num_threads(threads)  # ...which this then overrides for this thread
 
 
 def _tokenizer_limit(info: TokenizerInfo) -> int:

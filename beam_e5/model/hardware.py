@@ -22,9 +22,9 @@ import os
 from collections.abc import MutableMapping
 from typing import Optional
 
-__all__ = ["BF16_FLAGS", "ONEDNN_CACHE_CAPACITY", "OPENVINO_BF16_SPEEDUP", "bound_onednn_cache",
-           "cpu_flags", "native_bf16", "precision_advice", "release_free_memory",
-           "return_large_blocks"]
+__all__ = ["BF16_FLAGS", "GPU_DRIVER_FILES", "ONEDNN_CACHE_CAPACITY", "OPENVINO_BF16_SPEEDUP",
+           "bound_onednn_cache", "cpu_flags", "gpu_driver_present", "native_bf16",
+           "precision_advice", "release_free_memory", "return_large_blocks"]
 
 # oneDNN (PyTorch's bf16 matmul on CPU) caches one primitive per input shape, 1,024 by
 # default; micro-batches come in hundreds of shapes, so that cache alone grows a worker's
@@ -35,6 +35,10 @@ ONEDNN_CACHE_CAPACITY = 128
 # --backend openvino --dtype bfloat16 against the fp32 default (ONNX Runtime), in process,
 # all-MiniLM-L6-v2, on the development machine (docs/benchmarks.md, "OpenVINO")
 OPENVINO_BF16_SPEEDUP = "about 1.5-1.8x"
+
+# Files a GPU driver puts in place, one of which torch.cuda needs to find a GPU: NVIDIA's
+# kernel module (also inside containers given the GPU), AMD ROCm's, WSL2's GPU bridge
+GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
 
 # /proc/cpuinfo flags that mean bf16 dot products in hardware
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
@@ -51,6 +55,13 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> Optional[frozenset[str]]:
     except OSError:
         return None
     return None
+
+
+def gpu_driver_present(files: tuple[str, ...] = GPU_DRIVER_FILES) -> bool:
+    """Whether a GPU driver is installed. Where none is, ``torch.cuda.is_available()`` is
+    False, so ``--device auto`` is the CPU without importing torch (0.6-0.9 s and about
+    200 MiB of a worker whose backend is a CPU runtime)."""
+    return any(os.path.exists(f) for f in files)
 
 
 def native_bf16(flags: Optional[frozenset[str]]) -> Optional[bool]:

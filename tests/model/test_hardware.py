@@ -97,3 +97,12 @@ def test_release_free_memory_calls_malloc_trim_on_glibc():
 
         if platform.libc_ver()[0] == "glibc":
             assert released  # malloc_trim found and called
+
+
+def test_gpu_driver_present_looks_for_any_drivers_file(tmp_path):
+    from beam_e5.model.hardware import gpu_driver_present
+
+    missing = (str(tmp_path / "no-nvidia"), str(tmp_path / "no-kfd"))
+    assert gpu_driver_present(missing) is False
+    (tmp_path / "kfd").write_text("")
+    assert gpu_driver_present((*missing, str(tmp_path / "kfd"))) is True

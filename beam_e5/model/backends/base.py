@@ -81,12 +81,9 @@ class InferenceBackend(ABC):
 
     ``call_overhead_tokens`` is what one ``embed`` call costs beyond its tokens, priced in
     tokens (measured per backend with ``bench/bench_call_cost.py``): the micro-batch planner
-    trades padding against calls at this price. ``pool_threads`` is the torch thread count
-    of the thread that calls ``embed``: 1 where torch only pools (another runtime runs the
-    model on threads of its own, and torch's OpenMP threads, spinning after each pooling,
-    would take cores from it; one thread or two give the same bits), None where torch runs the
-    model and keeps its threads. ``in_flight`` is how many calls the runtime computes at once
-    (:meth:`embed_overlapped`); 1 for a runtime that spreads each call over every thread.
+    trades padding against calls at this price. ``in_flight`` is how many calls the runtime
+    computes at once (:meth:`embed_overlapped`); 1 for a runtime that spreads each call over
+    every thread.
     ``max_call_tokens``: the padded tokens past which a call of this runtime gets no faster
     per token (the encoder plans under the smaller of it and ``--max-batch-tokens``, never
     under the max length); None: ``--max-batch-tokens`` alone.
@@ -97,7 +94,6 @@ class InferenceBackend(ABC):
     device: str
     label: str
     call_overhead_tokens: int
-    pool_threads: Optional[int] = 1
     in_flight: int = 1
     max_call_tokens: Optional[int] = None
 

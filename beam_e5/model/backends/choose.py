@@ -8,14 +8,11 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-import torch
-
 from beam_e5.errors import ConfigError
 from beam_e5.model.backends.base import InferenceBackend, LoadRequest
 from beam_e5.model.backends.onnxruntime_backend import OnnxRuntimeBackend
 from beam_e5.model.backends.openvino_backend import OpenVinoBackend, openvino_available
-from beam_e5.model.backends.torch_backend import TorchBackend, pick_device, pick_dtype
-from beam_e5.model.hardware import cpu_flags, native_bf16, precision_advice
+from beam_e5.model.hardware import cpu_flags, gpu_driver_present, native_bf16, precision_advice
 
 LOG = logging.getLogger(__name__)
 
@@ -28,7 +25,7 @@ RUNTIMES: dict[str, type[InferenceBackend]] = {
 BACKENDS = ("auto", "torch", *RUNTIMES)
 
 __all__ = ["BACKENDS", "RUNTIMES", "check_backend_supported", "describe_backend",
-           "load_backend", "pick_backend"]
+           "device_and_dtype", "load_backend", "pick_backend"]
 
 
 def pick_backend(requested: str, device_type: str, model_type: Optional[str],
@@ -69,17 +66,26 @@ def describe_backend(backend: InferenceBackend, requested: str) -> str:
     return f"the {backend.name} backend ({backend.label}; {how})"
 
 
+def device_and_dtype(device: str, dtype: str) -> tuple[str, str]:
+    """``--device`` and ``--dtype`` resolved as the torch backend would (``auto``: CUDA where
+    present; fp32 on CPU, bf16 or fp16 on CUDA), as names. torch is imported only where a GPU
+    driver is installed (or ``--device cuda``): a worker on a CPU runtime never imports it."""
+    if device == "cpu" or (device == "auto" and not gpu_driver_present()):
+        return "cpu", "float32" if dtype == "auto" else dtype
+    from beam_e5.model.backends.torch_backend import pick_device, pick_dtype
+
+    chosen = pick_device(device)
+    return chosen.type, str(pick_dtype(dtype, chosen)).removeprefix("torch.")
+
+
 def load_backend(request: LoadRequest) -> InferenceBackend:
     """The backend ``request.backend`` names, loaded; ``auto`` resolved by
     :func:`pick_backend` and, if its choice fails to load, torch (with a warning)."""
-    if request.threads:
-        torch.set_num_threads(request.threads)  # torch also pools for the other runtimes
     name = request.backend
     if name != "torch":
-        device = pick_device(request.device)
-        dtype = pick_dtype(request.dtype, device)
-        name = pick_backend(name, device.type, request.model_config.model_type,
-                            fp32=dtype == torch.float32, bf16=dtype == torch.bfloat16)
+        device, dtype = device_and_dtype(request.device, request.dtype)
+        name = pick_backend(name, device, request.model_config.model_type,
+                            fp32=dtype == "float32", bf16=dtype == "bfloat16")
     backend: Optional[InferenceBackend] = None
     if name != "torch":
         try:
@@ -89,7 +95,10 @@ def load_backend(request: LoadRequest) -> InferenceBackend:
                 raise
             LOG.warning("beam-e5: the %s backend failed for %s (%s: %s); using torch",
                         name, request.model, type(e).__name__, e)
-    backend = backend or TorchBackend.load(request)
+    if backend is None:
+        from beam_e5.model.backends.torch_backend import TorchBackend
+
+        backend = TorchBackend.load(request)
     _log_choice(backend, request)
     return backend
 

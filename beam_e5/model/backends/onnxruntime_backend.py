@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
 
 from beam_e5.model.backends.base import InferenceBackend, LoadRequest, PaddedBatch
-from beam_e5.model.backends.torch_backend import load_hf_model
+from beam_e5.model.onnx_graph import ONNX_MODEL_TYPES
 from beam_e5.model.onnx_graph.cache import ensure_graph
-from beam_e5.model.onnx_graph.export import ONNX_MODEL_TYPES
 from beam_e5.model.pooling import pooled_vectors
 from beam_e5.model.profiles import Pooling
 
-__all__ = ["OnnxRuntimeBackend", "onnx_available"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["OnnxRuntimeBackend", "fp32_model", "onnx_available"]
 
 # backend name -> (precision, how the log names it)
 _VARIANTS = {"onnx": ("float32", "fp32"), "onnx-int8": ("int8", "int8 weights")}
@@ -74,9 +75,10 @@ class OnnxRuntimeBackend(InferenceBackend):
 
     @classmethod
     def load(cls, request: LoadRequest, name: str) -> "OnnxRuntimeBackend":
-        """Build or reuse the cached graph, then open it (the torch model is then released)."""
+        """Build or reuse the cached graph, then open it (the torch model is then released;
+        a cached graph is opened without importing torch)."""
         graph = ensure_graph(request.path, request.model_config.commit_hash, name,
-                             request.cache_dir, lambda: load_hf_model(request, torch.float32))
+                             request.cache_dir, lambda: fp32_model(request))
         return cls(graph, name, request.threads)
 
     @classmethod
@@ -95,9 +97,16 @@ class OnnxRuntimeBackend(InferenceBackend):
     def embed(self, batch: PaddedBatch, pooling: Pooling, run_options=None) -> np.ndarray:
         (hidden,) = self.session.run(["last_hidden_state"], {
             "input_ids": batch.input_ids, "attention_mask": batch.attention_mask}, run_options)
-        return pooled_vectors(pooling, torch.from_numpy(hidden),
-                              torch.from_numpy(batch.attention_mask)).numpy()
+        return pooled_vectors(pooling, hidden, batch.attention_mask)
 
     def embed_and_release(self, batch: PaddedBatch, pooling: Pooling) -> np.ndarray:
         """``embed``, then the arena gives back what this run left unused."""
         return self.embed(batch, pooling, self._release)
+
+
+def fp32_model(request: LoadRequest) -> torch.nn.Module:
+    """The torch model that the CPU runtimes' graphs are built from: torch and transformers
+    are imported here, on a cache miss only."""
+    from beam_e5.model.backends.torch_backend import load_fp32_model
+
+    return load_fp32_model(request)

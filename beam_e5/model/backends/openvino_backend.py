@@ -28,19 +28,19 @@ import queue
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 import numpy as np
-import torch
 
 from beam_e5.model.backends.base import InferenceBackend, LoadRequest, PaddedBatch
-from beam_e5.model.backends.onnxruntime_backend import OnnxRuntimeBackend
-from beam_e5.model.backends.torch_backend import load_hf_model
+from beam_e5.model.backends.onnxruntime_backend import OnnxRuntimeBackend, fp32_model
 from beam_e5.model.hardware import cpu_flags, native_bf16
 from beam_e5.model.onnx_graph.cache import build_atomically, ensure_built, graph_dir
-from beam_e5.model.onnx_graph.export import LastHidden
 from beam_e5.model.pooling import pooled_vectors
 from beam_e5.model.profiles import Pooling
+
+if TYPE_CHECKING:
+    import torch
 
 LOG = logging.getLogger(__name__)
 
@@ -147,7 +147,11 @@ def compile_config(precision: str, threads: int, cache_root: str,
 
 def convert_ir(model: torch.nn.Module, folder: Path) -> None:
     """``folder/model.xml`` (+ ``model.bin``): the encoder as OpenVINO IR, dynamic batch and
-    sequence axes, ``last_hidden_state`` out, fp32 weights."""
+    sequence axes, ``last_hidden_state`` out, fp32 weights (torch: on a cache miss only)."""
+    import torch
+
+    from beam_e5.model.onnx_graph.export import LastHidden
+
     ov = import_openvino()
 
     ids = torch.full((2, 8), 5, dtype=torch.long)
@@ -170,7 +174,7 @@ def ensure_ir(request: LoadRequest) -> Path:
                        "openvino", ov.get_version(), IR_RECIPE)
     return ensure_built(target / IR_FILE, f"the OpenVINO graph of {request.model}",
                         lambda: build_atomically(target, lambda tmp: convert_ir(
-                            load_hf_model(request, torch.float32), tmp)))
+                            fp32_model(request), tmp)))
 
 
 class OpenVinoBackend(InferenceBackend):
@@ -317,5 +321,4 @@ def _inputs(batch: PaddedBatch) -> dict[str, np.ndarray]:
 
 
 def _pooled(hidden: np.ndarray, batch: PaddedBatch, pooling: Pooling) -> np.ndarray:
-    return pooled_vectors(pooling, torch.from_numpy(hidden),
-                          torch.from_numpy(batch.attention_mask)).numpy()
+    return pooled_vectors(pooling, hidden, batch.attention_mask)

@@ -10,12 +10,12 @@ import torch
 from beam_e5.errors import ConfigError
 from beam_e5.model.backends.base import InferenceBackend, LoadRequest, PaddedBatch
 from beam_e5.model.hardware import bound_onednn_cache
-from beam_e5.model.pooling import pooled_vectors
 from beam_e5.model.profiles import Pooling
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["TorchBackend", "load_hf_model", "pick_device", "pick_dtype"]
+__all__ = ["TorchBackend", "load_fp32_model", "load_hf_model", "pick_device", "pick_dtype",
+           "torch_pooled_vectors"]
 
 
 def pick_device(requested: str) -> torch.device:
@@ -53,11 +53,34 @@ def load_hf_model(request: LoadRequest, dtype: torch.dtype) -> torch.nn.Module:
         return AutoModel.from_pretrained(request.path, **kwargs)
 
 
+def load_fp32_model(request: LoadRequest) -> torch.nn.Module:
+    """The fp32 transformers model that the CPU runtimes' graphs are built from (on a cache
+    miss only: a worker whose graph is cached never imports torch)."""
+    return load_hf_model(request, torch.float32)
+
+
+def torch_pooled_vectors(kind: Pooling, hidden: torch.Tensor,
+                         attention_mask: torch.Tensor) -> torch.Tensor:
+    """:func:`beam_e5.model.pooling.pooled_vectors` for tensors, on their device (a GPU pools
+    there, so only the vectors cross to the host): the same rule, in float32."""
+    mask = attention_mask.to(torch.float32)
+    if kind == "mean":
+        summed = (hidden.to(torch.float32) * mask.unsqueeze(-1)).sum(dim=1)
+        pooled = summed / mask.sum(dim=1, keepdim=True).clamp(min=1e-9)
+    elif kind == "cls":
+        pooled = hidden[:, 0].to(torch.float32)
+    else:  # "last": the highest position whose mask is 1, for left or right padding
+        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        last = torch.where(mask.bool(), positions, torch.full_like(positions, -1))
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        pooled = hidden[rows, last.amax(dim=1).clamp(min=0)].to(torch.float32)
+    return pooled / pooled.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-12)
+
+
 class TorchBackend(InferenceBackend):
     """A transformers model on a torch device; pools on that device."""
 
     name = "torch"
-    pool_threads = None  # torch runs the model: its threads stay as set
 
     def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
         self.model = model
@@ -71,6 +94,8 @@ class TorchBackend(InferenceBackend):
 
     @classmethod
     def load(cls, request: LoadRequest, name: str = "torch") -> "TorchBackend":
+        if request.threads:
+            torch.set_num_threads(request.threads)
         device = pick_device(request.device)
         dtype = pick_dtype(request.dtype, device)
         if device.type == "cpu" and dtype == torch.bfloat16:
@@ -82,4 +107,4 @@ class TorchBackend(InferenceBackend):
         mask = torch.from_numpy(batch.attention_mask).to(self._device, non_blocking=True)
         with torch.inference_mode():
             hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            return pooled_vectors(pooling, hidden, mask).cpu().numpy()
+            return torch_pooled_vectors(pooling, hidden, mask).cpu().numpy()

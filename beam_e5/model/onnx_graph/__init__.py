@@ -6,3 +6,8 @@
 - :mod:`~beam_e5.model.onnx_graph.cache`: the cached build (cache directory and keys, locks,
   atomic writes), once per machine.
 """
+
+# Encoder families the exporter and ORT's BERT optimiser handle (graph: embeddings, then
+# post-LN self-attention blocks). Others are refused up front rather than failing on workers.
+# Here, not in export (which imports torch): the backends' checks read it on every worker.
+ONNX_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "distilbert", "mpnet", "electra")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -19,13 +20,12 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from beam_e5.model.loading import weights_key
-from beam_e5.model.onnx_graph.export import export_graph, fp32_bytes, optimize_graph
-from beam_e5.model.onnx_graph.quantize import quantize_int8
+
+if TYPE_CHECKING:
+    import torch
 
 LOG = logging.getLogger(__name__)
 
@@ -54,8 +54,11 @@ def graph_dir(cache_root: str, model_path: str, commit_hash: Optional[str], vari
         import onnxruntime
 
         runtime_version = onnxruntime.__version__
+    # torch's version as installed (the same string as torch.__version__), read without
+    # importing torch: a worker whose graph is cached never imports it
     key = hashlib.sha256(json.dumps([weights_key(model_path, commit_hash), variant, recipe,
-                                     torch.__version__, runtime_version]).encode())
+                                     importlib.metadata.version("torch"),
+                                     runtime_version]).encode())
     name = model_path.rstrip("/").split("/")[-1] or "model"
     return Path(cache_root) / "onnx" / f"{name}-{variant}-{key.hexdigest()[:16]}"
 
@@ -68,6 +71,8 @@ def build_graph(model: torch.nn.Module, target: Path, variant: str,
     writes ``model.onnx`` as the graph alone and the weights as ``model.onnx.data`` beside it;
     both are renamed into place together with the folder.
     """
+    from beam_e5.model.onnx_graph.export import fp32_bytes  # torch: on a miss only
+
     weight_bytes = fp32_bytes(model)
     if external_data is None:
         external_data = weight_bytes > EXTERNAL_DATA_BYTES
@@ -100,6 +105,9 @@ def build_atomically(target: Path, fill: Callable[[Path], None]) -> None:
 def _build_files(model: torch.nn.Module, tmp: Path, variant: str,
                  external_data: bool) -> dict[str, Any]:
     """Export, fuse and quantise in ``tmp``, leaving only the graph (and its weights)."""
+    from beam_e5.model.onnx_graph.export import export_graph, optimize_graph
+    from beam_e5.model.onnx_graph.quantize import quantize_int8
+
     cfg = model.config
     export_graph(model, tmp / "exported.onnx", external_data)
     # an external-data graph names its .data file: each step writes under its final name

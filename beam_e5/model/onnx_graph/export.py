@@ -19,9 +19,6 @@ import torch
 
 LOG = logging.getLogger(__name__)
 
-# Encoder families the exporter and ORT's BERT optimiser handle (graph: embeddings, then
-# post-LN self-attention blocks). Others are refused up front rather than failing on workers.
-ONNX_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "distilbert", "mpnet", "electra")
 _OPTIMIZER_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "electra")
 
 
@@ -134,5 +131,5 @@ def optimize_graph(src: Path, dst: Path, model_type: str, num_heads: int, hidden
                         if v}}
 
 
-__all__ = ["ONNX_MODEL_TYPES", "export_graph", "fp32_bytes", "fuse_for_ort", "optimize_graph",
+__all__ = ["export_graph", "fp32_bytes", "fuse_for_ort", "optimize_graph",
            "save_ir"]

@@ -50,30 +50,36 @@ def test_a_row_does_not_depend_on_its_batch(backends, batch):
                                    backend.embed(batch, "mean")[1], atol=1e-5)
 
 
-def test_each_backend_prices_a_call_and_says_who_pools(backends):
-    """The planner's price of a call is the backend's; torch keeps its threads where it runs
-    the model, and pools on one thread where ONNX Runtime does."""
-    assert {name: (b.call_overhead_tokens, b.pool_threads) for name, b in backends.items()} == {
-        "torch": (32, None), "onnx": (8, 1)}
+def test_each_backend_prices_a_call(backends):
+    """The planner's price of a call is the backend's."""
+    assert {name: b.call_overhead_tokens for name, b in backends.items()} == {
+        "torch": 32, "onnx": 8}
 
 
-def test_the_encoders_inference_thread_takes_the_backends_torch_threads(backends):
+def test_the_torch_backend_pools_by_the_cpu_runtimes_rule(batch):
+    """The torch backend pools tensors on its device, the CPU runtimes NumPy arrays: the same
+    rule, checked on hand-built and random states, right- and left-padded."""
     import torch
 
-    from beam_e5.model.encoder import Encoder
-    from beam_e5.model.tokenizer import TokenizerInfo
+    from beam_e5.model.backends.torch_backend import torch_pooled_vectors
+    from beam_e5.model.pooling import pooled_vectors
 
-    class Tok:  # only what Encoder.__init__ reads
-        info = TokenizerInfo(0, None, 100, "right", 512, False, "fake")
-
-    spec = type("Spec", (), {"profile": type("P", (), {"max_length": 512}), "prefix": "",
-                             "dim": 32})()
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        for backend, threads in ((backends["onnx"], 1), (backends["torch"], 2)):
-            encoder = Encoder(spec=spec, tokenizer=Tok(), backend=backend)
-            assert encoder._inference_thread.submit(torch.get_num_threads).result() == threads
-            assert torch.get_num_threads() == 2  # the caller's count is left as it was
-    finally:
-        torch.set_num_threads(before)
+    hidden = np.array([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]],
+                       [[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]]], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    random = rng.standard_normal((5, 7, 16)).astype(np.float32)
+    lengths = rng.integers(0, 8, 5)
+    right = (np.arange(7)[None, :] < lengths[:, None]).astype(np.int64)
+    left = right[:, ::-1].copy()
+    cases = [(hidden, np.array([[1, 1, 0], [1, 1, 1]])), (hidden, np.array([[0, 1, 1], [1, 0, 0]])),
+             (random, right), (random, left)]
+    for states, mask in cases:
+        for kind in ("mean", "cls", "last"):
+            ours = pooled_vectors(kind, states, mask)
+            theirs = torch_pooled_vectors(kind, torch.from_numpy(states), torch.from_numpy(mask))
+            assert ours.dtype == np.float32
+            np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-6, atol=1e-7)
+            bf16 = torch.from_numpy(states).to(torch.bfloat16)
+            np.testing.assert_allclose(
+                pooled_vectors(kind, bf16.float().numpy(), mask),
+                torch_pooled_vectors(kind, bf16, torch.from_numpy(mask)).numpy(), atol=1e-6)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from beam_e5.errors import ConfigError
-from beam_e5.model.backends import choose, onnxruntime_backend, openvino_backend
+from beam_e5.model.backends import choose, onnxruntime_backend, openvino_backend, torch_backend
 from beam_e5.model.backends.base import InferenceBackend, LoadRequest
 from beam_e5.model.backends.onnxruntime_backend import OnnxRuntimeBackend
 from beam_e5.model.config import EncoderConfig
@@ -57,7 +57,7 @@ def loads(monkeypatch) -> _Calls:
     class OpenVino(openvino_backend.OpenVinoBackend):  # keeps OpenVinoBackend.unsupported
         load = Onnx.load
 
-    monkeypatch.setattr(choose, "TorchBackend", Torch)
+    monkeypatch.setattr(torch_backend, "TorchBackend", Torch)  # imported on use
     for name in ("onnx", "onnx-int8"):
         monkeypatch.setitem(choose.RUNTIMES, name, Onnx)
     monkeypatch.setitem(choose.RUNTIMES, "openvino", OpenVino)
@@ -93,6 +93,7 @@ def test_auto_on_cpu_takes_onnx_for_encoders(loads, tiny_models):
 
 
 def test_auto_on_gpu_takes_torch(loads, tiny_models, monkeypatch):
+    monkeypatch.setattr(choose, "gpu_driver_present", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     path = tiny_models("bert", "e5-small-v2")
@@ -149,11 +150,32 @@ def test_an_explicit_choice_that_fails_to_load_is_an_error(loads, tiny_models):
     assert loads.names() == ["onnx"]
 
 
-def test_threads_are_set_before_loading(loads, monkeypatch):
+def test_torch_threads_are_set_before_torch_loads(tiny_models, monkeypatch):
     threads = []
     monkeypatch.setattr(torch, "set_num_threads", threads.append)
-    choose.load_backend(_request("/no/such/model", backend="torch", threads=3))
+    path = tiny_models("bert", "e5-small-v2")
+    assert choose.load_backend(_request(path, backend="torch", threads=3)).name == "torch"
     assert threads == [3]
+
+
+def test_device_auto_without_a_gpu_driver_is_the_cpu_without_asking_torch(monkeypatch):
+    monkeypatch.setattr(choose, "gpu_driver_present", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: pytest.fail("torch was asked"))
+    assert choose.device_and_dtype("auto", "auto") == ("cpu", "float32")
+    assert choose.device_and_dtype("auto", "bfloat16") == ("cpu", "bfloat16")
+    assert choose.device_and_dtype("cpu", "auto") == ("cpu", "float32")
+
+
+def test_device_auto_with_a_gpu_driver_asks_torch(monkeypatch):
+    monkeypatch.setattr(choose, "gpu_driver_present", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a driver, no usable GPU
+    assert choose.device_and_dtype("auto", "auto") == ("cpu", "float32")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert choose.device_and_dtype("auto", "auto") == ("cuda", "float16")
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        choose.device_and_dtype("cuda", "auto")
 
 
 @pytest.mark.parametrize("name,requested,how", [

@@ -71,7 +71,7 @@ def test_tiny_model_fp32_matches_torch_and_converts_once(tiny_models, tmp_path, 
     def no_conversion(*args, **kwargs):
         raise AssertionError("the cached IR was converted again")
 
-    monkeypatch.setattr(openvino_backend, "load_hf_model", no_conversion)
+    monkeypatch.setattr(openvino_backend, "fp32_model", no_conversion)
     _, again = _encode(path, str(tmp_path), texts)  # the IR and the compiled blob, cached
     np.testing.assert_array_equal(again, vecs)
 

@@ -1,0 +1,70 @@
+"""Importing ``beam_e5.transforms`` brings Beam's RunInference without its ModelManager (whose
+module imports torch and scipy), and a job on a CPU runtime then never imports torch. Each
+check runs in a fresh interpreter: what is imported is process-wide."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _python(code: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True, timeout=300)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_runinference_is_imported_without_torch_and_beam_can_still_load_its_model_manager():
+    found = _python(
+        "import json, resource, sys\n"
+        "import beam_e5.transforms.embed_texts\n"
+        "import apache_beam.ml.inference.base as base\n"
+        "before = {m: m in sys.modules for m in ('torch', 'scipy.optimize', "
+        "'apache_beam.ml.inference.model_manager')}\n"
+        "state = {'before': before, 'manager': base.ModelManager, "
+        "'resource': base.resource is resource}\n"
+        "from apache_beam.ml.inference.model_manager import ModelManager\n"  # what Beam does on use
+        "state['later'] = ModelManager.__name__\n"
+        "print(json.dumps(state))")
+    assert found["before"] == {"torch": False, "scipy.optimize": False,
+                               "apache_beam.ml.inference.model_manager": False}
+    assert found["manager"] is None  # Beam imports it itself when a pipeline asks for one
+    assert found["resource"]  # the model-load memory metric still reads the process's RSS
+    assert found["later"] == "ModelManager"
+
+
+def test_where_beam_came_first_nothing_changes():
+    found = _python(
+        "import json, sys\n"
+        "import apache_beam.ml.inference.base as base\n"
+        "import beam_e5.transforms\n"
+        "print(json.dumps({'manager': base.ModelManager.__name__, "
+        "'torch': 'torch' in sys.modules}))")
+    assert found == {"manager": "ModelManager", "torch": True}
+
+
+def test_an_embed_job_on_a_cached_cpu_runtime_never_imports_torch(tiny_models, tmp_path):
+    """The second run finds the ONNX graph cached: torch, transformers and scipy stay out of
+    the process (the first run builds the graph, which needs torch)."""
+    corpus = tmp_path / "in.jsonl"
+    corpus.write_text("".join(json.dumps({"id": str(i), "text": f"text number {i} " * (i + 1)})
+                              + "\n" for i in range(20)))
+    model = tiny_models("bert", "e5-small-v2")
+    argv = ["embed", "--input", str(corpus), "--model", model, "--backend", "onnx",
+            "--device", "cpu", "--model-cache-dir", str(tmp_path / "cache"), "--overwrite"]
+    runs = []
+    for out in ("first", "second"):
+        runs.append(_python(
+            "import json, runpy, sys\n"
+            f"sys.argv = ['beam_e5', *{[*argv, '--output', str(tmp_path / out)]!r}]\n"
+            "try:\n"
+            "    runpy.run_module('beam_e5', run_name='__main__')\n"
+            "except SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            "print(json.dumps({m: m in sys.modules for m in "
+            "('torch', 'transformers', 'scipy.optimize')}))"))
+    assert runs[0]["torch"]  # the graph was built from the torch model
+    assert runs[1] == {"torch": False, "transformers": False, "scipy.optimize": False}
+    assert sorted(p.name for p in (tmp_path / "second").glob("vectors-*.parquet"))
