@@ -45,6 +45,7 @@ from beam_e5.model.chunking import LongTextConfig, window_budget
 from beam_e5.model.config import EncoderConfig, EncoderSpec, check_device_here
 from beam_e5.model.fingerprint import model_signature
 from beam_e5.records import TEXT_COLUMN, is_chunk_row, is_document_row
+from beam_e5.transforms import with_worker_imports
 from beam_e5.transforms.chunk_ids import SeparateIdCollisions
 from beam_e5.transforms.embed_texts import EmbedTexts
 from beam_e5.transforms.exact_dedupe import ExactDedupe
@@ -349,7 +350,7 @@ def _check_and_publish(job: EmbedJob, resolved: ResolvedJob, run: OutputRun,
 def _run_and_record(job: EmbedJob, resolved: ResolvedJob, run: OutputRun,
                     beam_args: list[str]) -> tuple[RunSummary, list[dict], dict[str, Any]]:
     start = time.time()
-    p = beam.Pipeline(options=PipelineOptions(beam_args))
+    p = beam.Pipeline(options=PipelineOptions(with_worker_imports(beam_args)))
     bound_local_memory(p.options.view_as(StandardOptions).runner)
     streams = build_embed_graph(p, job, resolved, run)
     write_streams(p, streams, job, resolved, run)

@@ -8,11 +8,21 @@ neither (measured: ``bench/bench_startup.py``; docs/benchmarks.md, "Sixth round"
 module already treats ModelManager as optional (an ``ImportError`` leaves it None) and
 imports it itself when a pipeline asks for it (``RunInference(..., use_model_manager=True)``),
 so Beam loses nothing: it is only not imported up front. beam-e5 never asks for it.
+
+A worker process (Dataflow, Flink, Spark, the DirectRunner's ``multi_processing`` mode)
+imports Beam's module as it unpickles the first RunInference DoFn, before any beam-e5 code
+runs, unless it has imported this package first: Beam's ``--beam_plugins`` option names
+modules that every worker imports at start-up (``sdk_worker_main``), before any bundle.
+The embed job adds this package to it (:func:`with_worker_imports`), and Dataflow adds
+:class:`WorkerImports` (a ``BeamPlugin``) to every job whose launcher imported this package.
 """
 
 from __future__ import annotations
 
 import sys
+
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+from apache_beam.utils.plugin import BeamPlugin
 
 _BASE = "apache_beam.ml.inference.base"
 _MODEL_MANAGER = "apache_beam.ml.inference.model_manager"
@@ -48,3 +58,20 @@ def import_run_inference_without_model_manager() -> None:
 
 
 import_run_inference_without_model_manager()
+
+WORKER_PLUGIN = __name__  # "beam_e5.transforms"
+
+
+class WorkerImports(BeamPlugin):
+    """Makes Dataflow's workers import this package at start-up: its runner names every
+    ``BeamPlugin`` subclass in ``--beam_plugins`` itself (a worker imports
+    ``beam_e5.transforms.WorkerImports``'s module)."""
+
+
+def with_worker_imports(beam_args: list[str]) -> list[str]:
+    """``beam_args`` with this package among the ``--beam_plugins`` (the user's kept), so
+    that each worker process imports it before unpickling the first DoFn."""
+    plugins = PipelineOptions(beam_args).view_as(SetupOptions).beam_plugins or []
+    if WORKER_PLUGIN in plugins:
+        return list(beam_args)
+    return [*beam_args, f"--beam_plugins={WORKER_PLUGIN}"]

@@ -68,3 +68,66 @@ def test_an_embed_job_on_a_cached_cpu_runtime_never_imports_torch(tiny_models, t
     assert runs[0]["torch"]  # the graph was built from the torch model
     assert runs[1] == {"torch": False, "transformers": False, "scipy.optimize": False}
     assert sorted(p.name for p in (tmp_path / "second").glob("vectors-*.parquet"))
+
+
+_WORKER_SCRIPT = """
+import json, sys
+import apache_beam as beam
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+from beam_e5.model.config import EncoderConfig
+from beam_e5.transforms import with_worker_imports
+from beam_e5.transforms.handler import E5ModelHandler
+
+
+def imported_in_the_worker(_):  # defined in __main__: pickled by value for the worker
+    import sys
+    return json.dumps(sorted(m for m in ("torch", "scipy.optimize") if m in sys.modules))
+
+
+model, cache, out, plugin = sys.argv[1:]
+args = ["--direct_running_mode=multi_processing", "--direct_num_workers=1"]
+config = EncoderConfig(model, backend="onnx", device="cpu", model_cache_dir=cache)
+with beam.Pipeline(options=PipelineOptions(with_worker_imports(args) if plugin else args)) as p:
+    # Beam's transforms only before RunInference: the worker's first unpickled DoFn is Beam's
+    (p | beam.Create([("a", "hello world"), ("b", "more text")])
+     | RunInference(E5ModelHandler(config.resolve()))
+     | beam.Map(imported_in_the_worker)
+     | beam.io.WriteToText(out, shard_name_template=""))
+"""
+
+
+def test_worker_processes_import_the_package_first_when_the_job_names_it(tiny_models,
+                                                                         tmp_path):
+    """A worker process of the DirectRunner's multi_processing mode (the Fn API worker that
+    Dataflow and Flink run) imports ``beam_e5.transforms`` at start-up when ``--beam_plugins``
+    names it, so it unpickles RunInference without torch; without it, it imports torch."""
+    from beam_e5.model.config import EncoderConfig
+    from beam_e5.model.encoder import Encoder
+    from beam_e5.transforms import WORKER_PLUGIN, with_worker_imports
+
+    model = tiny_models("bert", "e5-small-v2")
+    cache = str(tmp_path / "cache")
+    Encoder.load(EncoderConfig(model, backend="onnx", device="cpu",
+                               model_cache_dir=cache).resolve())  # the graph, cached
+    seen = {}
+    for plugin in ("yes", ""):
+        out = tmp_path / f"out-{plugin or 'no'}.txt"
+        subprocess.run([sys.executable, "-c", _WORKER_SCRIPT, model, cache, str(out), plugin],
+                       cwd=ROOT, check=True, timeout=300, capture_output=True)
+        seen[plugin] = {line for line in out.read_text().splitlines()}
+    assert seen["yes"] == {"[]"}
+    assert seen[""] == {json.dumps(["scipy.optimize", "torch"])}  # the control
+    assert with_worker_imports(["--runner=DataflowRunner"]) == [
+        "--runner=DataflowRunner", f"--beam_plugins={WORKER_PLUGIN}"]
+    mine = ["--beam_plugins=my.plugin", f"--beam_plugins={WORKER_PLUGIN}"]
+    assert with_worker_imports(mine) == mine
+
+
+def test_dataflow_finds_the_worker_plugin_among_beams_plugins():
+    from apache_beam.utils.plugin import BeamPlugin
+
+    import beam_e5.transforms
+
+    assert "beam_e5.transforms.WorkerImports" in BeamPlugin.get_all_plugin_paths()
+    assert beam_e5.transforms.WORKER_PLUGIN == "beam_e5.transforms"
