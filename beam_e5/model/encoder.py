@@ -115,8 +115,8 @@ class _NeverRaised(Exception):
 def _cuda_out_of_memory() -> type[Exception]:
     """torch's CUDA out-of-memory error, looked up only where torch is imported: the CPU
     runtimes never import it (a worker saves its 0.6-0.9 s import and its memory)."""
-    torch = sys.modules.get("torch")
-    return torch.cuda.OutOfMemoryError if torch is not None else _NeverRaised
+    cuda = getattr(sys.modules.get("torch"), "cuda", None)  # None: not (yet) imported
+    return getattr(cuda, "OutOfMemoryError", _NeverRaised)
 
 
 def run_splitting_on_oom(fn: Callable[[Sequence[T]], list], items: Sequence[T],

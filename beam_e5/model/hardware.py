@@ -37,8 +37,10 @@ ONEDNN_CACHE_CAPACITY = 128
 OPENVINO_BF16_SPEEDUP = "about 1.5-1.8x"
 
 # Files a GPU driver puts in place, one of which torch.cuda needs to find a GPU: NVIDIA's
-# kernel module (also inside containers given the GPU), AMD ROCm's, WSL2's GPU bridge
-GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+# kernel module (also inside containers given the GPU), Jetson's (Tegra: no nvidiactl), AMD
+# ROCm's, WSL2's GPU bridge
+GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvhost-ctrl",
+                    "/dev/nvmap", "/etc/nv_tegra_release", "/dev/kfd", "/dev/dxg")
 
 # /proc/cpuinfo flags that mean bf16 dot products in hardware
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})

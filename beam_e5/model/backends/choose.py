@@ -6,6 +6,7 @@ choice cannot be built."""
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Optional
 
 from beam_e5.errors import ConfigError
@@ -69,8 +70,10 @@ def describe_backend(backend: InferenceBackend, requested: str) -> str:
 def device_and_dtype(device: str, dtype: str) -> tuple[str, str]:
     """``--device`` and ``--dtype`` resolved as the torch backend would (``auto``: CUDA where
     present; fp32 on CPU, bf16 or fp16 on CUDA), as names. torch is imported only where a GPU
-    driver is installed (or ``--device cuda``): a worker on a CPU runtime never imports it."""
-    if device == "cpu" or (device == "auto" and not gpu_driver_present()):
+    driver is installed, already imported or ``--device cuda`` asks for it: a worker on a CPU
+    runtime never imports it."""
+    if device == "cpu" or (device == "auto" and "torch" not in sys.modules
+                           and not gpu_driver_present()):
         return "cpu", "float32" if dtype == "auto" else dtype
     from beam_e5.model.backends.torch_backend import pick_device, pick_dtype
 
@@ -82,7 +85,7 @@ def load_backend(request: LoadRequest) -> InferenceBackend:
     """The backend ``request.backend`` names, loaded; ``auto`` resolved by
     :func:`pick_backend` and, if its choice fails to load, torch (with a warning)."""
     name = request.backend
-    if name != "torch":
+    if name == "auto":  # an explicit runtime runs on the CPU: no device to resolve
         device, dtype = device_and_dtype(request.device, request.dtype)
         name = pick_backend(name, device, request.model_config.model_type,
                             fp32=dtype == "float32", bf16=dtype == "bfloat16")

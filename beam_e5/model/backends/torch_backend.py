@@ -55,7 +55,10 @@ def load_hf_model(request: LoadRequest, dtype: torch.dtype) -> torch.nn.Module:
 
 def load_fp32_model(request: LoadRequest) -> torch.nn.Module:
     """The fp32 transformers model that the CPU runtimes' graphs are built from (on a cache
-    miss only: a worker whose graph is cached never imports torch)."""
+    miss only: a worker whose graph is cached never imports torch), with ``--torch-threads``
+    for the build."""
+    if request.threads:
+        torch.set_num_threads(request.threads)
     return load_hf_model(request, torch.float32)
 
 

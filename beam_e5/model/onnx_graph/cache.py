@@ -43,7 +43,7 @@ _BUILD_LOCK = threading.Lock()
 
 __all__ = ["BUILD_FILE", "DATA_FILE", "EXPORT_RECIPE", "EXTERNAL_DATA_BYTES", "GRAPH_FILE",
            "build_atomically", "build_graph", "ensure_built", "ensure_graph", "graph_dir",
-           "weights_key"]
+           "torch_version", "weights_key"]
 
 
 def graph_dir(cache_root: str, model_path: str, commit_hash: Optional[str], variant: str,
@@ -54,13 +54,22 @@ def graph_dir(cache_root: str, model_path: str, commit_hash: Optional[str], vari
         import onnxruntime
 
         runtime_version = onnxruntime.__version__
-    # torch's version as installed (the same string as torch.__version__), read without
-    # importing torch: a worker whose graph is cached never imports it
     key = hashlib.sha256(json.dumps([weights_key(model_path, commit_hash), variant, recipe,
-                                     importlib.metadata.version("torch"),
-                                     runtime_version]).encode())
+                                     torch_version(), runtime_version]).encode())
     name = model_path.rstrip("/").split("/")[-1] or "model"
     return Path(cache_root) / "onnx" / f"{name}-{variant}-{key.hexdigest()[:16]}"
+
+
+def torch_version() -> str:
+    """torch's version as installed (the same string as ``torch.__version__``), read from its
+    package metadata without importing torch: a worker whose graph is cached never imports
+    it. A torch without metadata (vendored into an image or a zipapp) is asked itself."""
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        import torch
+
+        return torch.__version__
 
 
 def build_graph(model: torch.nn.Module, target: Path, variant: str,

@@ -1,5 +1,7 @@
 """The chooser: --backend names, the checks before the run, auto's choice and its fallback."""
 
+import sys
+
 import pytest
 import torch
 
@@ -151,19 +153,46 @@ def test_an_explicit_choice_that_fails_to_load_is_an_error(loads, tiny_models):
 
 
 def test_torch_threads_are_set_before_torch_loads(tiny_models, monkeypatch):
-    threads = []
-    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(("threads", n)))
+    real_load = torch_backend.load_hf_model
+
+    def load(request, dtype):
+        calls.append(("load", str(dtype)))
+        return real_load(request, dtype)
+
+    monkeypatch.setattr(torch_backend, "load_hf_model", load)
     path = tiny_models("bert", "e5-small-v2")
     assert choose.load_backend(_request(path, backend="torch", threads=3)).name == "torch"
-    assert threads == [3]
+    # and a runtime's graph build (on a cache miss) takes --torch-threads too
+    torch_backend.load_fp32_model(_request(path, threads=2))
+    assert calls == [("threads", 3), ("load", "torch.float32"), ("threads", 2),
+                     ("load", "torch.float32")]
 
 
 def test_device_auto_without_a_gpu_driver_is_the_cpu_without_asking_torch(monkeypatch):
     monkeypatch.setattr(choose, "gpu_driver_present", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: pytest.fail("torch was asked"))
+    monkeypatch.delitem(sys.modules, "torch")  # as in a worker that never imported it
     assert choose.device_and_dtype("auto", "auto") == ("cpu", "float32")
     assert choose.device_and_dtype("auto", "bfloat16") == ("cpu", "bfloat16")
     assert choose.device_and_dtype("cpu", "auto") == ("cpu", "float32")
+    assert "torch" not in sys.modules
+
+
+def test_device_auto_asks_torch_where_it_is_already_imported(monkeypatch):
+    """No driver file found, but torch is loaded (a Jetson the list misses, say): asking it
+    costs nothing, so it decides."""
+    monkeypatch.setattr(choose, "gpu_driver_present", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert choose.device_and_dtype("auto", "auto") == ("cuda", "bfloat16")
+
+
+def test_an_explicit_runtime_loads_without_resolving_the_device(loads, tiny_models, monkeypatch):
+    monkeypatch.setattr(choose, "device_and_dtype", lambda *a: pytest.fail("device resolved"))
+    path = tiny_models("bert", "e5-small-v2")
+    assert choose.load_backend(_request(path, backend="onnx", device="auto")).name == "onnx"
 
 
 def test_device_auto_with_a_gpu_driver_asks_torch(monkeypatch):

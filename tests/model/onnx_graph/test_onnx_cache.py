@@ -117,3 +117,19 @@ def test_small_encoders_stay_one_self_contained_file(minilm_dir, onnx_cache):
     folder = enc.backend.graph_file.parent
     assert json.loads((folder / cache.BUILD_FILE).read_text())["external_data"] is False
     assert not (folder / cache.DATA_FILE).exists()
+
+
+def test_the_key_reads_torchs_version_without_importing_it(monkeypatch):
+    """The package metadata gives torch.__version__'s string (so caches built before keep
+    their key); a torch without metadata is asked itself."""
+    import importlib.metadata
+
+    import torch
+
+    assert cache.torch_version() == torch.__version__
+
+    def no_metadata(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", no_metadata)
+    assert cache.torch_version() == torch.__version__
