@@ -35,7 +35,7 @@ from beam_e5.model.chunking import (
 )
 from beam_e5.model.config import EncoderSpec
 from beam_e5.model.hardware import release_free_memory
-from beam_e5.model.loading import local_model_path
+from beam_e5.model.loading import hub_files_dir, local_model_path
 from beam_e5.model.tokenizer import TextTokenizer, TokenizerInfo, load_tokenizer
 
 LOG = logging.getLogger(__name__)
@@ -169,14 +169,16 @@ class Encoder:
         (:func:`~beam_e5.model.backends.choose.load_backend`)."""
         cfg = spec.config
         path = local_model_path(spec.source, cfg.model_cache_dir)
-        tokenizer = load_tokenizer(path, cfg.revision, cfg.trust_remote_code,
+        files = (hub_files_dir(path, cfg.revision, cfg.trust_remote_code)
+                 if spec.source.kind == "hub" else None)
+        tokenizer = load_tokenizer(files or path, cfg.revision, cfg.trust_remote_code,
                                    cfg.model_cache_dir)
         backend = load_backend(LoadRequest(
             model=cfg.model, path=path, revision=cfg.revision,
             trust_remote_code=cfg.trust_remote_code,
             allow_pickle_weights=cfg.allow_pickle_weights, backend=cfg.backend,
             device=cfg.device, dtype=cfg.dtype, threads=cfg.torch_threads,
-            cache_dir=cfg.model_cache_dir))
+            cache_dir=cfg.model_cache_dir, files_dir=files))
         return cls(spec, tokenizer, backend)
 
     # -- tokenisation ----------------------------------------------------------------

@@ -317,3 +317,47 @@ def local_model_path(source: ModelSource, cache_root: str = DEFAULT_CACHE_DIR) -
     if source.kind == "gcs":
         return stage_gcs_model(source.ref, cache_root)
     return source.ref
+
+
+# What a worker reads of a hub model besides its weights: its configuration, tokenizer and
+# sentence-transformers files (vocabularies, sentencepiece models, chat templates). Weights
+# stay with transformers, which fetches them only where torch runs or a graph is built.
+HUB_FILE_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja")
+
+
+def hub_files_dir(repo_id: str, revision: Optional[str] = None,
+                  trust_remote_code: bool = False) -> Optional[str]:
+    """A local folder of a hub model's configuration and tokenizer files at the commit that
+    ``revision`` names (the branch's newest where online, the cached one offline, as
+    transformers resolves it), fetched by ``huggingface_hub`` into its cache where missing:
+    the Hub cache's snapshot folder, named by the commit. Read from there, the config and the
+    tokenizer load without importing transformers (or torch, which it imports). None where it
+    cannot be had (no such files cached offline, a network error): transformers then
+    resolves the name as before."""
+    patterns = [*HUB_FILE_PATTERNS, *(["*.py"] if trust_remote_code else [])]
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except Exception as e:  # noqa: BLE001 - huggingface_hub's errors are many; fall back
+        LOG.info("beam-e5: %s's files not fetched with huggingface_hub (%s: %s); "
+                 "transformers loads them", repo_id, type(e).__name__, e)
+        return None
+    return str(folder) if (folder / "config.json").is_file() else None
+
+
+def hub_commit(files_dir: str) -> Optional[str]:
+    """The commit of a Hub cache snapshot folder (its name: 40 hex digits); None otherwise."""
+    name = Path(files_dir).name
+    return name if len(name) == 40 and all(c in "0123456789abcdef" for c in name) else None
+
+
+def cached_hub_commit(repo_id: str, revision: Optional[str] = None) -> Optional[str]:
+    """The commit whose ``config.json`` the Hub cache holds for ``revision`` (what
+    transformers just loaded); None where it holds none."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers always brings huggingface_hub
+        return None
+    cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    return hub_commit(str(Path(cached).parent)) if isinstance(cached, str) else None

@@ -1,7 +1,10 @@
 """Model sources: local checks, and gs:// directories staged once through the GCS emulator."""
 
+import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -12,7 +15,7 @@ import pytest
 from beam_e5.errors import ConfigError
 from beam_e5.model.config import EncoderConfig
 from beam_e5.model.encoder import Encoder
-from beam_e5.model.loading import classify_model_ref, stage_gcs_model
+from beam_e5.model.loading import classify_model_ref, hub_commit, hub_files_dir, stage_gcs_model
 
 
 def test_classify_refs(tmp_path):
@@ -109,3 +112,72 @@ def test_unreadable_model_file_is_refused(minilm_dir, tmp_path):
     (locked / "config.json").chmod(0)
     with pytest.raises(ConfigError, match="permission denied"):
         EncoderConfig(str(locked)).resolve()
+
+
+_HUB_WORKER = """
+import json, sys
+from beam_e5.model.backends.base import LoadRequest
+from beam_e5.model.config import EncoderConfig
+from beam_e5.model.encoder import Encoder
+from beam_e5.model.loading import hub_files_dir
+
+texts = ['hello world', 'query: another text', '']
+enc = Encoder.load(EncoderConfig('intfloat/e5-small-v2', backend='onnx',
+                                 model_cache_dir=sys.argv[1]).resolve())
+vectors, _ = enc.encode(texts)
+state = {'tokenizer': type(enc.tokenizer).__name__, 'ids': enc.tokenizer.ids(texts),
+         'transformers': 'transformers' in sys.modules, 'torch': 'torch' in sys.modules,
+         'files': hub_files_dir('intfloat/e5-small-v2'), 'vectors': vectors.tolist()}
+if sys.argv[2] == 'compare':  # what transformers resolves from the hub name itself
+    from transformers import AutoTokenizer
+    hf = AutoTokenizer.from_pretrained('intfloat/e5-small-v2')
+    state['hf_ids'] = [list(x) for x in hf(texts)['input_ids']]
+    through_transformers = LoadRequest(model='m', path='intfloat/e5-small-v2')
+    state['hf_commit'] = through_transformers.model_config.commit_hash
+    state['our_commit'] = LoadRequest(model='m', path='intfloat/e5-small-v2',
+                                      files_dir=state['files']).model_config.commit_hash
+print(json.dumps(state))
+"""
+
+
+def test_a_hub_model_reads_its_config_and_tokenizer_without_transformers(tiny_models,
+                                                                         tmp_path):
+    """A hub name resolves to the Hub cache's snapshot of its small files (huggingface_hub,
+    offline here from a cache laid out as the Hub's): the first worker builds and saves the
+    tokenizer, the next one loads config and tokenizer without transformers or torch, with
+    the ids and the commit (the graph's cache key) transformers gives the same name."""
+    import shutil
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--intfloat--e5-small-v2"
+    shutil.copytree(tiny_models("bert", "e5-small-v2"), repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
+    runs = []
+    for mode in ("compare", "plain"):
+        out = subprocess.run([sys.executable, "-c", _HUB_WORKER, str(tmp_path / "cache"), mode],
+                             env=env, capture_output=True, text=True, check=True, timeout=300,
+                             cwd=Path(__file__).resolve().parents[2])
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert first["files"] == str(repo / "snapshots" / sha)
+    assert first["ids"] == first["hf_ids"]
+    assert first["our_commit"] == first["hf_commit"] == sha
+    assert second["tokenizer"] == "SnapshotTokenizer"
+    assert (second["transformers"], second["torch"]) == (False, False)
+    assert second["ids"] == first["ids"] and second["vectors"] == first["vectors"]
+
+
+def test_hub_files_dir_falls_back_where_the_files_cannot_be_had(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    assert hub_files_dir("intfloat/e5-small-v2") is None
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: str(tmp_path))
+    assert hub_files_dir("intfloat/e5-small-v2") is None  # no config.json there
+    assert hub_commit(str(tmp_path / ("ab" * 20))) == "ab" * 20
+    assert hub_commit(str(tmp_path)) is None

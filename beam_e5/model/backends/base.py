@@ -17,7 +17,7 @@ from typing import Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
-from beam_e5.model.loading import DEFAULT_CACHE_DIR
+from beam_e5.model.loading import DEFAULT_CACHE_DIR, cached_hub_commit, hub_commit
 from beam_e5.model.profiles import Pooling
 
 __all__ = ["InferenceBackend", "LoadRequest", "ModelConfig", "PaddedBatch"]
@@ -46,22 +46,31 @@ class LoadRequest:
     dtype: str = "auto"
     threads: int = 0  # 0: the runtime decides (one per core)
     cache_dir: str = DEFAULT_CACHE_DIR  # where built artefacts (ONNX graphs) are kept
+    # a hub model's configuration and tokenizer files, fetched apart from its weights
+    # (loading.hub_files_dir: the Hub cache's snapshot folder, named by the commit)
+    files_dir: Optional[str] = None
 
     @functools.cached_property
     def model_config(self) -> "ModelConfig":
         """Read once: a local directory's ``config.json`` directly (importing transformers
-        costs a worker 0.7 s of its start), a hub name's through transformers' ``AutoConfig``
+        costs a worker 0.7 s of its start), as is a hub model's from ``files_dir`` (the
+        commit is the folder's name); else a hub name's through transformers' ``AutoConfig``
         (which resolves the name and its revision)."""
-        config_file = Path(self.path) / "config.json"
+        config_file = Path(self.files_dir or self.path) / "config.json"
         if config_file.is_file():
             data = json.loads(config_file.read_text(encoding="utf-8"))
             if isinstance(data, dict) and isinstance(data.get("model_type"), str):
-                return ModelConfig(data["model_type"], None)
+                commit = hub_commit(self.files_dir) if self.files_dir else None
+                return ModelConfig(data["model_type"], commit)
         from transformers import AutoConfig  # a hub name, or a config transformers must read
 
         config = AutoConfig.from_pretrained(self.path, revision=self.revision,
                                             trust_remote_code=self.trust_remote_code)
-        return ModelConfig(config.model_type, getattr(config, "_commit_hash", None))
+        # transformers 5 no longer records the commit on the config: the cached file's
+        # snapshot folder names it (else a new commit would reuse the old commit's graph)
+        commit = getattr(config, "_commit_hash", None) or cached_hub_commit(self.path,
+                                                                            self.revision)
+        return ModelConfig(config.model_type, commit)
 
 
 class ModelConfig(NamedTuple):
