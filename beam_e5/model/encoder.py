@@ -33,9 +33,9 @@ from beam_e5.model.chunking import (
     text_offsets,
     truncate_span,
 )
-from beam_e5.model.config import EncoderSpec
+from beam_e5.model.config import EncoderConfig, EncoderSpec
 from beam_e5.model.hardware import release_free_memory
-from beam_e5.model.loading import hub_files_dir, local_model_path
+from beam_e5.model.loading import hub_commit, hub_files_dir, local_model_path
 from beam_e5.model.tokenizer import TextTokenizer, TokenizerInfo, load_tokenizer
 
 LOG = logging.getLogger(__name__)
@@ -169,12 +169,12 @@ class Encoder:
         (:func:`~beam_e5.model.backends.choose.load_backend`)."""
         cfg = spec.config
         path = local_model_path(spec.source, cfg.model_cache_dir)
-        files = (hub_files_dir(path, cfg.revision, cfg.trust_remote_code)
-                 if spec.source.kind == "hub" else None)
-        tokenizer = load_tokenizer(files or path, cfg.revision, cfg.trust_remote_code,
-                                   cfg.model_cache_dir)
+        files = hub_files_dir(path, cfg.revision) if spec.source.kind == "hub" else None
+        # a hub model's weights are then loaded at the commit its files came from
+        revision = (hub_commit(files) if files else None) or cfg.revision
+        tokenizer = _load_tokenizer(files, path, revision, cfg)
         backend = load_backend(LoadRequest(
-            model=cfg.model, path=path, revision=cfg.revision,
+            model=cfg.model, path=path, revision=revision,
             trust_remote_code=cfg.trust_remote_code,
             allow_pickle_weights=cfg.allow_pickle_weights, backend=cfg.backend,
             device=cfg.device, dtype=cfg.dtype, threads=cfg.torch_threads,
@@ -419,6 +419,20 @@ def pad_batch(ids: Sequence[Sequence[int]], pad_id: int,
     out = np.full((len(ids), width), pad_id, dtype=np.int64)
     out[keep] = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
     return PaddedBatch(out, keep.astype(np.int64))
+
+
+def _load_tokenizer(files: Optional[str], path: str, revision: Optional[str],
+                    cfg: EncoderConfig) -> TextTokenizer:
+    """The tokenizer from a hub model's files in the Hub cache (``files``), else, or where
+    those do not build one, from ``path`` as transformers resolves it."""
+    if files is not None:
+        try:
+            return load_tokenizer(files, revision, cfg.trust_remote_code, cfg.model_cache_dir)
+        except Exception as e:  # noqa: BLE001 - a tokenizer class may need a file not fetched
+            LOG.warning("beam-e5: the tokenizer of %s did not load from its files in the Hub "
+                        "cache (%s: %s); transformers loads it from the hub name", path,
+                        type(e).__name__, e)
+    return load_tokenizer(path, revision, cfg.trust_remote_code, cfg.model_cache_dir)
 
 
 def _tokenizer_limit(info: TokenizerInfo) -> int:

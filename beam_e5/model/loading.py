@@ -319,26 +319,28 @@ def local_model_path(source: ModelSource, cache_root: str = DEFAULT_CACHE_DIR) -
     return source.ref
 
 
-# What a worker reads of a hub model besides its weights: its configuration, tokenizer and
-# sentence-transformers files (vocabularies, sentencepiece models, chat templates). Weights
-# stay with transformers, which fetches them only where torch runs or a graph is built.
-HUB_FILE_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja")
+# What a worker leaves on the Hub when it fetches a hub model's configuration and tokenizer:
+# weights in every format, exported graphs, archives, and every subfolder (a worker reads the
+# top level; sentence-transformers' module folders are read where the job is launched).
+# transformers fetches the weights itself, only where torch runs or a graph is built.
+HUB_SKIPPED_FILES = ("*/*", "*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5",
+                     "*.msgpack", "*.onnx", "*.onnx_data", "*.onnx.data", "*.gguf", "*.ot",
+                     "*.tflite", "*.pb", "*.npz", "*.xml", "*.zip", "*.tar", "*.gz")
 
 
-def hub_files_dir(repo_id: str, revision: Optional[str] = None,
-                  trust_remote_code: bool = False) -> Optional[str]:
-    """A local folder of a hub model's configuration and tokenizer files at the commit that
-    ``revision`` names (the branch's newest where online, the cached one offline, as
-    transformers resolves it), fetched by ``huggingface_hub`` into its cache where missing:
-    the Hub cache's snapshot folder, named by the commit. Read from there, the config and the
-    tokenizer load without importing transformers (or torch, which it imports). None where it
-    cannot be had (no such files cached offline, a network error): transformers then
-    resolves the name as before."""
-    patterns = [*HUB_FILE_PATTERNS, *(["*.py"] if trust_remote_code else [])]
+def hub_files_dir(repo_id: str, revision: Optional[str] = None) -> Optional[str]:
+    """A local folder of a hub model's files but its weights (configuration, tokenizer files
+    of any kind, remote code) at the commit that ``revision`` names (the branch's newest
+    where online, the cached one offline, as transformers resolves it), fetched by
+    ``huggingface_hub`` into its cache where missing: the Hub cache's snapshot folder, named
+    by the commit. Read from there, the config and the tokenizer load without importing
+    transformers (or torch, which it imports). None where it cannot be had (not cached
+    offline, a network error): transformers then resolves the name as before."""
     try:
         from huggingface_hub import snapshot_download
 
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+        folder = Path(snapshot_download(repo_id, revision=revision,
+                                        ignore_patterns=list(HUB_SKIPPED_FILES)))
     except Exception as e:  # noqa: BLE001 - huggingface_hub's errors are many; fall back
         LOG.info("beam-e5: %s's files not fetched with huggingface_hub (%s: %s); "
                  "transformers loads them", repo_id, type(e).__name__, e)

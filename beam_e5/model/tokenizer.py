@@ -32,7 +32,6 @@ from typing import Any, Optional, Sequence
 
 from beam_e5.model.loading import (
     DEFAULT_CACHE_DIR,
-    KEY_SUFFIXES,
     weights_key,
     write_json_atomically,
 )
@@ -45,9 +44,11 @@ SNAPSHOT_FORMAT = 1
 _CALL_PATH = ("__call__", "_call_one", "_encode_plus", "encode_plus", "batch_encode_plus",
               "set_truncation_and_padding", "prepare_for_tokenization",
               "_switch_to_input_mode", "_get_padding_truncation_strategies", "_convert_encoding")
-# files a tokenizer may be built from besides those the weights key stats (remote code,
-# tiktoken vocabularies)
-_MORE_TOKENIZER_SUFFIXES = (".py", ".tiktoken")
+# the files a tokenizer may be built from, whose names, sizes and times key its snapshot
+# (remote code, tiktoken vocabularies, BPE codes, chat templates); not the weights, which a
+# hub model's snapshot folder gets only later, when transformers fetches them there
+_TOKENIZER_SUFFIXES = (".json", ".txt", ".model", ".py", ".tiktoken", ".codes", ".spm",
+                       ".vocab", ".tokenizer", ".jinja")
 # checked on the snapshot read back before it is saved: special-token text, accents, CJK,
 # emoji, blanks
 _PROBES = ("Hello World", "", "  ", "[CLS] <s> </s> [SEP] <pad> [PAD] <unk> <mask>",
@@ -167,7 +168,7 @@ def snapshot_path(model_path: str, cache_dir: str, trust_remote_code: bool) -> O
         versions = [metadata.version("transformers"), metadata.version("tokenizers")]
     except metadata.PackageNotFoundError:
         return None
-    files = weights_key(str(model_path), None, KEY_SUFFIXES + _MORE_TOKENIZER_SUFFIXES)
+    files = weights_key(str(model_path), None, _TOKENIZER_SUFFIXES)
     key = hashlib.sha256(json.dumps([SNAPSHOT_FORMAT, files, versions, trust_remote_code])
                          .encode()).hexdigest()[:16]
     return Path(cache_dir) / "tokenizers" / f"{Path(model_path).name or 'model'}-{key}.json"
