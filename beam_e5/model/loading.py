@@ -361,5 +361,10 @@ def cached_hub_commit(repo_id: str, revision: Optional[str] = None) -> Optional[
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - transformers always brings huggingface_hub
         return None
-    cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    if Path(repo_id).is_dir():
+        return None
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except Exception:  # noqa: BLE001 - not a repo id (a path): no commit
+        return None
     return hub_commit(str(Path(cached).parent)) if isinstance(cached, str) else None

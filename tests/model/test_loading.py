@@ -15,7 +15,13 @@ import pytest
 from beam_e5.errors import ConfigError
 from beam_e5.model.config import EncoderConfig
 from beam_e5.model.encoder import Encoder
-from beam_e5.model.loading import classify_model_ref, hub_commit, hub_files_dir, stage_gcs_model
+from beam_e5.model.loading import (
+    cached_hub_commit,
+    classify_model_ref,
+    hub_commit,
+    hub_files_dir,
+    stage_gcs_model,
+)
 
 
 def test_classify_refs(tmp_path):
@@ -237,3 +243,5 @@ def test_hub_files_dir_falls_back_where_the_files_cannot_be_had(tmp_path, monkey
     assert hub_files_dir("intfloat/e5-small-v2") is None  # no config.json there
     assert hub_commit(str(tmp_path / ("ab" * 20))) == "ab" * 20
     assert hub_commit(str(tmp_path)) is None
+    assert cached_hub_commit(str(tmp_path)) is None  # a directory is no repo
+    assert cached_hub_commit("not a repo id!") is None
