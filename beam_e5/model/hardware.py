@@ -33,8 +33,9 @@ __all__ = ["BF16_FLAGS", "GPU_DRIVER_FILES", "ONEDNN_CACHE_CAPACITY", "OPENVINO_
 ONEDNN_CACHE_CAPACITY = 128
 
 # --backend openvino --dtype bfloat16 against the fp32 default (ONNX Runtime), in process,
-# all-MiniLM-L6-v2, on the development machine (docs/benchmarks.md, "OpenVINO")
-OPENVINO_BF16_SPEEDUP = "about 1.5-1.8x"
+# all-MiniLM-L6-v2, on the development machines: 1.5-1.8x on an Intel Xeon with AMX, 2.1-2.2x
+# on an AMD Zen 4 (docs/benchmarks.md, "OpenVINO" and its "Seventh round")
+OPENVINO_BF16_SPEEDUP = "about 1.5-2.2x"
 
 # Files a GPU driver puts in place, one of which torch.cuda needs to find a GPU: NVIDIA's
 # kernel module (also inside containers given the GPU), Jetson's (Tegra: no nvidiactl), AMD
@@ -97,12 +98,12 @@ def precision_advice(device: str, dtype: str, requested_dtype: str, requested_ba
                "machine (mean cosine 0.99995 to these float32 vectors on all-MiniLM-L6-v2)")
     elif openvino:
         how = (f"--dtype bfloat16 runs OpenVINO in bf16, {OPENVINO_BF16_SPEEDUP} the float32 "
-               "default's speed here (mean cosine 0.99998 to these float32 vectors on "
-               "all-MiniLM-L6-v2)")
+               "default's speed on the CPUs measured (mean cosine 0.99998 to these float32 "
+               "vectors on all-MiniLM-L6-v2)")
     else:
         how = ("pip install 'beam-e5[openvino]' and --dtype bfloat16 runs OpenVINO in bf16, "
-               f"{OPENVINO_BF16_SPEEDUP} the float32 default's speed here (mean cosine 0.99998 "
-               "to these float32 vectors on all-MiniLM-L6-v2)")
+               f"{OPENVINO_BF16_SPEEDUP} the float32 default's speed on the CPUs measured (mean "
+               "cosine 0.99998 to these float32 vectors on all-MiniLM-L6-v2)")
     return (logging.INFO, f"beam-e5: this CPU computes bf16 natively: {how}; see "
             "docs/benchmarks.md. float32 stays the default so that every machine gives the "
             "same vectors")
