@@ -19,9 +19,10 @@ import os
 import shutil
 import tempfile
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 from beam_e5.errors import ConfigError, ModelUnreachable
 
@@ -117,32 +118,42 @@ def stage_gcs_model(ref: str, cache_root: str = DEFAULT_CACHE_DIR) -> str:
     marker = target / ".complete"
     if marker.exists():
         return str(target)
+    with machine_lock(target, _COPY_LOCK):
+        if marker.exists():
+            return str(target)
+        files = list_gcs_files(ref)
+        if not files:
+            raise ConfigError(f"no objects under {ref}/; check the path and that the "
+                              "worker's service account can list the bucket")
+        tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=str(target.parent)))
+        base = ref.rstrip("/") + "/"
+        for path, _size, _updated in files:
+            rel = path[len(base):]
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with FileSystems.open(path) as src, open(dest, "wb") as out:
+                shutil.copyfileobj(src, out, length=8 << 20)
+        (tmp / ".complete").write_text(ref)
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+        LOG.info("beam-e5: staged %s (%d files) to %s", ref, len(files), target)
+    return str(target)
+
+
+@contextmanager
+def machine_lock(target: Path, thread_lock: threading.Lock) -> Iterator[None]:
+    """Held by one thread of one process on this machine at a time, for building ``target``
+    once: ``thread_lock`` among this process's threads, an ``fcntl`` lock on the sibling file
+    ``<target>.lock`` among processes (workers of one machine share its cache). Creates
+    ``target``'s folder; raises ``OSError`` where that folder cannot be written."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _COPY_LOCK, open(str(target) + ".lock", "w") as lock_file:
+    with thread_lock, open(str(target) + ".lock", "w") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         try:
-            if marker.exists():
-                return str(target)
-            files = list_gcs_files(ref)
-            if not files:
-                raise ConfigError(f"no objects under {ref}/; check the path and that the "
-                                  "worker's service account can list the bucket")
-            tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=str(target.parent)))
-            base = ref.rstrip("/") + "/"
-            for path, _size, _updated in files:
-                rel = path[len(base):]
-                dest = tmp / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with FileSystems.open(path) as src, open(dest, "wb") as out:
-                    shutil.copyfileobj(src, out, length=8 << 20)
-            (tmp / ".complete").write_text(ref)
-            if target.exists():
-                shutil.rmtree(target)
-            os.rename(tmp, target)
-            LOG.info("beam-e5: staged %s (%d files) to %s", ref, len(files), target)
+            yield
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
-    return str(target)
 
 
 def read_model_file_text(source: ModelSource, rel: str) -> Optional[str]:

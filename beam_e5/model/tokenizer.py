@@ -24,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from abc import ABC, abstractmethod
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -32,11 +34,16 @@ from typing import Any, Optional, Sequence
 
 from beam_e5.model.loading import (
     DEFAULT_CACHE_DIR,
+    machine_lock,
     weights_key,
     write_json_atomically,
 )
 
 LOG = logging.getLogger(__name__)
+
+# the snapshot's build: once per machine (with an fcntl lock among processes), so that the
+# worker processes of a cold machine do not each import transformers to build the same file
+_SNAPSHOT_LOCK = threading.Lock()
 
 SNAPSHOT_FORMAT = 1
 # transformers' methods between ``tokenizer(texts)`` and the backend's ``encode_batch``: a
@@ -178,16 +185,42 @@ def load_tokenizer(model_path: str, revision: Optional[str] = None,
                    trust_remote_code: bool = False,
                    cache_dir: str = DEFAULT_CACHE_DIR) -> TextTokenizer:
     """The model's tokenizer: from its snapshot when there is one, else built by transformers
-    (and, for a local directory whose tokenizer the backend alone runs, saved as a snapshot)."""
+    (and, for a local directory whose tokenizer the backend alone runs, saved as a snapshot:
+    by one process of a machine at a time, the others then read what it saved)."""
     target = snapshot_path(model_path, cache_dir, trust_remote_code)
-    if target is not None and target.is_file():
+    if target is None:
+        return _built(model_path, revision, trust_remote_code, None)
+    existed = target.is_file()
+    if existed and (snapshot := _read_snapshot(target)) is not None:
+        return snapshot
+    with ExitStack() as held:
         try:
-            saved = json.loads(target.read_text(encoding="utf-8"))
-            return SnapshotTokenizer.from_json(saved["backend"],
-                                               TokenizerInfo(**saved["info"]))
-        except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception; rebuilt
-            LOG.warning("beam-e5: the tokenizer snapshot %s is unreadable (%s: %s); "
-                        "building it again", target, type(e).__name__, e)
+            held.enter_context(machine_lock(target, _SNAPSHOT_LOCK))
+        except OSError as e:  # a cache that cannot be written: build here, save nothing
+            LOG.warning("beam-e5: cannot save the tokenizer snapshot in %s (%s)",
+                        target.parent, e)
+            return _built(model_path, revision, trust_remote_code, None)
+        if not existed and target.is_file():  # another process saved it while we waited
+            if (snapshot := _read_snapshot(target)) is not None:
+                return snapshot
+        return _built(model_path, revision, trust_remote_code, target)
+
+
+def _read_snapshot(target: Path) -> Optional[SnapshotTokenizer]:
+    """The snapshot saved at ``target``; None (and a warning) where it cannot be read."""
+    try:
+        saved = json.loads(target.read_text(encoding="utf-8"))
+        return SnapshotTokenizer.from_json(saved["backend"], TokenizerInfo(**saved["info"]))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception; rebuilt
+        LOG.warning("beam-e5: the tokenizer snapshot %s is unreadable (%s: %s); "
+                    "building it again", target, type(e).__name__, e)
+        return None
+
+
+def _built(model_path: str, revision: Optional[str], trust_remote_code: bool,
+           target: Optional[Path]) -> TextTokenizer:
+    """The tokenizer transformers builds, saved as a snapshot at ``target`` (None: not
+    saved) where its backend alone runs it and reads back the same."""
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(model_path, revision=revision,

@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,45 @@ def test_a_cache_that_cannot_be_written_still_tokenises(minilm_dir, tmp_path, ca
     assert tok.ids(["hello"]) == [[101, 7592, 102]] and "cannot save" in caplog.text
 
 
+def _waiting_on_a_lock(pid: int) -> bool:
+    """Is process ``pid`` blocked on a file lock (``/proc/locks`` lists its request "->")?"""
+    return any(line.split()[1] == "->" and line.split()[5] == str(pid)
+               for line in Path("/proc/locks").read_text().splitlines()
+               if len(line.split()) > 5)
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
+def test_a_worker_that_finds_the_snapshot_being_built_waits_and_reads_it(minilm_dir, tmp_path):
+    """The workers of a cold machine build the snapshot once: one that comes while another
+    holds the build lock waits for it, then reads what it saved, without transformers."""
+    import fcntl
+    import shutil
+
+    built_elsewhere = tmp_path / "elsewhere"
+    load_tokenizer(minilm_dir, cache_dir=str(built_elsewhere))
+    saved = snapshot_path(minilm_dir, str(built_elsewhere), False)
+    target = snapshot_path(minilm_dir, str(tmp_path / "cache"), False)
+    target.parent.mkdir(parents=True)
+    code = ("import sys; from beam_e5.model.tokenizer import load_tokenizer;"
+            f"t = load_tokenizer({minilm_dir!r}, cache_dir={str(tmp_path / 'cache')!r});"
+            "print(type(t).__name__, t.ids(['hello world']), 'transformers' in sys.modules)")
+    with open(str(target) + ".lock", "w") as lock:  # the builder, holding the lock
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        worker = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                  text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+        try:
+            for _ in range(600):
+                if _waiting_on_a_lock(worker.pid) or worker.poll() is not None:
+                    break
+                time.sleep(0.05)
+            assert _waiting_on_a_lock(worker.pid), "the worker did not wait for the build"
+            shutil.copyfile(saved, target)  # the builder saves its snapshot, then unlocks
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    out, _ = worker.communicate(timeout=120)
+    assert out.split() == ["SnapshotTokenizer", "[[101,", "7592,", "2088,", "102]]", "False"]
+
+
 def _loading(monkeypatch, tokenizer):
     """Make transformers' AutoTokenizer hand back ``tokenizer`` (built from a real directory):
     how a remote-code class would arrive."""
@@ -156,7 +196,7 @@ def test_a_class_with_a_call_of_its_own_keeps_transformers(minilm_dir, tmp_path,
     tok = load_tokenizer(minilm_dir, cache_dir=str(tmp_path))
     assert isinstance(tok, HfTokenizer) and tok.is_fast
     assert tok.ids(["hi"], special_tokens=False) != [[7632]]  # its own call, reversed
-    assert not (tmp_path / "tokenizers").exists()
+    assert not list(tmp_path.glob("tokenizers/*.json"))  # no snapshot (a lock file only)
 
 
 def test_a_backend_that_cannot_be_saved_keeps_transformers(minilm_dir, tmp_path, monkeypatch):
@@ -174,7 +214,7 @@ def test_a_backend_that_cannot_be_saved_keeps_transformers(minilm_dir, tmp_path,
     _loading(monkeypatch, hf)
     tok = load_tokenizer(minilm_dir, cache_dir=str(tmp_path))
     assert isinstance(tok, HfTokenizer) and tok.ids(["hello world"]) == [[101, 7592, 2088, 102]]
-    assert not (tmp_path / "tokenizers").exists()
+    assert not list(tmp_path.glob("tokenizers/*.json"))  # no snapshot (a lock file only)
 
 
 def test_a_snapshot_that_tokenises_differently_is_not_saved(minilm_dir, tmp_path, monkeypatch,
@@ -193,7 +233,7 @@ def test_a_snapshot_that_tokenises_differently_is_not_saved(minilm_dir, tmp_path
     with caplog.at_level(logging.WARNING, logger="beam_e5.model.tokenizer"):
         tok = load_tokenizer(minilm_dir, cache_dir=str(tmp_path))
     assert isinstance(tok, HfTokenizer) and "does not tokenise as transformers" in caplog.text
-    assert not (tmp_path / "tokenizers").exists()
+    assert not list(tmp_path.glob("tokenizers/*.json"))  # no snapshot (a lock file only)
 
 
 def test_split_special_tokens_and_added_tokens_are_kept(minilm_dir, tmp_path):

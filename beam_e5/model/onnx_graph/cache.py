@@ -10,7 +10,6 @@ written as ``model.onnx`` (the graph) plus ``model.onnx.data`` (the weights) at 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -22,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from beam_e5.model.loading import weights_key
+from beam_e5.model.loading import machine_lock, weights_key
 
 if TYPE_CHECKING:
     import torch
@@ -157,13 +156,8 @@ def ensure_built(path: Path, what: str, build: Callable[[], None]) -> Path:
     if path.exists():
         return path
     target = path.parent
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _BUILD_LOCK, open(str(target) + ".lock", "w") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            if not path.exists():
-                LOG.info("beam-e5: building %s in %s", what, target)
-                build()
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
+    with machine_lock(target, _BUILD_LOCK):
+        if not path.exists():
+            LOG.info("beam-e5: building %s in %s", what, target)
+            build()
     return path
