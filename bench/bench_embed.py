@@ -48,7 +48,10 @@ committed nor used in CI. Build it with::
 process: beam-e5's variants run ``Encoder.encode`` over the corpus in Beam-batch-sized calls
 (``--beam-batch-size``, 512) in a child (this script, ``--child E5``), sentence-transformers'
 variants their ``encode``; both report ``encode_seconds``, which the ratios then compare
-(B and K, pipelines, are not run). ``--json`` writes one JSON per run.
+(B and K, pipelines, are not run). ``--json`` writes one JSON per run. ``--engine-bound``
+(with ``--in-process``) also times beam-e5's backend alone over the micro-batches its encode
+computed, and prints the most each ratio could be with that engine and plan (the peer's
+encode seconds over that engine time): what is left to the pipeline, and what is not.
 
 Job time is comparable across variants: each clock starts after ``torch`` (and, for A and
 B, ``apache_beam``) is imported and before ``transformers`` is (A imports it lazily when the
@@ -223,10 +226,44 @@ def child_e5(args: argparse.Namespace) -> None:
         real, padded, calls = real + st.real_tokens, padded + st.padded_tokens, \
             calls + st.micro_batches
     encode_seconds = time.perf_counter() - encode_start
-    write_child_result(out, ids, np.concatenate(parts), time.perf_counter() - start,
-                       encode_seconds, {"real_tokens": real, "padded_tokens": padded,
-                                        "forward_calls": calls, "backend": enc.backend.label},
-                       time.process_time() - cpu_start)
+    seconds, encode_cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    stats = {"real_tokens": real, "padded_tokens": padded, "forward_calls": calls,
+             "backend": enc.backend.label}
+    if args.engine_bound:
+        stats["engine_seconds"] = round(engine_alone_seconds(enc, texts, args.beam_batch_size), 3)
+    write_child_result(out, ids, np.concatenate(parts), seconds, encode_seconds, stats,
+                       encode_cpu_seconds)
+
+
+def engine_alone_seconds(enc, texts: list[str], beam_batch_size: int) -> float:
+    """``--engine-bound``: the seconds the backend alone takes over the very micro-batches
+    the timed encode computed (captured in a second, untimed encode), grouped by Beam batch
+    as the encode runs them (the streams' tail included) but with no tokenising, planning,
+    padding or reordering: a floor no pipeline around this engine and plan goes under."""
+    groups: list[list] = []
+    padded = enc._padded
+
+    def record(ids, stats):
+        batch = padded(ids, stats)
+        groups[-1].append(batch)
+        return batch
+
+    enc._padded = record
+    for lo in range(0, len(texts), beam_batch_size):
+        groups.append([])
+        enc.encode(texts[lo:lo + beam_batch_size])
+    del enc._padded
+    backend, pooling = enc.backend, enc.profile.pooling
+    start = time.perf_counter()
+    for group in groups:
+        if backend.in_flight > 1:
+            for _ in backend.embed_overlapped(iter(group), pooling):
+                pass
+        else:
+            for k, batch in enumerate(group):
+                (backend.embed_and_release if k == len(group) - 1 else backend.embed)(
+                    batch, pooling)
+    return time.perf_counter() - start
 
 
 # ------------------------------------------------------------------ corpus and model facts --
@@ -396,7 +433,7 @@ def variant_command(v: str, args: argparse.Namespace, out: Path) -> list[str]:
     if v in BEAM_E5 and args.in_process:
         return [*me, "--child", "E5", "--e5-variant", v, "--max-batch-tokens",
                 str(args.max_batch_tokens), "--beam-batch-size", str(args.beam_batch_size),
-                *common]
+                *(["--engine-bound"] if args.engine_bound else []), *common]
     if v in BEAM_E5:
         return [py, "-m", "beam_e5", "embed", "--input", args.corpus, "--output", str(out),
                 "--model", args.model, "--no-exact-dedupe", "--overwrite",
@@ -530,6 +567,8 @@ def summarize(variants: list[str], runs: dict, docs: int, real: int, padded_sim:
             "job_seconds": secs, "wall_seconds": wall, "cpu_seconds": med("cpu_seconds"),
             "encode_seconds": encode, "encode_docs_per_s": docs / encode if encode else None,
             "encode_cpu_seconds": encode_cpu,
+            "engine_seconds": (med("engine_seconds")
+                               if all("engine_seconds" in r for r in rs) else None),
             "docs_per_s": docs / secs, "docs_per_s_wall": docs / wall,
             "real_tokens_per_s": real / secs,
             "padded_tokens": padded or None,
@@ -579,6 +618,11 @@ def print_summary(summary: dict, real: int) -> None:
                     enc += f", {o['encode_cpu_seconds'] / a['encode_cpu_seconds']:.2f}x (encode CPU)"
                 print(f"{ours}/{other} docs/s: {a['docs_per_s'] / o['docs_per_s']:.2f}x (job), "
                       f"{a['docs_per_s_wall'] / o['docs_per_s_wall']:.2f}x (wall){enc}")
+                if a.get("engine_seconds") and o.get("encode_seconds"):
+                    print(f"  {ours}'s engine alone over its micro-batches "
+                          f"{a['engine_seconds']:.2f} s of its encode {a['encode_seconds']:.2f} "
+                          f"s: the most {ours}/{other} (encode) can reach with this engine and "
+                          f"plan is {o['encode_seconds'] / a['engine_seconds']:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -600,6 +644,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--in-process", action="store_true",
                     help="time the encoders alone (beam-e5's Encoder, no Beam; ST's encode); "
                          "B and K are not run")
+    ap.add_argument("--engine-bound", action="store_true",
+                    help="with --in-process: also time beam-e5's backend alone over the "
+                         "micro-batches of its encode, and print each peer's ceiling (its "
+                         "encode seconds / that engine time)")
     ap.add_argument("--beam-batch-size", type=int, default=512,
                     help="texts per Encoder.encode call with --in-process")
     ap.add_argument("--peer-python", default="/work/peer-venv/bin/python",
