@@ -238,8 +238,9 @@ def child_e5(args: argparse.Namespace) -> None:
 def engine_alone_seconds(enc, texts: list[str], beam_batch_size: int) -> float:
     """``--engine-bound``: the seconds the backend alone takes over the very micro-batches
     the timed encode computed (captured in a second, untimed encode), grouped by Beam batch
-    as the encode runs them (the streams' tail included) but with no tokenising, planning,
-    padding or reordering: a floor no pipeline around this engine and plan goes under."""
+    as the encode runs them (the streams' tail included): the forward passes and the pooling,
+    with no tokenising, planning, padding or reordering. A floor no pipeline around this
+    engine and plan goes under."""
     groups: list[list] = []
     padded = enc._padded
 
